@@ -1,0 +1,352 @@
+//! The WAL archive: push one file in, look one up, get one out.
+
+use crate::codec::{self, Codec, Compression};
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::repo::{layout, Repository, ServerInfo};
+use crate::storage::{self, Committed, Overwrite, Storage, TEMP_PREFIX};
+use crate::wal::{self, SegmentExpectation, WalKind, WalName};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+/// One archived copy of a WAL file as found in the repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredWal {
+    /// The WAL file name.
+    pub name: WalName,
+    /// SHA-256 of the original bytes.
+    pub sha256: String,
+    /// How it is compressed.
+    pub compression: Compression,
+    /// Path relative to the repository root.
+    pub path: String,
+    /// Stored (compressed) size.
+    pub stored_size: u64,
+}
+
+/// The stored file name `<name>-<sha256>.<ext>`.
+pub fn stored_name(name: &WalName, sha256: &str, compression: Compression) -> String {
+    format!("{}-{}.{}", name, sha256, compression.extension())
+}
+
+/// Parse a stored file name back into (WAL name, sha256, compression).
+pub fn parse_stored_name(file: &str) -> Option<(WalName, String, Compression)> {
+    let (stem, ext) = file.rsplit_once('.')?;
+    let compression = Compression::from_extension(ext)?;
+    let (name, sha) = stem.rsplit_once('-')?;
+    if !codec::is_sha256_hex(sha) {
+        return None;
+    }
+    Some((WalName::parse(name).ok()?, sha.to_string(), compression))
+}
+
+/// Every stored copy of `name` (normally zero or one) with one directory listing.
+pub fn lookup(storage: &dyn Storage, server: &str, name: &WalName) -> Result<Vec<StoredWal>> {
+    let dir = layout::wal_dir(server, name);
+    let prefix = format!("{name}-");
+    let mut found = Vec::new();
+    for e in storage.list(&dir)? {
+        if e.is_dir || e.name.starts_with(TEMP_PREFIX) || !e.name.starts_with(&prefix) {
+            continue;
+        }
+        if let Some((n, sha, compression)) = parse_stored_name(&e.name) {
+            if &n == name {
+                found.push(StoredWal {
+                    name: n,
+                    sha256: sha,
+                    compression,
+                    path: storage::join(&dir, &e.name),
+                    stored_size: e.size,
+                });
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// What `push` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The file was compressed and stored.
+    Stored {
+        /// SHA-256 of the original.
+        sha256: String,
+        /// Original size.
+        size: u64,
+        /// Stored size.
+        stored_size: u64,
+    },
+    /// An identical copy was already archived; nothing was written.
+    AlreadyArchived {
+        /// SHA-256 of the original.
+        sha256: String,
+    },
+}
+
+/// A WAL file opened for archiving, with its name validated and header checked.
+pub struct WalSource {
+    /// The validated name.
+    pub name: WalName,
+    /// Source path.
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub size: u64,
+    file: File,
+    head: Vec<u8>,
+}
+
+impl WalSource {
+    /// Open `path`, validate its name and, for segments, its size and page header.
+    pub fn open(path: &Path, server: &ServerInfo) -> Result<WalSource> {
+        let base = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Error::invalid(format!("{} has no usable file name", path.display())))?;
+        let name = WalName::parse(base)?;
+        let mut file = File::open(path).io_context(|| format!("opening {}", path.display()))?;
+        let size = file
+            .metadata()
+            .io_context(|| format!("stat {}", path.display()))?
+            .len();
+        let mut head = Vec::new();
+        if matches!(name.kind(), WalKind::Segment | WalKind::Partial) {
+            head.resize(wal::LONG_PAGE_HEADER_LEN, 0);
+            let n = read_up_to(&mut file, &mut head)
+                .io_context(|| format!("reading {}", path.display()))?;
+            head.truncate(n);
+            let expect = SegmentExpectation {
+                system_id: server.system_id()?,
+                segment_size: server.wal_segment_size,
+                major: server.pg_major,
+            };
+            wal::check_segment(&name, size, &head, &expect)?;
+        }
+        Ok(WalSource {
+            name,
+            path: path.to_path_buf(),
+            size,
+            file,
+            head,
+        })
+    }
+
+    /// SHA-256 of the whole file (used when a copy may already be archived).
+    pub fn hash(&mut self) -> Result<String> {
+        let (sha, _) = codec::hash(&self.head, &mut self.file)
+            .io_context(|| format!("reading {}", self.path.display()))?;
+        Ok(sha)
+    }
+}
+
+fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Archive the WAL file at `path` for `server`, durably, never replacing history.
+pub fn push(
+    repo: &Repository,
+    server: &ServerInfo,
+    path: &Path,
+    codec: Codec,
+) -> Result<PushOutcome> {
+    let mut src = WalSource::open(path, server)?;
+    push_source(repo.storage(), server, &mut src, codec)
+}
+
+/// Archive an opened source; shared by the direct and look-ahead paths.
+pub fn push_source(
+    storage: &dyn Storage,
+    server: &ServerInfo,
+    src: &mut WalSource,
+    codec: Codec,
+) -> Result<PushOutcome> {
+    let name = src.name.clone();
+    let existing = lookup(storage, &server.name, &name)?;
+    if !existing.is_empty() {
+        // Only hash: compressing would waste time on a file we will not store.
+        let sha = src.hash()?;
+        return compare_existing(&name, &sha, &existing, storage);
+    }
+    let dir = layout::wal_dir(&server.name, &name);
+    storage.create_dir_all(&dir)?;
+    let mut out = storage.create(&dir)?;
+    let stats = codec::encode(&src.head, &mut src.file, &mut out, codec).map_err(|e| {
+        Error::io(
+            format!(
+                "archiving {} into {}",
+                src.path.display(),
+                storage.location()
+            ),
+            e,
+        )
+    })?;
+    if stats.size != src.size {
+        return Err(Error::invalid(format!(
+            "{} changed size while being archived ({} then {} bytes)",
+            src.path.display(),
+            src.size,
+            stats.size
+        )));
+    }
+    let final_name = stored_name(&name, &stats.sha256, codec.compression);
+    match out.commit(&final_name, Overwrite::Never)? {
+        // Same name means same SHA-256: a concurrent push of identical bytes won.
+        Committed::Created | Committed::AlreadyExists => {}
+    }
+    // A concurrent push of *different* bytes under the same WAL name would leave two
+    // entries; report it rather than acknowledge an ambiguous archive.
+    let now = lookup(storage, &server.name, &name)?;
+    if now.iter().any(|s| s.sha256 != stats.sha256) {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "{name} was archived concurrently with different content in {}; \
+                 investigate before recovery uses it",
+                storage.location()
+            ),
+        ));
+    }
+    Ok(PushOutcome::Stored {
+        sha256: stats.sha256,
+        size: stats.size,
+        stored_size: stats.stored_size,
+    })
+}
+
+fn compare_existing(
+    name: &WalName,
+    sha: &str,
+    existing: &[StoredWal],
+    storage: &dyn Storage,
+) -> Result<PushOutcome> {
+    if existing.iter().all(|s| s.sha256 == sha) {
+        return Ok(PushOutcome::AlreadyArchived {
+            sha256: sha.to_string(),
+        });
+    }
+    Err(Error::new(
+        ErrorKind::Conflict,
+        format!(
+            "{name} is already archived in {} with different content (sha256 {} there, {} here); \
+             refusing to overwrite history. If this server was restored or promoted, check \
+             --server and the timeline",
+            storage.location(),
+            short(&existing[0].sha256),
+            short(sha)
+        ),
+    ))
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+/// Fetch `name` into `dest`, verified: the destination appears (by rename) only after
+/// the SHA-256 of the decompressed bytes matched the stored name.
+pub fn get(repo: &Repository, server: &str, name: &WalName, dest: &Path) -> Result<u64> {
+    let storage = repo.storage();
+    let found = lookup(storage, server, name)?;
+    let stored = pick_single(name, found, storage)?;
+    fetch_verified(storage, &stored, dest)
+}
+
+/// Choose the one stored copy; several with different hashes is corruption.
+pub fn pick_single(
+    name: &WalName,
+    found: Vec<StoredWal>,
+    storage: &dyn Storage,
+) -> Result<StoredWal> {
+    let mut it = found.into_iter();
+    let first = it.next().ok_or_else(|| {
+        Error::not_found(format!(
+            "{name} is not in the archive at {}",
+            storage.location()
+        ))
+    })?;
+    if let Some(other) = it.find(|o| o.sha256 != first.sha256) {
+        return Err(Error::corrupt(format!(
+            "{name} is archived twice with different content ({} and {}) in {}; refusing to guess",
+            short(&first.sha256),
+            short(&other.sha256),
+            storage.location()
+        )));
+    }
+    Ok(first)
+}
+
+/// Stream one stored file into `dest` through a temporary file, verifying its hash.
+pub fn fetch_verified(storage: &dyn Storage, stored: &StoredWal, dest: &Path) -> Result<u64> {
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let base = dest.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+        Error::invalid(format!("destination {} has no file name", dest.display()))
+    })?;
+    let tmp = dir.join(format!(".{base}.pgcellar-{}", std::process::id()));
+    let result = (|| -> Result<u64> {
+        let mut input = storage.open_read(&stored.path)?;
+        let file = File::create(&tmp).io_context(|| format!("creating {}", tmp.display()))?;
+        let mut out = io::BufWriter::with_capacity(codec::BUF_SIZE, file);
+        let stats = codec::decode(&mut input, &mut out, stored.compression).map_err(|e| {
+            Error::corrupt(format!(
+                "{} in {} cannot be decompressed: {e}",
+                stored.path,
+                storage.location()
+            ))
+        })?;
+        io::Write::flush(&mut out).io_context(|| format!("writing {}", tmp.display()))?;
+        if stats.sha256 != stored.sha256 {
+            return Err(Error::corrupt(format!(
+                "{} in {} is corrupt: its content hashes to {}, not {}; not delivering it",
+                stored.path,
+                storage.location(),
+                short(&stats.sha256),
+                short(&stored.sha256)
+            )));
+        }
+        fs::rename(&tmp, dest)
+            .io_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
+        Ok(stats.size)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_names_round_trip() {
+        let n = WalName::parse("00000002.history").unwrap();
+        let sha = "a".repeat(64);
+        let s = stored_name(&n, &sha, Compression::Zstd);
+        assert_eq!(s, format!("00000002.history-{sha}.zst"));
+        assert_eq!(
+            parse_stored_name(&s),
+            Some((n, sha.clone(), Compression::Zstd))
+        );
+        let b = WalName::parse("000000010000000000000002.00000028.backup").unwrap();
+        assert_eq!(
+            parse_stored_name(&stored_name(&b, &sha, Compression::None))
+                .unwrap()
+                .0,
+            b
+        );
+        assert!(parse_stored_name("000000010000000000000001-xyz.zst").is_none());
+        assert!(parse_stored_name(&format!("000000010000000000000001-{sha}.bz2")).is_none());
+        assert!(parse_stored_name(&format!(".tmp-1-{sha}.zst")).is_none());
+    }
+}

@@ -1,0 +1,56 @@
+//! `archive_command`: archive one WAL file durably. Exit 0 only when it is safe.
+
+use clap::Parser;
+use pgcellar::archive::{self, PushOutcome};
+use pgcellar::config::{CommonArgs, CompressionArgs, Settings};
+use pgcellar::repo::Repository;
+use pgcellar::{cli, log_error, log_info};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Archive one WAL file (PostgreSQL's %p) into the repository.
+#[derive(Parser)]
+#[command(name = "wal-push", version)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    compression: CompressionArgs,
+    /// Path of the WAL file (%p); its base name is the WAL name
+    wal_path: PathBuf,
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let settings = Settings::resolve(&args.common, Some(&args.compression))?;
+    let repo = Repository::open(&settings)?;
+    let server = repo.server(settings.server_name()?)?;
+    let outcome = archive::push(&repo, &server, &args.wal_path, settings.codec)?;
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    match outcome {
+        PushOutcome::Stored {
+            size, stored_size, ..
+        } => log_info!(
+            "archived {} ({} -> {} bytes, {}) in {ms:.1} ms",
+            args.wal_path.display(),
+            size,
+            stored_size,
+            settings.codec.compression
+        ),
+        PushOutcome::AlreadyArchived { .. } => log_info!(
+            "{} was already archived with identical content ({ms:.1} ms)",
+            args.wal_path.display()
+        ),
+    }
+    Ok(())
+}
+
+fn main() {
+    // Exit codes above 125 would make PostgreSQL's archiver exit; usage errors are 1.
+    let args: Args = cli::parse_or_exit(1);
+    pgcellar::log::init("wal-push", args.common.verbose, args.common.quiet);
+    if let Err(e) = run(&args) {
+        log_error!("{}", cli::one_line(&e));
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,323 @@
+//! Settings from flags, environment, the TOML file and defaults, in that order.
+//!
+//! clap already merges flags over environment variables (`#[arg(env)]`); this module
+//! lays the file and the defaults underneath.
+
+use crate::codec::{Codec, Compression};
+use crate::error::{Error, Result};
+use crate::storage::RepoUrl;
+use clap::Args;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Options every binary accepts.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CommonArgs {
+    /// Configuration file (TOML)
+    #[arg(long, env = "PGCELLAR_CONFIG", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Repository: /abs/path, file:///abs/path or ssh://user@host[:port]/abs/path
+    #[arg(long, env = "PGCELLAR_REPO", value_name = "URL", global = true)]
+    pub repo: Option<String>,
+    /// Server name inside the repository
+    #[arg(long, env = "PGCELLAR_SERVER", value_name = "NAME", global = true)]
+    pub server: Option<String>,
+    /// PostgreSQL data directory
+    #[arg(long, env = "PGDATA", value_name = "DIR", global = true)]
+    pub pgdata: Option<PathBuf>,
+    /// libpq connection string (keyword=value ...); PGHOST/PGPORT/PGUSER also apply
+    #[arg(long, env = "PGCELLAR_CONNINFO", value_name = "STR", global = true)]
+    pub conninfo: Option<String>,
+    /// SSH private key for ssh:// repositories
+    #[arg(
+        long,
+        env = "PGCELLAR_SSH_IDENTITY",
+        value_name = "FILE",
+        global = true
+    )]
+    pub ssh_identity: Option<PathBuf>,
+    /// known_hosts file used to verify the backup host's key
+    #[arg(
+        long,
+        env = "PGCELLAR_SSH_KNOWN_HOSTS",
+        value_name = "FILE",
+        global = true
+    )]
+    pub ssh_known_hosts: Option<PathBuf>,
+    /// More detail on stderr (repeat for more)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors on stderr
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+/// Compression options of the binaries that write stored files.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CompressionArgs {
+    /// Compression: zstd (default), lz4, gzip or none
+    #[arg(long, env = "PGCELLAR_COMPRESSION", value_name = "ALGO")]
+    pub compression: Option<Compression>,
+    /// Compression level (zstd -7..22, default 3; gzip 0..9, default 6)
+    #[arg(
+        long,
+        env = "PGCELLAR_COMPRESSION_LEVEL",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub compression_level: Option<i32>,
+}
+
+/// The configuration file. Every key is optional; unknown keys are errors.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Repository URL.
+    pub repo: Option<String>,
+    /// Server name.
+    pub server: Option<String>,
+    /// Data directory.
+    pub pgdata: Option<PathBuf>,
+    /// libpq connection string.
+    pub conninfo: Option<String>,
+    /// Compression algorithm for new files.
+    pub compression: Option<Compression>,
+    /// Compression level.
+    pub compression_level: Option<i32>,
+    /// SSH private key.
+    pub ssh_identity: Option<PathBuf>,
+    /// SSH known_hosts file.
+    pub ssh_known_hosts: Option<PathBuf>,
+    /// Accept and remember an unknown (never a changed) SSH host key.
+    pub ssh_accept_new_host_key: Option<bool>,
+    /// Seconds to wait for an SSH connection.
+    pub ssh_connect_timeout: Option<u64>,
+    /// Seconds to wait for any single SSH read or write.
+    pub ssh_io_timeout: Option<u64>,
+    /// How many times wal-push/wal-get retry a transient failure.
+    pub retries: Option<u32>,
+}
+
+/// Fully resolved settings shared by every binary.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Repository location (required by every command that touches it).
+    pub repo: Option<RepoUrl>,
+    /// Server name.
+    pub server: Option<String>,
+    /// Data directory.
+    pub pgdata: Option<PathBuf>,
+    /// libpq connection string.
+    pub conninfo: Option<String>,
+    /// Codec for new files.
+    pub codec: Codec,
+    /// SSH settings.
+    pub ssh: SshSettings,
+    /// Retries of transient failures in wal-push/wal-get.
+    pub retries: u32,
+    /// The file the settings came from, if any (for messages).
+    pub config_file: Option<PathBuf>,
+}
+
+/// SSH connection settings.
+#[derive(Debug, Clone)]
+pub struct SshSettings {
+    /// Private key file; `None` means the agent, then `~/.ssh/id_*`.
+    pub identity: Option<PathBuf>,
+    /// known_hosts file.
+    pub known_hosts: Option<PathBuf>,
+    /// Accept and store an unknown host key.
+    pub accept_new_host_key: bool,
+    /// Connection timeout.
+    pub connect_timeout: Duration,
+    /// Per-operation I/O timeout.
+    pub io_timeout: Duration,
+}
+
+impl FileConfig {
+    /// Read and parse a configuration file; errors name the file and the key.
+    pub fn load(path: &Path) -> Result<FileConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config(format!(
+                "cannot read configuration file {}: {e}",
+                path.display()
+            ))
+        })?;
+        Self::parse(&text).map_err(|e| e.context(format!("configuration file {}", path.display())))
+    }
+
+    /// Parse configuration text.
+    pub fn parse(text: &str) -> Result<FileConfig> {
+        toml::from_str(text).map_err(|e| {
+            // toml's message names the key and the line; keep it on one line.
+            Error::config(e.to_string().replace('\n', " ").trim().to_string())
+        })
+    }
+}
+
+impl Settings {
+    /// Resolve flags/env (already merged by clap) over the file over defaults.
+    pub fn resolve(args: &CommonArgs, comp: Option<&CompressionArgs>) -> Result<Settings> {
+        let file = match &args.config {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+        let in_file = |key: &str| match &args.config {
+            Some(p) => format!("{key} (from {})", p.display()),
+            None => key.to_string(),
+        };
+        let repo = match args.repo.clone().or(file.repo.clone()) {
+            Some(r) => Some(RepoUrl::parse(&r).map_err(|e| e.context(in_file("repo")))?),
+            None => None,
+        };
+        let server = args.server.clone().or(file.server.clone());
+        if let Some(s) = &server {
+            crate::repo::check_server_name(s).map_err(|e| e.context(in_file("server")))?;
+        }
+        let compression = comp
+            .and_then(|c| c.compression)
+            .or(file.compression)
+            .unwrap_or_default();
+        let level = comp
+            .and_then(|c| c.compression_level)
+            .or(file.compression_level)
+            .unwrap_or_else(|| compression.default_level());
+        compression
+            .check_level(level)
+            .map_err(|e| e.context(in_file("compression_level")))?;
+        let timeout = |v: Option<u64>, default: u64, key: &str| -> Result<Duration> {
+            match v.unwrap_or(default) {
+                0 => Err(Error::config(format!(
+                    "{}: must be at least 1 second",
+                    in_file(key)
+                ))),
+                s => Ok(Duration::from_secs(s)),
+            }
+        };
+        Ok(Settings {
+            repo,
+            server,
+            pgdata: args.pgdata.clone().or(file.pgdata.clone()),
+            conninfo: args.conninfo.clone().or(file.conninfo.clone()),
+            codec: Codec { compression, level },
+            ssh: SshSettings {
+                identity: args.ssh_identity.clone().or(file.ssh_identity.clone()),
+                known_hosts: args
+                    .ssh_known_hosts
+                    .clone()
+                    .or(file.ssh_known_hosts.clone()),
+                accept_new_host_key: file.ssh_accept_new_host_key.unwrap_or(false),
+                connect_timeout: timeout(file.ssh_connect_timeout, 10, "ssh_connect_timeout")?,
+                io_timeout: timeout(file.ssh_io_timeout, 30, "ssh_io_timeout")?,
+            },
+            retries: file.retries.unwrap_or(3),
+            config_file: args.config.clone(),
+        })
+    }
+
+    /// The repository URL, or an error telling how to set it.
+    pub fn repo_url(&self) -> Result<&RepoUrl> {
+        self.repo.as_ref().ok_or_else(|| {
+            Error::config(
+                "no repository given: use --repo, PGCELLAR_REPO or 'repo' in the config file",
+            )
+        })
+    }
+
+    /// The server name, or an error telling how to set it.
+    pub fn server_name(&self) -> Result<&str> {
+        self.server.as_deref().ok_or_else(|| {
+            Error::config("no server name given: use --server, PGCELLAR_SERVER or 'server' in the config file")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write_cfg(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let f = write_cfg("repo = '/from/file'\nserver = 'filesrv'\ncompression = 'lz4'\n");
+        let args = CommonArgs {
+            config: Some(f.path().into()),
+            repo: Some("/from/flag".into()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&args, None).unwrap();
+        assert_eq!(s.repo, Some(RepoUrl::Local("/from/flag".into())));
+        assert_eq!(s.server.as_deref(), Some("filesrv"));
+        assert_eq!(s.codec.compression, Compression::Lz4);
+        assert_eq!(s.codec.level, 0);
+        let comp = CompressionArgs {
+            compression: Some(Compression::Gzip),
+            compression_level: None,
+        };
+        let s = Settings::resolve(&args, Some(&comp)).unwrap();
+        assert_eq!(
+            s.codec,
+            Codec {
+                compression: Compression::Gzip,
+                level: 6
+            }
+        );
+        let none = Settings::resolve(&CommonArgs::default(), None).unwrap();
+        assert_eq!(none.codec, Codec::default());
+        assert_eq!(none.retries, 3);
+        assert!(none.repo_url().is_err());
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let f = write_cfg("repo = '/r'\nreop = '/typo'\n");
+        let args = CommonArgs {
+            config: Some(f.path().into()),
+            ..Default::default()
+        };
+        let msg = Settings::resolve(&args, None).unwrap_err().to_string();
+        assert!(msg.contains("reop"), "{msg}");
+        assert!(msg.contains(&f.path().display().to_string()), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        for (text, key) in [
+            ("compression = 'brotli'", "compression"),
+            ("compression_level = 99", "compression_level"),
+            ("repo = 'relative'", "repo"),
+            ("server = '../x'", "server"),
+            ("ssh_io_timeout = 0", "ssh_io_timeout"),
+            ("retries = -1", "retries"),
+        ] {
+            let f = write_cfg(text);
+            let args = CommonArgs {
+                config: Some(f.path().into()),
+                ..Default::default()
+            };
+            let msg = Settings::resolve(&args, None).unwrap_err().to_string();
+            assert!(msg.contains(key) || msg.contains("brotli"), "{text}: {msg}");
+        }
+        let args = CommonArgs {
+            config: Some("/nonexistent/pgcellar.toml".into()),
+            ..Default::default()
+        };
+        assert!(Settings::resolve(&args, None)
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent/pgcellar.toml"));
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pgcellar.toml");
+        FileConfig::load(&path).unwrap();
+    }
+}

@@ -1,0 +1,164 @@
+//! Talking to PostgreSQL through libpq-compatible settings (the `postgres` crate).
+
+use crate::error::{Error, ErrorKind, Result};
+use postgres::{Client, NoTls};
+use std::time::Duration;
+
+/// What identifies a running cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterIdentity {
+    /// `pg_control_system().system_identifier`.
+    pub system_id: u64,
+    /// `server_version_num`.
+    pub version_num: u32,
+    /// WAL segment size in bytes.
+    pub wal_segment_size: u64,
+    /// Data block size in bytes.
+    pub block_size: u32,
+}
+
+impl ClusterIdentity {
+    /// Major version (15 for 150018).
+    pub fn major(&self) -> u32 {
+        self.version_num / 10000
+    }
+}
+
+/// Build a connection config from a keyword=value string, filling what it leaves out
+/// from PGHOST/PGPORT/PGUSER/PGDATABASE/PGPASSWORD and libpq's defaults.
+pub fn connect_config(conninfo: Option<&str>) -> Result<postgres::Config> {
+    let text = conninfo.unwrap_or("");
+    let mut cfg: postgres::Config = text.parse().map_err(|e| {
+        Error::config(format!(
+            "bad --conninfo (expected keyword=value pairs): {e}"
+        ))
+    })?;
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if cfg.get_hosts().is_empty() {
+        let hosts = env("PGHOST").unwrap_or_else(|| "/var/run/postgresql".to_string());
+        for h in hosts.split(',') {
+            if h.starts_with('/') {
+                cfg.host_path(h);
+            } else {
+                cfg.host(h);
+            }
+        }
+    }
+    if cfg.get_ports().is_empty() {
+        if let Some(p) = env("PGPORT") {
+            let port = p
+                .parse()
+                .map_err(|_| Error::config(format!("PGPORT={p:?} is not a port number")))?;
+            cfg.port(port);
+        }
+    }
+    if cfg.get_user().is_none() {
+        let user = env("PGUSER").or_else(|| env("USER")).or_else(current_user);
+        if let Some(u) = user {
+            cfg.user(&u);
+        }
+    }
+    if cfg.get_dbname().is_none() {
+        if let Some(d) = env("PGDATABASE") {
+            cfg.dbname(&d);
+        } else {
+            // libpq's default too, and always present.
+            cfg.dbname("postgres");
+        }
+    }
+    if cfg.get_password().is_none() {
+        if let Some(p) = env("PGPASSWORD") {
+            cfg.password(p);
+        }
+    }
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(Duration::from_secs(10));
+    }
+    cfg.application_name("pgcellar");
+    Ok(cfg)
+}
+
+fn current_user() -> Option<String> {
+    // SAFETY: getpwuid returns a pointer to static storage or null; we copy out at once.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if pw.is_null() {
+            return None;
+        }
+        let name = std::ffi::CStr::from_ptr((*pw).pw_name);
+        name.to_str().ok().map(str::to_string)
+    }
+}
+
+/// Open a session.
+pub fn connect(conninfo: Option<&str>) -> Result<Client> {
+    let cfg = connect_config(conninfo)?;
+    let hosts: Vec<String> = cfg
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            postgres::config::Host::Tcp(s) => s.clone(),
+            postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .collect();
+    cfg.connect(NoTls).map_err(|e| {
+        Error::new(
+            ErrorKind::Postgres,
+            format!(
+                "cannot connect to PostgreSQL at {} as {}: {}",
+                hosts.join(","),
+                cfg.get_user().unwrap_or("?"),
+                describe(&e)
+            ),
+        )
+    })
+}
+
+/// A one-line description of a postgres error, including the server's message.
+pub fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s = format!("{s}: {inner}");
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
+
+/// Map a query error to ours with what we were doing.
+pub fn query_error(what: &str, e: postgres::Error) -> Error {
+    Error::new(ErrorKind::Postgres, format!("{what}: {}", describe(&e)))
+}
+
+/// Read the identity of the cluster behind `client`.
+pub fn identity(client: &mut Client) -> Result<ClusterIdentity> {
+    let row = client
+        .query_one(
+            "SELECT system_identifier::text, current_setting('server_version_num')::int4, \
+             (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size')::int8, \
+             current_setting('block_size')::int4 \
+             FROM pg_control_system()",
+            &[],
+        )
+        .map_err(|e| query_error("reading the cluster identity", e))?;
+    let sysid: String = row.get(0);
+    let version: i32 = row.get(1);
+    let seg: i64 = row.get(2);
+    let block: i32 = row.get(3);
+    Ok(ClusterIdentity {
+        system_id: sysid.parse().map_err(|_| {
+            Error::new(
+                ErrorKind::Postgres,
+                format!("odd system identifier {sysid:?}"),
+            )
+        })?,
+        version_num: version as u32,
+        wal_segment_size: seg as u64,
+        block_size: block as u32,
+    })
+}

@@ -1,0 +1,342 @@
+//! The local-filesystem driver (also used for NFS and other mounts).
+
+use super::{
+    check_path, AtomicFile, Committed, DirEntry, FileInfo, Overwrite, Storage, TEMP_PREFIX,
+};
+use crate::error::{Error, IoContext, Result};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A repository in a directory of this host.
+#[derive(Debug, Clone)]
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+impl LocalStorage {
+    /// Storage rooted at `root` (which need not exist yet).
+    pub fn new(root: PathBuf) -> Self {
+        LocalStorage { root }
+    }
+
+    fn abs(&self, path: &str) -> Result<PathBuf> {
+        if path.is_empty() {
+            return Ok(self.root.clone());
+        }
+        check_path(path)?;
+        Ok(self.root.join(path))
+    }
+}
+
+/// fsync a directory so that entries created or renamed in it survive a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// A unique temporary file name for this process.
+pub fn temp_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{TEMP_PREFIX}{}-{}-{:08x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        nanos
+    )
+}
+
+/// Test-only fault injection: `PGCELLAR_TEST_FAULT=crash-before-rename` kills the
+/// process after the temporary file is written and synced, before it gets its name.
+pub(crate) fn maybe_crash_before_rename() {
+    if std::env::var_os("PGCELLAR_TEST_FAULT").is_some_and(|v| v == "crash-before-rename") {
+        // abort() is as abrupt as a power cut for the repository's visible state.
+        std::process::abort();
+    }
+}
+
+impl Storage for LocalStorage {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn list(&self, dir: &str) -> Result<Vec<DirEntry>> {
+        let path = self.abs(dir)?;
+        let rd = match fs::read_dir(&path) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(format!("listing {}", path.display()), e)),
+        };
+        let mut out = Vec::new();
+        for entry in rd {
+            let entry = entry.io_context(|| format!("listing {}", path.display()))?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue; // not ours: pgcellar writes only UTF-8 names
+            };
+            // file_type() is free on Linux (d_type); only regular files need a stat for size.
+            let ft = match entry.file_type() {
+                Ok(ft) => ft,
+                Err(_) => continue,
+            };
+            let size = if ft.is_file() {
+                match entry.metadata() {
+                    Ok(m) => m.len(),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io(format!("stat {}", entry.path().display()), e)),
+                }
+            } else {
+                0
+            };
+            out.push(DirEntry {
+                name,
+                is_dir: ft.is_dir(),
+                size,
+            });
+        }
+        Ok(out)
+    }
+
+    fn stat(&self, path: &str) -> Result<Option<FileInfo>> {
+        let p = self.abs(path)?;
+        match fs::metadata(&p) {
+            Ok(m) => Ok(Some(FileInfo {
+                size: m.len(),
+                is_dir: m.is_dir(),
+                mtime: m
+                    .modified()
+                    .io_context(|| format!("stat {}", p.display()))?,
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("stat {}", p.display()), e)),
+        }
+    }
+
+    fn open_read(&self, path: &str) -> Result<Box<dyn Read + Send>> {
+        let p = self.abs(path)?;
+        let f = File::open(&p).io_context(|| format!("opening {}", p.display()))?;
+        Ok(Box::new(f))
+    }
+
+    fn create(&self, dir: &str) -> Result<Box<dyn AtomicFile>> {
+        let dir = self.abs(dir)?;
+        let tmp = dir.join(temp_name());
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .io_context(|| format!("creating {}", tmp.display()))?;
+        Ok(Box::new(LocalAtomicFile {
+            writer: Some(BufWriter::with_capacity(256 * 1024, file)),
+            dir,
+            tmp,
+            done: false,
+        }))
+    }
+
+    fn create_dir_all(&self, dir: &str) -> Result<()> {
+        let target = self.abs(dir)?;
+        // Walk up to the first existing ancestor, then create downwards, syncing each
+        // parent so the new entries are durable.
+        let mut missing = Vec::new();
+        let mut cur = target.as_path();
+        while !cur.exists() {
+            missing.push(cur.to_path_buf());
+            match cur.parent() {
+                Some(p) => cur = p,
+                None => break,
+            }
+        }
+        for d in missing.iter().rev() {
+            match fs::DirBuilder::new().mode(0o700).create(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io(format!("creating directory {}", d.display()), e)),
+            }
+            if let Some(parent) = d.parent() {
+                sync_dir(parent).io_context(|| format!("syncing {}", parent.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_file(&self, path: &str) -> Result<()> {
+        let p = self.abs(path)?;
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("removing {}", p.display()), e)),
+        }
+    }
+
+    fn remove_dir_all(&self, path: &str) -> Result<()> {
+        let p = self.abs(path)?;
+        match fs::remove_dir_all(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("removing {}", p.display()), e)),
+        }
+    }
+
+    fn hard_link_all(&self, links: &[(String, String)]) -> Result<()> {
+        let mut dirs = std::collections::BTreeSet::new();
+        for (src, dst) in links {
+            let s = self.abs(src)?;
+            let d = self.abs(dst)?;
+            match fs::hard_link(&s, &d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("linking {} to {}", d.display(), s.display()),
+                        e,
+                    ))
+                }
+            }
+            if let Some(p) = d.parent() {
+                dirs.insert(p.to_path_buf());
+            }
+        }
+        for d in dirs {
+            sync_dir(&d).io_context(|| format!("syncing {}", d.display()))?;
+        }
+        Ok(())
+    }
+}
+
+struct LocalAtomicFile {
+    writer: Option<BufWriter<File>>,
+    dir: PathBuf,
+    tmp: PathBuf,
+    done: bool,
+}
+
+impl Write for LocalAtomicFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.writer.as_mut() {
+            Some(w) => w.write(buf),
+            None => Err(io::Error::other("file already committed")),
+        }
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self.writer.as_mut() {
+            Some(w) => w.write_all(buf),
+            None => Err(io::Error::other("file already committed")),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self.writer.as_mut() {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl AtomicFile for LocalAtomicFile {
+    fn commit(mut self: Box<Self>, final_name: &str, overwrite: Overwrite) -> Result<Committed> {
+        check_path(final_name)?;
+        if final_name.contains('/') {
+            return Err(Error::invalid(format!(
+                "final name {final_name:?} must not contain '/'"
+            )));
+        }
+        let writer = self
+            .writer
+            .take()
+            .ok_or_else(|| Error::invalid("file committed twice"))?;
+        let file = writer
+            .into_inner()
+            .map_err(|e| Error::io(format!("writing {}", self.tmp.display()), e.into_error()))?;
+        file.sync_all()
+            .io_context(|| format!("fsync {}", self.tmp.display()))?;
+        drop(file);
+        maybe_crash_before_rename();
+        let dest = self.dir.join(final_name);
+        let outcome = match overwrite {
+            Overwrite::Replace => {
+                fs::rename(&self.tmp, &dest).io_context(|| {
+                    format!("renaming {} to {}", self.tmp.display(), dest.display())
+                })?;
+                Committed::Created
+            }
+            // link() fails if the name exists, so two racing writers cannot replace
+            // each other's file, which rename() would allow.
+            Overwrite::Never => match fs::hard_link(&self.tmp, &dest) {
+                Ok(()) => {
+                    fs::remove_file(&self.tmp)
+                        .io_context(|| format!("removing {}", self.tmp.display()))?;
+                    Committed::Created
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let _ = fs::remove_file(&self.tmp);
+                    self.done = true;
+                    return Ok(Committed::AlreadyExists);
+                }
+                Err(e) => return Err(Error::io(format!("linking {}", dest.display()), e)),
+            },
+        };
+        self.done = true;
+        sync_dir(&self.dir).io_context(|| format!("fsync directory {}", self.dir.display()))?;
+        Ok(outcome)
+    }
+}
+
+impl Drop for LocalAtomicFile {
+    fn drop(&mut self) {
+        if !self.done {
+            self.writer.take();
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn tmpdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("pgcellar-local-{}", temp_name()));
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn atomic_write_modes_and_no_overwrite() {
+        let root = tmpdir();
+        let s = LocalStorage::new(root.join("repo"));
+        s.create_dir_all("a/b").unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root.join("repo/a/b")), 0o700);
+        assert_eq!(mode(&root.join("repo")), 0o700);
+        assert_eq!(
+            s.write_all("a/b/f", b"one", Overwrite::Never).unwrap(),
+            Committed::Created
+        );
+        assert_eq!(mode(&root.join("repo/a/b/f")), 0o600);
+        assert_eq!(
+            s.write_all("a/b/f", b"two", Overwrite::Never).unwrap(),
+            Committed::AlreadyExists
+        );
+        assert_eq!(s.read_all("a/b/f").unwrap(), b"one");
+        s.write_all("a/b/f", b"three", Overwrite::Replace).unwrap();
+        assert_eq!(s.read_all("a/b/f").unwrap(), b"three");
+        // no temporary files left behind
+        let names: Vec<_> = s.list("a/b").unwrap().into_iter().map(|e| e.name).collect();
+        assert_eq!(names, vec!["f".to_string()]);
+        // abandoned writes leave nothing
+        let mut f = s.create("a/b").unwrap();
+        f.write_all(b"x").unwrap();
+        drop(f);
+        assert_eq!(s.list("a/b").unwrap().len(), 1);
+        assert!(s.list("missing").unwrap().is_empty());
+        assert!(s.stat("a/b/nope").unwrap().is_none());
+        assert!(s.open_read("../etc/passwd").is_err());
+        fs::remove_dir_all(root).unwrap();
+    }
+}

@@ -1,0 +1,432 @@
+//! WAL file names (PostgreSQL's grammar) and the long page header of a segment.
+
+use crate::error::{Error, Result};
+use std::fmt;
+
+/// What kind of file an archived WAL name denotes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WalKind {
+    /// A WAL segment: `TTTTTTTTXXXXXXXXYYYYYYYY`.
+    Segment,
+    /// A timeline history file: `TTTTTTTT.history`.
+    History,
+    /// A partial segment left by a promotion: `<segment>.partial`.
+    Partial,
+    /// A backup history file: `<segment>.XXXXXXXX.backup`.
+    Backup,
+}
+
+/// A validated WAL file name; only names that match PostgreSQL's grammar can exist.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WalName {
+    name: String,
+    kind: WalKind,
+}
+
+fn is_upper_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+}
+
+impl WalName {
+    /// Validate `name` against PostgreSQL's WAL file grammar.
+    pub fn parse(name: &str) -> Result<WalName> {
+        let kind = if is_upper_hex(name, 24) {
+            Some(WalKind::Segment)
+        } else if let Some(tli) = name.strip_suffix(".history") {
+            is_upper_hex(tli, 8).then_some(WalKind::History)
+        } else if let Some(seg) = name.strip_suffix(".partial") {
+            is_upper_hex(seg, 24).then_some(WalKind::Partial)
+        } else if let Some(rest) = name.strip_suffix(".backup") {
+            match rest.split_once('.') {
+                Some((seg, off)) if is_upper_hex(seg, 24) && is_upper_hex(off, 8) => {
+                    Some(WalKind::Backup)
+                }
+                _ => None,
+            }
+        } else {
+            None
+        };
+        match kind {
+            // Timeline 0 never exists; PostgreSQL starts at 1.
+            Some(kind) if &name[..8] != "00000000" => Ok(WalName {
+                name: name.to_string(),
+                kind,
+            }),
+            _ => Err(Error::invalid(format!(
+                "{:?} is not a WAL file name (expected 24 hex digits, TTTTTTTT.history, \
+                 <segment>.partial or <segment>.XXXXXXXX.backup, upper case)",
+                truncate_for_display(name)
+            ))),
+        }
+    }
+
+    /// The name as PostgreSQL spells it.
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    /// The kind of file.
+    pub fn kind(&self) -> WalKind {
+        self.kind
+    }
+
+    /// The timeline encoded in the name.
+    pub fn timeline(&self) -> u32 {
+        u32::from_str_radix(&self.name[..8], 16).unwrap_or(0)
+    }
+
+    /// For segment-based names, the 24-hex segment part.
+    pub fn segment_part(&self) -> Option<&str> {
+        match self.kind {
+            WalKind::History => None,
+            _ => Some(&self.name[..24]),
+        }
+    }
+
+    /// For segment-based names, the parsed segment.
+    pub fn segment(&self) -> Option<Segment> {
+        let part = self.segment_part()?;
+        Some(Segment {
+            timeline: u32::from_str_radix(&part[..8], 16).ok()?,
+            log: u32::from_str_radix(&part[8..16], 16).ok()?,
+            seg: u32::from_str_radix(&part[16..24], 16).ok()?,
+        })
+    }
+
+    /// The directory (below `wal/`) that holds this file: the first 16 hex digits of
+    /// its segment, or none for history files, which live directly in `wal/`.
+    pub fn archive_subdir(&self) -> Option<&str> {
+        self.segment_part().map(|s| &s[..16])
+    }
+}
+
+impl fmt::Display for WalName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// Shorten hostile input before echoing it in an error line.
+pub(crate) fn truncate_for_display(s: &str) -> String {
+    if s.chars().count() > 80 {
+        let mut t: String = s.chars().take(80).collect();
+        t.push('…');
+        t
+    } else {
+        s.to_string()
+    }
+}
+
+/// A WAL segment position: timeline, "log" (high 32 bits) and segment within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Segment {
+    /// Timeline id.
+    pub timeline: u32,
+    /// High part of the segment number (the middle 8 hex digits).
+    pub log: u32,
+    /// Low part (the last 8 hex digits), below `0x1_0000_0000 / segment_size`.
+    pub seg: u32,
+}
+
+impl Segment {
+    /// Segments per "log" file for a segment size.
+    pub fn per_log(segment_size: u64) -> u64 {
+        0x1_0000_0000 / segment_size
+    }
+
+    /// The absolute segment number for `segment_size`.
+    pub fn number(&self, segment_size: u64) -> u64 {
+        self.log as u64 * Self::per_log(segment_size) + self.seg as u64
+    }
+
+    /// The segment with absolute number `n` on `timeline`.
+    pub fn from_number(timeline: u32, n: u64, segment_size: u64) -> Segment {
+        let per = Self::per_log(segment_size);
+        Segment {
+            timeline,
+            log: (n / per) as u32,
+            seg: (n % per) as u32,
+        }
+    }
+
+    /// The segment containing `lsn` on `timeline`.
+    pub fn containing(timeline: u32, lsn: u64, segment_size: u64) -> Segment {
+        Self::from_number(timeline, lsn / segment_size, segment_size)
+    }
+
+    /// The next segment on the same timeline.
+    pub fn next(&self, segment_size: u64) -> Segment {
+        Self::from_number(self.timeline, self.number(segment_size) + 1, segment_size)
+    }
+
+    /// The file name of this segment.
+    pub fn file_name(&self) -> String {
+        format!("{:08X}{:08X}{:08X}", self.timeline, self.log, self.seg)
+    }
+}
+
+/// Magic number of WAL pages for a PostgreSQL major version (`XLOG_PAGE_MAGIC`).
+pub fn page_magic(major: u32) -> Option<u16> {
+    Some(match major {
+        10 => 0xD097,
+        11 => 0xD098,
+        12 => 0xD101,
+        13 => 0xD106,
+        14 => 0xD10D,
+        15 => 0xD110,
+        16 => 0xD113,
+        17 => 0xD116,
+        18 => 0xD118,
+        _ => return None,
+    })
+}
+
+/// Size of `XLogLongPageHeaderData` as laid out on x86-64 and other 64-bit ABIs.
+pub const LONG_PAGE_HEADER_LEN: usize = 40;
+const XLP_LONG_HEADER: u16 = 0x0002;
+
+/// The fields of a segment's first (long) page header that pgcellar checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LongPageHeader {
+    /// `xlp_magic`: identifies the WAL format version.
+    pub magic: u16,
+    /// `xlp_info` flag bits.
+    pub info: u16,
+    /// `xlp_tli`: timeline of the page.
+    pub timeline: u32,
+    /// `xlp_pageaddr`: the LSN of the page's start.
+    pub page_addr: u64,
+    /// `xlp_sysid`: the cluster's system identifier.
+    pub system_id: u64,
+    /// `xlp_seg_size`: the WAL segment size.
+    pub segment_size: u32,
+    /// `xlp_xlog_blcksz`: the WAL block size.
+    pub block_size: u32,
+}
+
+impl LongPageHeader {
+    /// Parse the first bytes of a segment (little-endian, as on every platform we ship).
+    pub fn parse(buf: &[u8]) -> Result<LongPageHeader> {
+        if buf.len() < LONG_PAGE_HEADER_LEN {
+            return Err(Error::invalid(format!(
+                "file is {} bytes, too short for a WAL page header",
+                buf.len()
+            )));
+        }
+        let u16_at = |o: usize| u16::from_le_bytes([buf[o], buf[o + 1]]);
+        let u32_at = |o: usize| u32::from_le_bytes([buf[o], buf[o + 1], buf[o + 2], buf[o + 3]]);
+        let u64_at = |o: usize| (u32_at(o) as u64) | ((u32_at(o + 4) as u64) << 32);
+        Ok(LongPageHeader {
+            magic: u16_at(0),
+            info: u16_at(2),
+            timeline: u32_at(4),
+            page_addr: u64_at(8),
+            system_id: u64_at(24),
+            segment_size: u32_at(32),
+            block_size: u32_at(36),
+        })
+    }
+}
+
+/// What a segment must match to be accepted into a server's archive.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentExpectation {
+    /// Registered system identifier.
+    pub system_id: u64,
+    /// Registered WAL segment size.
+    pub segment_size: u64,
+    /// Registered PostgreSQL major version (selects the page magic).
+    pub major: u32,
+}
+
+/// Check a segment's header and size against the registered cluster.
+pub fn check_segment(
+    name: &WalName,
+    file_size: u64,
+    header: &[u8],
+    expect: &SegmentExpectation,
+) -> Result<()> {
+    if file_size != expect.segment_size {
+        return Err(Error::invalid(format!(
+            "{name} is {file_size} bytes but the cluster's WAL segment size is {} bytes \
+             (truncated or foreign file); refusing to archive it",
+            expect.segment_size
+        )));
+    }
+    let h = LongPageHeader::parse(header).map_err(|e| e.context(name))?;
+    if let Some(magic) = page_magic(expect.major) {
+        if h.magic != magic {
+            return Err(Error::invalid(format!(
+                "{name}: WAL page magic is {:#06X}, expected {magic:#06X} for PostgreSQL {} \
+                 (not a WAL segment of this cluster, or zero-filled)",
+                h.magic, expect.major
+            )));
+        }
+    }
+    if h.info & XLP_LONG_HEADER == 0 {
+        return Err(Error::invalid(format!(
+            "{name}: first page lacks the long header flag; not the start of a WAL segment"
+        )));
+    }
+    if h.system_id != expect.system_id {
+        return Err(Error::invalid(format!(
+            "{name} belongs to database system {} but this server is registered as {}; \
+             refusing another cluster's WAL (check --server and --repo)",
+            h.system_id, expect.system_id
+        )));
+    }
+    if h.segment_size as u64 != expect.segment_size {
+        return Err(Error::invalid(format!(
+            "{name}: header says segment size {} but the server is registered with {}",
+            h.segment_size, expect.segment_size
+        )));
+    }
+    if let Some(seg) = name.segment() {
+        let want = seg.number(expect.segment_size) * expect.segment_size;
+        if h.page_addr != want {
+            return Err(Error::invalid(format!(
+                "{name}: first page address is {:X}/{:X} but the name implies {:X}/{:X} \
+                 (renamed or recycled file)",
+                h.page_addr >> 32,
+                h.page_addr as u32,
+                want >> 32,
+                want as u32
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Parse an LSN written as `X/Y`.
+pub fn parse_lsn(s: &str) -> Result<u64> {
+    let (hi, lo) = s
+        .split_once('/')
+        .ok_or_else(|| Error::invalid(format!("{s:?} is not an LSN (expected X/Y in hex)")))?;
+    let hi = u32::from_str_radix(hi, 16)
+        .map_err(|_| Error::invalid(format!("{s:?} is not an LSN (expected X/Y in hex)")))?;
+    let lo = u32::from_str_radix(lo, 16)
+        .map_err(|_| Error::invalid(format!("{s:?} is not an LSN (expected X/Y in hex)")))?;
+    Ok(((hi as u64) << 32) | lo as u64)
+}
+
+/// Format an LSN as `X/Y`.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_postgres_names() {
+        for (n, k) in [
+            ("000000010000000000000001", WalKind::Segment),
+            ("0000000A00000000000000FF", WalKind::Segment),
+            ("00000002.history", WalKind::History),
+            ("000000010000000000000003.partial", WalKind::Partial),
+            ("000000010000000000000002.00000028.backup", WalKind::Backup),
+        ] {
+            assert_eq!(WalName::parse(n).unwrap().kind(), k, "{n}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_names() {
+        for n in [
+            "",
+            "../000000010000000000000001",
+            "000000010000000000000001/",
+            "00000001000000000000000",
+            "0000000100000000000000011",
+            "000000010000000000000001.history",
+            "00000001.History",
+            "0000000g0000000000000001",
+            "000000010000000000000001.partial.partial",
+            "000000010000000000000002.0000028.backup",
+            "000000010000000000000002.backup",
+            "000000000000000000000001",
+            "/etc/passwd",
+            "00000001.history/../x",
+            "000000010000000000000001\n",
+            "0000000100000000000000aa",
+        ] {
+            assert!(WalName::parse(n).is_err(), "{n:?} accepted");
+        }
+    }
+
+    #[test]
+    fn segment_arithmetic() {
+        let n = WalName::parse("0000000100000002000000FF").unwrap();
+        let s = n.segment().unwrap();
+        let ss = 16 * 1024 * 1024;
+        assert_eq!(s.next(ss).file_name(), "000000010000000300000000");
+        assert_eq!(n.archive_subdir(), Some("0000000100000002"));
+        assert_eq!(
+            Segment::containing(1, 0x3_0100_0000, ss).file_name(),
+            "000000010000000300000001"
+        );
+        // 1 MiB segments: 4096 per log.
+        let s1 = Segment::from_number(1, 4097, 1 << 20);
+        assert_eq!(s1.file_name(), "000000010000000100000001");
+        assert_eq!(WalName::parse("00000003.history").unwrap().timeline(), 3);
+    }
+
+    fn header(magic: u16, info: u16, addr: u64, sysid: u64, segsz: u32) -> Vec<u8> {
+        let mut b = vec![0u8; 8192];
+        b[0..2].copy_from_slice(&magic.to_le_bytes());
+        b[2..4].copy_from_slice(&info.to_le_bytes());
+        b[4..8].copy_from_slice(&1u32.to_le_bytes());
+        b[8..16].copy_from_slice(&addr.to_le_bytes());
+        b[24..32].copy_from_slice(&sysid.to_le_bytes());
+        b[32..36].copy_from_slice(&segsz.to_le_bytes());
+        b[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn header_checks() {
+        let seg = 1u64 << 20;
+        let exp = SegmentExpectation {
+            system_id: 42,
+            segment_size: seg,
+            major: 15,
+        };
+        let name = WalName::parse("000000010000000000000003").unwrap();
+        let good = header(0xD110, 2, 3 * seg, 42, seg as u32);
+        check_segment(&name, seg, &good, &exp).unwrap();
+        let h = LongPageHeader::parse(&good).unwrap();
+        assert_eq!(
+            (h.system_id, h.segment_size, h.block_size),
+            (42, seg as u32, 8192)
+        );
+        // truncated
+        assert!(check_segment(&name, seg - 1, &good, &exp).is_err());
+        // foreign cluster
+        let foreign = header(0xD110, 2, 3 * seg, 43, seg as u32);
+        assert!(check_segment(&name, seg, &foreign, &exp)
+            .unwrap_err()
+            .to_string()
+            .contains("database system 43"));
+        // wrong page address (renamed file)
+        let moved = header(0xD110, 2, 4 * seg, 42, seg as u32);
+        assert!(check_segment(&name, seg, &moved, &exp).is_err());
+        // zero-filled
+        assert!(check_segment(&name, seg, &vec![0u8; 8192], &exp).is_err());
+        // short header
+        assert!(check_segment(&name, seg, &good[..10], &exp).is_err());
+        // no long header flag
+        let short = header(0xD110, 0, 3 * seg, 42, seg as u32);
+        assert!(check_segment(&name, seg, &short, &exp).is_err());
+    }
+
+    #[test]
+    fn lsn_round_trip() {
+        assert_eq!(parse_lsn("1/2A").unwrap(), 0x1_0000_002A);
+        assert_eq!(format_lsn(0x1_0000_002A), "1/2A");
+        assert!(parse_lsn("12").is_err());
+        assert!(parse_lsn("x/1").is_err());
+    }
+}

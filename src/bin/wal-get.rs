@@ -37,8 +37,10 @@ fn run(args: &Args) -> pgcellar::Result<Outcome> {
     let settings = Settings::resolve(&args.common, None)?;
     let name = WalName::parse(&args.wal_name)?;
     let repo = Repository::open(&settings)?;
-    let server = settings.server_name()?;
-    match archive::get(&repo, server, &name, &args.dest) {
+    // Reading the registration makes a mistyped --server a hard error rather than
+    // "not found", which would end recovery early.
+    let server = repo.server(settings.server_name()?)?;
+    match archive::get(&repo, &server.name, &name, &args.dest) {
         Ok(size) => {
             log_info!(
                 "restored {name} ({size} bytes) in {:.1} ms",

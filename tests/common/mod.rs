@@ -1,0 +1,553 @@
+//! Test harness: real PostgreSQL clusters and temporary directories.
+//!
+//! PostgreSQL refuses to run as root, and CI runs as root, so when we are root every
+//! server command (and therefore `archive_command`/`restore_command`) runs as the
+//! `postgres` user through `runuser`, in directories that user owns. The binaries
+//! under test are copied to a directory that user can reach.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The binaries of this package, as built by cargo for this test run.
+pub const BINARIES: &[&str] = &["wal-push", "wal-get", "pgcellar", "base-backup", "restore"];
+
+/// Whether we run as root (and must hand servers to the `postgres` user).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether this is CI, where a missing dependency is a failure, never a skip.
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Report a missing dependency: panic under CI, loud skip locally.
+pub fn skip_or_fail(what: &str) -> Option<()> {
+    if under_ci() {
+        panic!("CI=true and {what}: this test cannot run, failing instead of skipping");
+    }
+    eprintln!("\n*** SKIPPED: {what} (set CI=true to make this a failure) ***\n");
+    None
+}
+
+/// Directory holding copies of the built binaries, readable and executable by all.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("pgcellar-bin-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("create bin dir");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod bin dir");
+        // Binaries added by later work may not exist in every build: copy what is there.
+        let built = assert_cmd::cargo::cargo_bin("wal-push");
+        let built_dir = built.parent().expect("binary dir");
+        for name in BINARIES {
+            let src = built_dir.join(name);
+            if src.exists() {
+                let dst = dir.join(name);
+                fs::copy(&src, &dst).expect("copy binary");
+                fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).expect("chmod");
+            }
+        }
+        dir
+    })
+}
+
+/// Path of a built binary that the `postgres` user can run.
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// A temporary directory, owned by `postgres` when we are root, removed on drop.
+pub struct TestDir {
+    dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    /// A new, empty directory.
+    pub fn new() -> TestDir {
+        let dir = tempfile::Builder::new()
+            .prefix("pgcellar-test-")
+            .tempdir()
+            .expect("temp dir");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        chown_postgres(dir.path());
+        TestDir { dir }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A path inside it.
+    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
+        self.dir.path().join(p)
+    }
+}
+
+impl Default for TestDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Give `path` (recursively) to the postgres user when we are root.
+pub fn chown_postgres(path: &Path) {
+    if is_root() {
+        let st = Command::new("chown")
+            .arg("-R")
+            .arg("postgres:postgres")
+            .arg(path)
+            .status()
+            .expect("chown");
+        assert!(st.success(), "chown -R postgres {}", path.display());
+    }
+}
+
+/// A command that runs as the postgres user when we are root.
+pub fn pg_command(program: impl AsRef<OsStr>) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Run a command, panicking with its output if it fails.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// PostgreSQL's server binaries: PG_BINDIR, else `pg_config --bindir`, else Debian's 15.
+pub fn pg_bindir() -> Option<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(d) = std::env::var_os("PG_BINDIR") {
+        candidates.push(PathBuf::from(d));
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        if out.status.success() {
+            candidates.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+        }
+    }
+    candidates.push(PathBuf::from("/usr/lib/postgresql/15/bin"));
+    candidates
+        .into_iter()
+        .find(|d| d.join("initdb").exists() && d.join("pg_ctl").exists())
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// How to create a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOpts {
+    /// WAL segment size in MiB (1 for fast tests, 16 for PostgreSQL's default).
+    pub wal_segsize_mb: u32,
+    /// `archive_command`, if archiving is on.
+    pub archive_command: Option<String>,
+    /// Extra postgresql.conf lines.
+    pub conf: Vec<String>,
+    /// initdb --data-checksums.
+    pub data_checksums: bool,
+}
+
+impl Default for ClusterOpts {
+    fn default() -> Self {
+        ClusterOpts {
+            wal_segsize_mb: 1,
+            archive_command: None,
+            conf: Vec::new(),
+            data_checksums: true,
+        }
+    }
+}
+
+/// A PostgreSQL cluster in a temporary directory, stopped on drop.
+pub struct Cluster {
+    /// Holds data directory, socket directory and log.
+    pub root: TestDir,
+    /// The data directory.
+    pub pgdata: PathBuf,
+    /// Socket directory (the server listens on no TCP address unless configured).
+    pub sockdir: PathBuf,
+    /// Port (names the socket).
+    pub port: u16,
+    /// Server binaries.
+    pub bindir: PathBuf,
+    /// Server log file.
+    pub log: PathBuf,
+}
+
+impl Cluster {
+    /// initdb and start a cluster; `None` (loudly) when PostgreSQL is missing locally.
+    pub fn init(opts: ClusterOpts) -> Option<Cluster> {
+        let Some(bindir) = pg_bindir() else {
+            skip_or_fail("PostgreSQL server binaries (initdb, pg_ctl) not found")?;
+            return None;
+        };
+        let root = TestDir::new();
+        let pgdata = root.join("pgdata");
+        let mut initdb = pg_command(bindir.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&pgdata)
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "--no-instructions",
+            ])
+            .arg(format!("--wal-segsize={}", opts.wal_segsize_mb));
+        if opts.data_checksums {
+            initdb.arg("--data-checksums");
+        }
+        run_ok(&mut initdb);
+        let c = Cluster::adopt(root, pgdata, bindir);
+        let mut conf = vec![
+            "wal_level = replica".to_string(),
+            "max_wal_senders = 4".to_string(),
+            "fsync = off".to_string(),
+            "shared_buffers = 32MB".to_string(),
+            "checkpoint_timeout = 30min".to_string(),
+            "log_min_messages = info".to_string(),
+        ];
+        if let Some(cmd) = &opts.archive_command {
+            conf.push("archive_mode = on".into());
+            conf.push(format!("archive_command = '{}'", cmd.replace('\'', "''")));
+        }
+        conf.extend(opts.conf.iter().cloned());
+        c.append_conf(&conf);
+        c.start();
+        Some(c)
+    }
+
+    /// Take over an existing data directory (a restore target), with fresh
+    /// socket/port settings appended so it can run beside its source.
+    pub fn adopt(root: TestDir, pgdata: PathBuf, bindir: PathBuf) -> Cluster {
+        let sockdir = root.join("sock");
+        fs::create_dir_all(&sockdir).expect("sock dir");
+        chown_postgres(&sockdir);
+        let port = free_port();
+        let log = root.join("server.log");
+        let c = Cluster {
+            root,
+            pgdata,
+            sockdir,
+            port,
+            bindir,
+            log,
+        };
+        c.append_conf(&[
+            format!("port = {}", c.port),
+            format!("unix_socket_directories = '{}'", c.sockdir.display()),
+            "listen_addresses = ''".to_string(),
+        ]);
+        c
+    }
+
+    /// Adopt a data directory restored into `root` (e.g. by `restore`).
+    pub fn adopt_restored(root: TestDir, pgdata: PathBuf) -> Cluster {
+        let bindir = pg_bindir().expect("PostgreSQL binaries");
+        chown_postgres(root.path());
+        Cluster::adopt(root, pgdata, bindir)
+    }
+
+    /// Append lines to postgresql.conf.
+    pub fn append_conf(&self, lines: &[String]) {
+        let path = self.pgdata.join("postgresql.conf");
+        let mut text = fs::read_to_string(&path).unwrap_or_default();
+        for l in lines {
+            text.push_str(l);
+            text.push('\n');
+        }
+        fs::write(&path, text).expect("write postgresql.conf");
+        chown_postgres(&path);
+    }
+
+    /// Start the server and wait until it accepts connections (not necessarily
+    /// out of recovery).
+    pub fn start(&self) {
+        let out = pg_command(self.bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.pgdata)
+            .arg("-l")
+            .arg(&self.log)
+            .args(["-w", "-t", "120", "start"])
+            .output()
+            .expect("pg_ctl start");
+        if !out.status.success() {
+            panic!(
+                "pg_ctl start failed: {}\n--- server log ---\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.log_text()
+            );
+        }
+    }
+
+    /// Try to start; return whether the server came up.
+    pub fn try_start(&self) -> bool {
+        pg_command(self.bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.pgdata)
+            .arg("-l")
+            .arg(&self.log)
+            .args(["-w", "-t", "60", "start"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    /// Stop the server (fast mode).
+    pub fn stop(&self) {
+        let _ = pg_command(self.bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.pgdata)
+            .args(["-m", "fast", "-w", "-t", "60", "stop"])
+            .output();
+    }
+
+    /// The server log.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// libpq keyword string for this server.
+    pub fn conninfo(&self) -> String {
+        format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.sockdir.display(),
+            self.port
+        )
+    }
+
+    /// Run SQL through psql; returns trimmed unaligned output. Panics on error.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = self.psql_raw(sql);
+        if !out.status.success() {
+            panic!(
+                "psql failed: {sql}\n{}\n--- server log tail ---\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                tail(&self.log_text(), 40)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Run SQL through psql, returning the raw output.
+    pub fn psql_raw(&self, sql: &str) -> Output {
+        Command::new(self.bindir.join("psql"))
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
+            .arg("-h")
+            .arg(&self.sockdir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+            .output()
+            .expect("spawn psql")
+    }
+
+    /// Run pgbench with `args` against this server.
+    pub fn pgbench(&self, args: &[&str]) -> Output {
+        let mut c = Command::new(self.bindir.join("pgbench"));
+        c.arg("-h")
+            .arg(&self.sockdir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-U", "postgres"])
+            .args(args)
+            .arg("postgres");
+        run_ok(&mut c)
+    }
+
+    /// Wait until the server accepts queries and has left recovery.
+    pub fn wait_for_promotion(&self, timeout: Duration) {
+        self.wait_until(timeout, "leave recovery", |c| {
+            let o = c.psql_raw("SELECT pg_is_in_recovery()");
+            o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "f"
+        });
+    }
+
+    /// Poll `cond` until true or panic after `timeout`, showing the server log.
+    pub fn wait_until(&self, timeout: Duration, what: &str, cond: impl Fn(&Cluster) -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if cond(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "timed out after {timeout:?} waiting to {what}\n--- server log tail ---\n{}",
+            tail(&self.log_text(), 60)
+        );
+    }
+
+    /// Force a WAL switch and wait until the archiver reports that segment archived.
+    pub fn switch_and_wait_archived(&self) -> String {
+        let seg = self.psql("SELECT pg_walfile_name(pg_switch_wal())");
+        // pg_switch_wal on an idle segment returns the previous one; either way wait for it.
+        self.wait_until(Duration::from_secs(60), &format!("archive {seg}"), |c| {
+            let last = c.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
+            !last.is_empty() && last.as_str() >= seg.as_str()
+        });
+        seg
+    }
+
+    /// `pg_stat_archiver`'s (archived_count, failed_count).
+    pub fn archiver_counts(&self) -> (i64, i64) {
+        let row = self.psql("SELECT archived_count, failed_count FROM pg_stat_archiver");
+        let (a, f) = row.split_once('|').expect("archiver row");
+        (a.parse().expect("archived"), f.parse().expect("failed"))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = pg_command(self.bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.pgdata)
+            .args(["-m", "immediate", "-w", "-t", "30", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A repository directory in a fresh TestDir, plus the common flags to reach it.
+pub struct RepoDir {
+    /// Keeps the directory alive.
+    pub dir: TestDir,
+    /// Repository root (inside `dir`, not yet created).
+    pub path: PathBuf,
+    /// Server name used by the tests.
+    pub server: String,
+}
+
+impl RepoDir {
+    /// A repository path that does not exist yet.
+    pub fn new() -> RepoDir {
+        let dir = TestDir::new();
+        let path = dir.join("repo");
+        RepoDir {
+            dir,
+            path,
+            server: "main".to_string(),
+        }
+    }
+
+    /// `--repo P --server S` as arguments.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--repo".into(),
+            self.path.display().to_string(),
+            "--server".into(),
+            self.server.clone(),
+        ]
+    }
+
+    /// The same as a shell fragment for postgresql.conf commands.
+    pub fn shell_args(&self) -> String {
+        format!("--repo {} --server {}", self.path.display(), self.server)
+    }
+
+    /// `archive_command` that pushes into this repository.
+    pub fn archive_command(&self) -> String {
+        format!("{} {} %p", bin("wal-push").display(), self.shell_args())
+    }
+
+    /// `restore_command` that gets from this repository.
+    pub fn restore_command(&self) -> String {
+        format!("{} {} %f %p", bin("wal-get").display(), self.shell_args())
+    }
+
+    /// Run `pgcellar init` for `cluster` (as the postgres user, like a DBA would).
+    pub fn init_for(&self, cluster: &Cluster) {
+        let mut c = pg_command(bin("pgcellar"));
+        c.args(self.args())
+            .arg("--conninfo")
+            .arg(cluster.conninfo())
+            .arg("init");
+        run_ok(&mut c);
+    }
+
+    /// Stored WAL files (paths relative to the server's wal dir), sorted.
+    pub fn wal_files(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let root = self.path.join(&self.server).join("wal");
+        walk(&root, &root, &mut out);
+        out.sort();
+        out
+    }
+}
+
+impl Default for RepoDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(root, &p, out);
+        } else if let Ok(rel) = p.strip_prefix(root) {
+            out.push(rel.display().to_string());
+        }
+    }
+}
+
+/// Copy a data directory with pg_basebackup (as postgres) into `dest`.
+pub fn pg_basebackup(cluster: &Cluster, dest: &Path) {
+    let mut c = pg_command(cluster.bindir.join("pg_basebackup"));
+    c.arg("-h")
+        .arg(&cluster.sockdir)
+        .arg("-p")
+        .arg(cluster.port.to_string())
+        .args([
+            "-U",
+            "postgres",
+            "-X",
+            "none",
+            "-c",
+            "fast",
+            "--no-sync",
+            "-D",
+        ])
+        .arg(dest);
+    run_ok(&mut c);
+}

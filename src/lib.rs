@@ -10,6 +10,7 @@
 //! - [`archive`]: pushing and getting WAL files.
 //! - [`config`]: settings from flags, environment and file.
 //! - [`pg`]: connections to PostgreSQL.
+//! - [`retry`]: bounded retries of transient (network) failures.
 //!
 //! ```no_run
 //! use pgcellar::{archive, config::{CommonArgs, Settings}, repo::Repository};
@@ -31,6 +32,7 @@ pub mod error;
 pub mod log;
 pub mod pg;
 pub mod repo;
+pub mod retry;
 pub mod storage;
 pub mod wal;
 

@@ -5,7 +5,7 @@ use clap::Parser;
 use pgcellar::config::{CommonArgs, Settings};
 use pgcellar::repo::Repository;
 use pgcellar::wal::WalName;
-use pgcellar::{archive, cli, log_error, log_info, ErrorKind};
+use pgcellar::{archive, cli, log_error, log_info, retry, ErrorKind};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -36,11 +36,18 @@ fn run(args: &Args) -> pgcellar::Result<Outcome> {
     let start = Instant::now();
     let settings = Settings::resolve(&args.common, None)?;
     let name = WalName::parse(&args.wal_name)?;
-    let repo = Repository::open(&settings)?;
-    // Reading the registration makes a mistyped --server a hard error rather than
-    // "not found", which would end recovery early.
-    let server = repo.server(settings.server_name()?)?;
-    match archive::get(&repo, &server.name, &name, &args.dest) {
+    // Each attempt opens the repository afresh: a retry gets a new connection.
+    let fetched = retry::with_retries(settings.retries, "wal-get", || {
+        let repo = Repository::open(&settings)?;
+        // Reading the registration makes a mistyped --server a hard error rather than
+        // "not found", which would end recovery early.
+        let server = repo.server(settings.server_name()?)?;
+        match archive::get(&repo, &server.name, &name, &args.dest) {
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Err(e)),
+            other => other.map(Ok),
+        }
+    })?;
+    match fetched {
         Ok(size) => {
             log_info!(
                 "restored {name} ({size} bytes) in {:.1} ms",

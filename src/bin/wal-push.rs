@@ -4,7 +4,7 @@ use clap::Parser;
 use pgcellar::archive::{self, PushOutcome};
 use pgcellar::config::{CommonArgs, CompressionArgs, Settings};
 use pgcellar::repo::Repository;
-use pgcellar::{cli, log_error, log_info};
+use pgcellar::{cli, log_error, log_info, retry};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -23,9 +23,12 @@ struct Args {
 fn run(args: &Args) -> anyhow::Result<()> {
     let start = Instant::now();
     let settings = Settings::resolve(&args.common, Some(&args.compression))?;
-    let repo = Repository::open(&settings)?;
-    let server = repo.server(settings.server_name()?)?;
-    let outcome = archive::push(&repo, &server, &args.wal_path, settings.codec)?;
+    // Each attempt opens the repository afresh: a retry gets a new connection.
+    let outcome = retry::with_retries(settings.retries, "wal-push", || {
+        let repo = Repository::open(&settings)?;
+        let server = repo.server(settings.server_name()?)?;
+        archive::push(&repo, &server, &args.wal_path, settings.codec)
+    })?;
     let ms = start.elapsed().as_secs_f64() * 1000.0;
     match outcome {
         PushOutcome::Stored {

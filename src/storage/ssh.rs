@@ -64,6 +64,7 @@ use std::ffi::CString;
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -156,7 +157,13 @@ struct Shared {
     target: Target,
     settings: SshSettings,
     idle: Mutex<Vec<Conn>>,
+    /// [`DIR_FSYNC_UNKNOWN`], [`DIR_FSYNC_OK`] or [`DIR_FSYNC_UNSUPPORTED`].
+    dir_fsync: Arc<AtomicU8>,
 }
+
+const DIR_FSYNC_UNKNOWN: u8 = 0;
+const DIR_FSYNC_OK: u8 = 1;
+const DIR_FSYNC_UNSUPPORTED: u8 = 2;
 
 /// A repository on a backup host, over SFTP. Cheap to share between threads.
 pub struct SshStorage {
@@ -173,8 +180,8 @@ struct Conn {
     /// A clone of the session's socket: shutting it down makes every pending or later
     /// libssh2 call on a hung connection fail at once instead of waiting again.
     socket: TcpStream,
-    /// Whether fsync of a directory handle works here (None: not tried yet).
-    dir_fsync: Option<bool>,
+    /// Whether fsync of a directory handle works on this server (shared by the pool).
+    dir_fsync: Arc<AtomicU8>,
 }
 
 // SAFETY: the raw `posix` pointer is only used by the thread that holds the `Conn`
@@ -345,11 +352,23 @@ impl SshStorage {
             },
             settings: settings.clone(),
             idle: Mutex::new(Vec::new()),
+            dir_fsync: Arc::new(AtomicU8::new(DIR_FSYNC_UNKNOWN)),
         });
         let storage = SshStorage { shared };
         // Connect eagerly, then park the session for the first operation.
         drop(storage.lease()?);
         Ok(storage)
+    }
+
+    /// Whether this server let us fsync a directory: `None` until a commit tried it.
+    /// (`Some(false)`: renames are durable only when its filesystem commits them; see
+    /// the module documentation.)
+    pub fn directory_fsync_works(&self) -> Option<bool> {
+        match self.shared.dir_fsync.load(Ordering::Relaxed) {
+            DIR_FSYNC_OK => Some(true),
+            DIR_FSYNC_UNSUPPORTED => Some(false),
+            _ => None,
+        }
     }
 
     fn loc(&self) -> String {
@@ -367,7 +386,11 @@ impl SshStorage {
         };
         let conn = match idle {
             Some(c) => c,
-            None => connect(&self.shared.target, &self.shared.settings)?,
+            None => connect(
+                &self.shared.target,
+                &self.shared.settings,
+                self.shared.dir_fsync.clone(),
+            )?,
         };
         Ok(Lease {
             conn: Some(conn),
@@ -432,7 +455,7 @@ fn transient(msg: String) -> Error {
 }
 
 /// Open and authenticate one session, verifying the host key first.
-fn connect(t: &Target, s: &SshSettings) -> Result<Conn> {
+fn connect(t: &Target, s: &SshSettings, dir_fsync: Arc<AtomicU8>) -> Result<Conn> {
     let loc = t.url();
     let addrs: Vec<SocketAddr> = (t.host.as_str(), t.port)
         .to_socket_addrs()
@@ -497,7 +520,7 @@ fn connect(t: &Target, s: &SshSettings) -> Result<Conn> {
         sftp,
         session,
         socket,
-        dir_fsync: None,
+        dir_fsync,
     })
 }
 
@@ -694,7 +717,7 @@ fn refused(loc: &str, user: &str, host: &str, id: &str, detail: &str) -> Error {
 impl Conn {
     /// fsync a directory through a read-only file handle on it (see the module docs).
     fn sync_dir(&mut self, loc: &str, dir: &str) -> Result<()> {
-        if self.dir_fsync == Some(false) {
+        if self.dir_fsync.load(Ordering::Relaxed) == DIR_FSYNC_UNSUPPORTED {
             return Ok(());
         }
         let res = self
@@ -707,7 +730,7 @@ impl Conn {
             });
         match res {
             Ok(()) => {
-                self.dir_fsync = Some(true);
+                self.dir_fsync.store(DIR_FSYNC_OK, Ordering::Relaxed);
                 Ok(())
             }
             Err(e) if classify(&e) == ErrorKind::Transient => {
@@ -716,7 +739,8 @@ impl Conn {
             Err(e) => {
                 // Not an error: SFTP has no directory sync, this server does not allow
                 // our way around that. The module docs say what that means.
-                self.dir_fsync = Some(false);
+                self.dir_fsync
+                    .store(DIR_FSYNC_UNSUPPORTED, Ordering::Relaxed);
                 log_info!(
                     "{loc}: the server cannot fsync directories over SFTP ({}); renames are \
                      durable once its filesystem commits them",

@@ -120,7 +120,9 @@ fn segment(dir: &Path, name: &str, seed: u64) -> PathBuf {
     let mut b = vec![0u8; SEG as usize];
     let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
     for chunk in b.chunks_mut(64) {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         chunk[0..8].copy_from_slice(&x.to_le_bytes());
     }
     b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
@@ -169,9 +171,16 @@ fn wal_push_and_wal_get_round_trip_over_ssh() {
         let stored = repo.stored(n);
         assert_eq!(stored.len(), 1, "{stored:?}");
         let on_disk = repo.root.join("main/wal").join(&n[..16]).join(&stored[0]);
-        assert_eq!(fs::metadata(&on_disk).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(
-            fs::metadata(on_disk.parent().unwrap()).unwrap().permissions().mode() & 0o777,
+            fs::metadata(&on_disk).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::metadata(on_disk.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
             0o700
         );
     }
@@ -183,7 +192,10 @@ fn wal_push_and_wal_get_round_trip_over_ssh() {
         let dest = work.join(format!("got-{n}"));
         wal_get(&sshd, &repo, n, &dest).success();
         let want = fs::read(segment(&work.join(""), n, i as u64)).unwrap();
-        assert!(fs::read(&dest).unwrap() == want, "{n} differs after the round trip");
+        assert!(
+            fs::read(&dest).unwrap() == want,
+            "{n} differs after the round trip"
+        );
     }
     let dest = work.join("got-history");
     wal_get(&sshd, &repo, "00000002.history", &dest).success();
@@ -214,12 +226,21 @@ fn unknown_host_key_is_refused_with_its_fingerprint() {
     let mut s = settings(&sshd);
     s.known_hosts = Some(empty.clone());
     let url = RepoUrl::parse(&repo.url).unwrap();
-    let err = SshStorage::open(&url, &s).err().expect("unknown host accepted");
+    let err = SshStorage::open(&url, &s)
+        .err()
+        .expect("unknown host accepted");
     let msg = err.to_string();
     assert_eq!(err.kind(), ErrorKind::Config, "{msg}");
-    assert!(msg.contains(&sshd.host_fingerprint), "no fingerprint: {msg}");
+    assert!(
+        msg.contains(&sshd.host_fingerprint),
+        "no fingerprint: {msg}"
+    );
     assert!(msg.contains("ED25519 key fingerprint is SHA256:"), "{msg}");
-    assert_eq!(fs::read_to_string(&empty).unwrap(), "", "known_hosts was changed");
+    assert_eq!(
+        fs::read_to_string(&empty).unwrap(),
+        "",
+        "known_hosts was changed"
+    );
 
     // The binaries say the same in one line: wal-push exits 1, wal-get stops recovery.
     let work = TestDir::new();
@@ -265,11 +286,17 @@ fn changed_host_key_is_refused_even_with_accept_new() {
         let mut s = settings(&sshd);
         s.known_hosts = Some(kh.clone());
         s.accept_new_host_key = accept_new;
-        let err = SshStorage::open(&url, &s).err().expect("changed key accepted");
+        let err = SshStorage::open(&url, &s)
+            .err()
+            .expect("changed key accepted");
         let msg = err.to_string();
         assert!(msg.contains("HOST KEY MISMATCH"), "{msg}");
         assert!(msg.contains(&sshd.host_fingerprint), "{msg}");
-        assert_eq!(fs::read_to_string(&kh).unwrap(), line, "known_hosts was changed");
+        assert_eq!(
+            fs::read_to_string(&kh).unwrap(),
+            line,
+            "known_hosts was changed"
+        );
     }
 }
 
@@ -286,8 +313,14 @@ fn accept_new_records_an_unknown_host_key_that_openssh_can_read() {
     st.create_dir_all("").unwrap();
     drop(st);
     let text = fs::read_to_string(&kh).unwrap();
-    assert!(text.starts_with(&format!("[127.0.0.1]:{} ssh-ed25519 ", sshd.port)), "{text}");
-    assert_eq!(fs::metadata(&kh).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(
+        text.starts_with(&format!("[127.0.0.1]:{} ssh-ed25519 ", sshd.port)),
+        "{text}"
+    );
+    assert_eq!(
+        fs::metadata(&kh).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     // OpenSSH finds it, with the same fingerprint.
     let out = run_ok(
         Command::new("ssh-keygen")
@@ -308,7 +341,9 @@ fn wrong_or_missing_client_key_gives_a_clear_error() {
     let url = RepoUrl::parse(&sshd.url(&dir.join("repo"))).unwrap();
     let mut s = settings(&sshd);
     s.identity = Some(sshd.wrong_key.clone());
-    let err = SshStorage::open(&url, &s).err().expect("wrong key accepted");
+    let err = SshStorage::open(&url, &s)
+        .err()
+        .expect("wrong key accepted");
     let msg = err.to_string();
     assert_eq!(err.kind(), ErrorKind::Config, "{msg}");
     assert!(msg.contains("refused key"), "{msg}");
@@ -320,7 +355,10 @@ fn wrong_or_missing_client_key_gives_a_clear_error() {
     assert!(!msg.contains(body));
 
     s.identity = Some(dir.join("no-such-key"));
-    let msg = SshStorage::open(&url, &s).err().expect("missing key").to_string();
+    let msg = SshStorage::open(&url, &s)
+        .err()
+        .expect("missing key")
+        .to_string();
     assert!(msg.contains("does not exist"), "{msg}");
 }
 
@@ -332,11 +370,18 @@ fn replace_uses_posix_rename_without_a_shell() {
     let s = SshStorage::open(&url, &settings(&sshd)).unwrap();
     s.create_dir_all("m").unwrap();
     let commands_before = sshd.log().matches("Starting session: command").count();
-    s.write_all("m/backup.json", b"{\"v\":1}", Overwrite::Replace).unwrap();
-    let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(dir.join("repo/m/backup.json")).unwrap());
-    s.write_all("m/backup.json", b"{\"v\":2}", Overwrite::Replace).unwrap();
-    assert_eq!(fs::read(dir.join("repo/m/backup.json")).unwrap(), b"{\"v\":2}");
-    let ino2 = std::os::unix::fs::MetadataExt::ino(&fs::metadata(dir.join("repo/m/backup.json")).unwrap());
+    s.write_all("m/backup.json", b"{\"v\":1}", Overwrite::Replace)
+        .unwrap();
+    let ino =
+        std::os::unix::fs::MetadataExt::ino(&fs::metadata(dir.join("repo/m/backup.json")).unwrap());
+    s.write_all("m/backup.json", b"{\"v\":2}", Overwrite::Replace)
+        .unwrap();
+    assert_eq!(
+        fs::read(dir.join("repo/m/backup.json")).unwrap(),
+        b"{\"v\":2}"
+    );
+    let ino2 =
+        std::os::unix::fs::MetadataExt::ino(&fs::metadata(dir.join("repo/m/backup.json")).unwrap());
     assert_ne!(ino, ino2, "not replaced by a rename");
     // sshd logs every exec ("Starting session: command"); posix-rename needs none,
     // only a second SFTP channel.
@@ -347,7 +392,10 @@ fn replace_uses_posix_rename_without_a_shell() {
         commands_before,
         "Replace fell back to an exec channel:\n{log}"
     );
-    assert!(log.contains("subsystem 'sftp'") && log.contains(" id 1"), "{log}");
+    assert!(
+        log.contains("subsystem 'sftp'") && log.contains(" id 1"),
+        "{log}"
+    );
 }
 
 /// Start `wal-push` with the pause-before-rename fault and wait until it is there.
@@ -369,12 +417,18 @@ fn push_until_paused(sshd: &Sshd, repo: &SshRepo, seg: &Path) -> std::process::C
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("wal-push never reached the rename"));
+        let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("wal-push never reached the rename");
+        };
         if line.contains("pausing before rename") {
             // Keep draining stderr so the child never blocks on it.
-            std::thread::spawn(move || for l in rx { eprintln!("wal-push: {l}") });
+            std::thread::spawn(move || {
+                for l in rx {
+                    eprintln!("wal-push: {l}")
+                }
+            });
             return child;
         }
         eprintln!("wal-push: {line}");
@@ -397,7 +451,9 @@ fn wait_exit(child: &mut std::process::Child, limit: Duration) -> (i32, Duration
 
 #[test]
 fn sshd_killed_mid_push_exits_1_leaves_nothing_and_the_retry_succeeds() {
-    let Some(mut sshd) = Sshd::start() else { return };
+    let Some(mut sshd) = Sshd::start() else {
+        return;
+    };
     let repo = SshRepo::new(&sshd);
     let work = TestDir::new();
     let name = "000000010000000000000007";
@@ -435,7 +491,10 @@ fn hung_sshd_mid_push_times_out_and_the_retry_succeeds() {
     // io timeout (2 s) on the rename + 250 ms backoff + connect timeout (2 s) waiting
     // for the frozen server's banner, plus slack for a loaded machine.
     assert!(took < Duration::from_secs(12), "took {took:?}");
-    assert!(took >= Duration::from_secs(2), "took {took:?}: no timeout involved?");
+    assert!(
+        took >= Duration::from_secs(2),
+        "took {took:?}: no timeout involved?"
+    );
     assert!(stored.is_empty(), "{stored:?}");
 
     wal_push(&sshd, &repo, &seg).success();
@@ -447,7 +506,9 @@ fn hung_sshd_mid_push_times_out_and_the_retry_succeeds() {
 
 #[test]
 fn wal_get_with_an_unreachable_repository_stops_recovery() {
-    let Some(mut sshd) = Sshd::start() else { return };
+    let Some(mut sshd) = Sshd::start() else {
+        return;
+    };
     let repo = SshRepo::new(&sshd);
     sshd.kill();
     let work = TestDir::new();
@@ -495,7 +556,12 @@ fn postgres_archives_over_ssh_and_a_copy_recovers_to_the_last_row() {
     pg.switch_and_wait_archived();
     let (archived, failed) = pg.archiver_counts();
     assert!(archived >= 5, "only {archived} segments archived");
-    assert_eq!(failed, 0, "archive_command failed:\n{}", tail(&pg.log_text(), 40));
+    assert_eq!(
+        failed,
+        0,
+        "archive_command failed:\n{}",
+        tail(&pg.log_text(), 40)
+    );
     let accounts = pg.psql("SELECT sum(abalance) FROM pgbench_accounts");
 
     let copy = Cluster::adopt_restored(base_root, base);
@@ -512,6 +578,12 @@ fn postgres_archives_over_ssh_and_a_copy_recovers_to_the_last_row() {
         copy.psql("SELECT note FROM marks WHERE id = 1001"),
         "last committed row"
     );
-    assert_eq!(copy.psql("SELECT sum(abalance) FROM pgbench_accounts"), accounts);
-    assert!(copy.log_text().contains("restored log file"), "wal-get was not used");
+    assert_eq!(
+        copy.psql("SELECT sum(abalance) FROM pgbench_accounts"),
+        accounts
+    );
+    assert!(
+        copy.log_text().contains("restored log file"),
+        "wal-get was not used"
+    );
 }

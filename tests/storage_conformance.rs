@@ -14,10 +14,10 @@ use pgcellar::storage::{
 use pgcellar::ErrorKind;
 use std::fs;
 use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
-use std::os::unix::fs::MetadataExt;
 
 fn mode(p: &Path) -> u32 {
     fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -84,7 +84,9 @@ fn conformance(s: &dyn Storage, disk: &Path) {
     assert_eq!(names(s, "a/b"), vec!["f", "g", "race"]);
 
     // Streaming a few MiB (several SFTP write/read windows) round-trips exactly.
-    let big: Vec<u8> = (0..5_000_000u32).map(|i| i.wrapping_mul(2654435761) as u8).collect();
+    let big: Vec<u8> = (0..5_000_000u32)
+        .map(|i| i.wrapping_mul(2654435761) as u8)
+        .collect();
     let mut f = s.create("a/c").unwrap();
     for chunk in big.chunks(65_536) {
         f.write_all(chunk).unwrap();
@@ -104,7 +106,10 @@ fn conformance(s: &dyn Storage, disk: &Path) {
     assert!(l.iter().all(|e| e.is_dir));
     let c = s.list("a/c").unwrap();
     assert_eq!(c.len(), 1);
-    assert_eq!((c[0].name.as_str(), c[0].size, c[0].is_dir), ("big", 5_000_000, false));
+    assert_eq!(
+        (c[0].name.as_str(), c[0].size, c[0].is_dir),
+        ("big", 5_000_000, false)
+    );
     assert!(s.list("missing").unwrap().is_empty());
     assert!(s.list("a/missing/deeper").unwrap().is_empty());
     let st = s.stat("a/c/big").unwrap().unwrap();
@@ -115,7 +120,10 @@ fn conformance(s: &dyn Storage, disk: &Path) {
     // Missing files are NotFound (wal-get's exit 1 depends on it).
     let err = s.open_read("a/nope").err().expect("missing file");
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
-    assert_eq!(s.read_all("nope/x").unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        s.read_all("nope/x").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
 
     // Hard links, in a batch, with hostile-looking names; existing links are fine.
     let odd = "it's $(touch pwned) `x` \"q\" a b";
@@ -151,11 +159,22 @@ fn conformance(s: &dyn Storage, disk: &Path) {
     s.remove_dir_all("a/d").unwrap();
     s.remove_dir_all("a/d").unwrap();
     assert!(!disk.join("a/d").exists());
-    assert_eq!(s.read_all("a/c/big").unwrap().len(), 5_000_000, "link source kept");
+    assert_eq!(
+        s.read_all("a/c/big").unwrap().len(),
+        5_000_000,
+        "link source kept"
+    );
 
     // Nothing escapes the root.
     let outside = disk.parent().unwrap().join("escaped");
-    for bad in ["../escaped", "/etc/passwd", "a/../../escaped", "a//b", "a/./b", ""] {
+    for bad in [
+        "../escaped",
+        "/etc/passwd",
+        "a/../../escaped",
+        "a//b",
+        "a/./b",
+        "",
+    ] {
         if !bad.is_empty() {
             assert!(s.stat(bad).is_err(), "stat {bad:?}");
             assert!(s.open_read(bad).is_err(), "open {bad:?}");
@@ -169,7 +188,10 @@ fn conformance(s: &dyn Storage, disk: &Path) {
                 "link to {bad:?}"
             );
         }
-        assert!(s.write_all(bad, b"x", Overwrite::Replace).is_err(), "write {bad:?}");
+        assert!(
+            s.write_all(bad, b"x", Overwrite::Replace).is_err(),
+            "write {bad:?}"
+        );
     }
     let f = s.create("a/b").unwrap();
     assert!(f.commit("../../escaped", Overwrite::Replace).is_err());

@@ -212,7 +212,9 @@ struct Lease {
 impl Lease {
     fn conn(&mut self) -> &mut Conn {
         // Only `drop` takes the connection out, so it is always there before that.
-        self.conn.as_mut().unwrap_or_else(|| unreachable!("lease used after drop"))
+        self.conn
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("lease used after drop"))
     }
 
     /// Never reuse this connection; cut its socket so nothing waits on it again.
@@ -232,11 +234,7 @@ impl Drop for Lease {
                 drop(conn);
                 return;
             }
-            let mut idle = self
-                .shared
-                .idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut idle = self.shared.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < MAX_IDLE {
                 idle.push(conn);
             }
@@ -377,11 +375,7 @@ impl SshStorage {
 
     fn lease(&self) -> Result<Lease> {
         let idle = {
-            let mut idle = self
-                .shared
-                .idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut idle = self.shared.idle.lock().unwrap_or_else(|e| e.into_inner());
             idle.pop()
         };
         let conn = match idle {
@@ -530,7 +524,9 @@ fn verify_host_key(session: &Session, t: &Target, s: &SshSettings) -> Result<()>
         .host_key()
         .ok_or_else(|| Error::config(format!("{loc}: the server sent no host key")))?;
     let (type_name, display) = key_type_names(ktype).ok_or_else(|| {
-        Error::config(format!("{loc}: the server's host key type is not supported"))
+        Error::config(format!(
+            "{loc}: the server's host key type is not supported"
+        ))
     })?;
     let fp = session
         .host_key_hash(HashType::Sha256)
@@ -559,7 +555,10 @@ fn verify_host_key(session: &Session, t: &Target, s: &SshSettings) -> Result<()>
                     continue;
                 }
                 if kh.read_str(l, KnownHostFileKind::OpenSSH).is_err() {
-                    log_debug!("{}: skipping a known_hosts line libssh2 cannot read", kh_path.display());
+                    log_debug!(
+                        "{}: skipping a known_hosts line libssh2 cannot read",
+                        kh_path.display()
+                    );
                 }
             }
         }
@@ -805,7 +804,11 @@ impl Conn {
     }
 
     /// `posix-rename@openssh.com`: Ok(true) done, Ok(false) unsupported by the server.
-    fn posix_rename(&mut self, from: &str, to: &str) -> std::result::Result<bool, (ErrorKind, String)> {
+    fn posix_rename(
+        &mut self,
+        from: &str,
+        to: &str,
+    ) -> std::result::Result<bool, (ErrorKind, String)> {
         let (Ok(cfrom), Ok(cto)) = (CString::new(from), CString::new(to)) else {
             return Err((ErrorKind::Invalid, "path contains NUL".into()));
         };
@@ -854,7 +857,10 @@ impl Conn {
         drop(raw);
         let e = ssh2::Error::last_session_error(&self.session);
         let kind = e.as_ref().map_or(ErrorKind::Transient, classify);
-        let msg = e.map_or_else(|| format!("libssh2 error {rc}"), |e| e.message().to_string());
+        let msg = e.map_or_else(
+            || format!("libssh2 error {rc}"),
+            |e| e.message().to_string(),
+        );
         Err((kind, msg))
     }
 

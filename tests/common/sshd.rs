@@ -88,9 +88,16 @@ impl Sshd {
         let mut parts = host_pub.split_whitespace();
         let (ktype, kdata) = (parts.next().expect("type"), parts.next().expect("key"));
         let known_hosts = dir.join("known_hosts");
-        fs::write(&known_hosts, format!("[127.0.0.1]:{port} {ktype} {kdata}\n"))
-            .expect("known_hosts");
-        let fp = run_ok(Command::new("ssh-keygen").arg("-lf").arg(dir.join("host_ed25519.pub")));
+        fs::write(
+            &known_hosts,
+            format!("[127.0.0.1]:{port} {ktype} {kdata}\n"),
+        )
+        .expect("known_hosts");
+        let fp = run_ok(
+            Command::new("ssh-keygen")
+                .arg("-lf")
+                .arg(dir.join("host_ed25519.pub")),
+        );
         let host_fingerprint = String::from_utf8_lossy(&fp.stdout)
             .split_whitespace()
             .nth(1)
@@ -172,14 +179,17 @@ impl Sshd {
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
                 let mut buf = [0u8; 8];
-                if s.read(&mut buf).map(|n| n >= 4).unwrap_or(false) && buf.starts_with(b"SSH-")
-                {
+                if s.read(&mut buf).map(|n| n >= 4).unwrap_or(false) && buf.starts_with(b"SSH-") {
                     return;
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("sshd did not come up on port {}:\n{}", self.port, self.log());
+        panic!(
+            "sshd did not come up on port {}:\n{}",
+            self.port,
+            self.log()
+        );
     }
 
     /// sshd's log.
@@ -189,7 +199,12 @@ impl Sshd {
 
     /// `ssh://user@127.0.0.1:port/<path>`.
     pub fn url(&self, path: &Path) -> String {
-        format!("ssh://{}@127.0.0.1:{}{}", self.user, self.port, path.display())
+        format!(
+            "ssh://{}@127.0.0.1:{}{}",
+            self.user,
+            self.port,
+            path.display()
+        )
     }
 
     /// Pids of sshd and all its descendants (per-connection children included).

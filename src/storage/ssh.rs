@@ -207,6 +207,8 @@ struct Lease {
     conn: Option<Conn>,
     shared: Arc<Shared>,
     poisoned: bool,
+    /// Whether the connection came from the idle pool (it may have gone stale).
+    reused: bool,
 }
 
 impl Lease {
@@ -378,6 +380,7 @@ impl SshStorage {
             let mut idle = self.shared.idle.lock().unwrap_or_else(|e| e.into_inner());
             idle.pop()
         };
+        let reused = idle.is_some();
         let conn = match idle {
             Some(c) => c,
             None => connect(
@@ -390,19 +393,35 @@ impl SshStorage {
             conn: Some(conn),
             shared: self.shared.clone(),
             poisoned: false,
+            reused,
         })
     }
 
     /// Run `f` on a pooled connection; a transient failure retires the connection.
-    fn with_conn<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T>) -> Result<T> {
+    ///
+    /// Every `f` given here is idempotent, so when a connection that sat idle in the
+    /// pool fails (the server may have dropped it meanwhile), `f` runs once more on a
+    /// fresh connection before the failure is reported.
+    fn with_conn<T>(&self, mut f: impl FnMut(&mut Conn) -> Result<T>) -> Result<T> {
         let mut lease = self.lease()?;
         let r = f(lease.conn());
-        if let Err(e) = &r {
-            if e.is_transient() {
+        match r {
+            Err(e) if e.is_transient() => {
                 lease.poison();
+                if !lease.reused {
+                    return Err(e);
+                }
+                drop(lease);
+                log_debug!("{e}; retrying on a new connection");
+                let mut lease = self.lease()?;
+                let r = f(lease.conn());
+                if r.as_ref().is_err_and(|e| e.is_transient()) {
+                    lease.poison();
+                }
+                r
             }
+            r => r,
         }
-        r
     }
 
     fn abs(&self, path: &str) -> Result<String> {

@@ -171,16 +171,7 @@ pub fn encode(
         if !head.is_empty() {
             feed(head)?;
         }
-        let mut buf = vec![0u8; BUF_SIZE];
-        loop {
-            let n = match input.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            feed(&buf[..n])?;
-        }
+        for_each_chunk(input, &mut feed)?;
         sink.finish_box()?;
     }
     counting.flush()?;
@@ -310,18 +301,11 @@ pub fn decode(
     };
     let mut hasher = Sha256::new();
     let mut size = 0u64;
-    let mut buf = vec![0u8; BUF_SIZE];
-    loop {
-        let n = match source.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        size += n as u64;
-        output.write_all(&buf[..n])?;
-    }
+    for_each_chunk(&mut source, |chunk| {
+        hasher.update(chunk);
+        size += chunk.len() as u64;
+        output.write_all(chunk)
+    })?;
     drop(source);
     Ok(StreamStats {
         sha256: hex::encode(hasher.finalize()),
@@ -330,22 +314,32 @@ pub fn decode(
     })
 }
 
+/// Feed every chunk of `input` to `f`, retrying interrupted reads.
+fn for_each_chunk(
+    input: &mut dyn Read,
+    mut f: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; BUF_SIZE];
+    loop {
+        match input.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => f(&buf[..n])?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// SHA-256 of a stream, without compressing (the fast path for duplicate checks).
 pub fn hash(head: &[u8], input: &mut dyn Read) -> io::Result<(String, u64)> {
     let mut hasher = Sha256::new();
     hasher.update(head);
     let mut size = head.len() as u64;
-    let mut buf = vec![0u8; BUF_SIZE];
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
+    for_each_chunk(input, |chunk| {
+        hasher.update(chunk);
+        size += chunk.len() as u64;
+        Ok(())
+    })?;
     Ok((hex::encode(hasher.finalize()), size))
 }
 

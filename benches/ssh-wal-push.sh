@@ -5,7 +5,7 @@
 # the per-call latency of re-pushing an already archived segment over SSH.
 #
 # Usage (as root, on a machine with PostgreSQL server binaries and openssh-server):
-#   cargo build --release --bins && benches/ssh_wal_push.sh [SEGMENTS] [ROUNDS]
+#   cargo build --release --bins && benches/ssh-wal-push.sh [SEGMENTS] [ROUNDS]
 # Environment: BIN (default target/release), PG_BINDIR (default pg_config --bindir).
 #
 # It makes a scratch cluster (default 16 MiB segments), generates WAL with pgbench,

@@ -73,6 +73,10 @@ use std::time::{Duration, UNIX_EPOCH};
 const HOSTKEY_PREFS: &str = "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,\
 ecdsa-sha2-nistp521,rsa-sha2-512,rsa-sha2-256,ssh-rsa";
 
+/// Ciphers in order of preference (unknown names are ignored by libssh2).
+const CIPHER_PREFS: &str = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,\
+chacha20-poly1305@openssh.com,aes128-ctr,aes256-ctr";
+
 /// Idle sessions kept for reuse; more concurrent callers open more, then close them.
 const MAX_IDLE: usize = 8;
 
@@ -500,7 +504,9 @@ extern "C" fn recv_quickack(
     if rc < 0 {
         // Same contract as libssh2's own ssh2_recv: -errno, with EINTR and
         // EWOULDBLOCK reported as -EAGAIN.
-        let err = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+        let err = io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
         return if err == libc::EINTR || err == libc::EWOULDBLOCK {
             -(libc::EAGAIN as libc::ssize_t)
         } else {
@@ -571,6 +577,13 @@ fn connect(t: &Target, s: &SshSettings, dir_fsync: Arc<AtomicU8>) -> Result<Conn
         .method_pref(MethodType::HostKey, HOSTKEY_PREFS)
         .map_err(|e| ssh_error(&loc, "setting host key preferences", e))?;
     install_quickack_recv(&session);
+    // AES-GCM runs on the CPU's AES instructions through OpenSSL; libssh2's
+    // chacha20-poly1305 is portable C and costs more per pushed byte.
+    for m in [MethodType::CryptCs, MethodType::CryptSc] {
+        session
+            .method_pref(m, CIPHER_PREFS)
+            .map_err(|e| ssh_error(&loc, "setting cipher preferences", e))?;
+    }
     session.set_tcp_stream(stream);
     session.handshake().map_err(|e| {
         let kind = classify(&e);
@@ -594,7 +607,13 @@ fn connect(t: &Target, s: &SshSettings, dir_fsync: Arc<AtomicU8>) -> Result<Conn
         );
         Error::new(kind, msg)
     })?;
-    log_debug!("connected to {loc}");
+    log_debug!(
+        "connected to {loc} (kex {}, host key {}, cipher {}, mac {})",
+        session.methods(MethodType::Kex).unwrap_or("?"),
+        session.methods(MethodType::HostKey).unwrap_or("?"),
+        session.methods(MethodType::CryptCs).unwrap_or("?"),
+        session.methods(MethodType::MacCs).unwrap_or("?")
+    );
     Ok(Conn {
         posix: None,
         sftp,

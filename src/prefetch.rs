@@ -389,6 +389,16 @@ fn lookup_many(
     Ok(out)
 }
 
+/// What `wal-get` did with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// Delivered into the destination, verified.
+    Delivered(Delivery),
+    /// The repository was reached and does not hold the file (exit 1); the message
+    /// says where it looked.
+    NotArchived(String),
+}
+
 /// How `wal-get` satisfied a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
@@ -402,23 +412,25 @@ pub struct Delivery {
 
 /// `wal-get` with prefetch: deliver `name` into `dest` (verified), from the spool
 /// when possible, else from the repository while prefetching what follows.
-/// A file not in the archive is [`crate::ErrorKind::NotFound`], as with
-/// [`archive::get`].
+///
+/// Only a successful lookup that finds no copy of `name` is [`Fetched::NotArchived`];
+/// every error, whatever its kind (a missing repository is a `NotFound` error too),
+/// must stop recovery, so callers must not map errors to "not archived".
 pub fn get_file(
     settings: &Settings,
     opts: &PrefetchSettings,
     name: &WalName,
     dest: &Path,
-) -> Result<Delivery> {
+) -> Result<Fetched> {
     let spool = Spool::prepare(settings, opts, name, dest);
     if let (Some(sp), Some(seg)) = (&spool, name.segment()) {
         sp.clean_before(seg);
         if let Some(size) = sp.take(name, dest) {
-            return Ok(Delivery {
+            return Ok(Fetched::Delivered(Delivery {
                 size,
                 from_spool: true,
                 prefetched: 0,
-            });
+            }));
         }
     }
     let repo = Repository::open(settings)?;
@@ -427,12 +439,17 @@ pub fn get_file(
     let server = repo.server(settings.server_name()?)?;
     let storage = repo.storage();
     let (Some(sp), Some(seg)) = (spool, name.segment()) else {
-        let size = archive::get(&repo, &server.name, name, dest)?;
-        return Ok(Delivery {
+        let found = archive::lookup(storage, &server.name, name)?;
+        if found.is_empty() {
+            return Ok(not_archived(name, storage));
+        }
+        let stored = archive::pick_single(name, found, storage)?;
+        let size = archive::fetch_verified(storage, &stored, dest)?;
+        return Ok(Fetched::Delivered(Delivery {
             size,
             from_spool: false,
             prefetched: 0,
-        });
+        }));
     };
     let seg_size = server.wal_segment_size;
     let room = opts.max_bytes.saturating_sub(sp.used_bytes()) / seg_size.max(1);
@@ -449,7 +466,11 @@ pub fn get_file(
     all.extend(ahead.iter().cloned());
     let mut found = lookup_many(storage, &server.name, &all)?;
     // Not archived: report it before any prefetch (the normal end of recovery).
-    let stored = archive::pick_single(name, found.remove(name).unwrap_or_default(), storage)?;
+    let copies = found.remove(name).unwrap_or_default();
+    if copies.is_empty() {
+        return Ok(not_archived(name, storage));
+    }
+    let stored = archive::pick_single(name, copies, storage)?;
     let todo: Vec<StoredWal> = ahead
         .iter()
         .filter_map(|n| {
@@ -482,9 +503,16 @@ pub fn get_file(
         work();
         size
     })?;
-    Ok(Delivery {
+    Ok(Fetched::Delivered(Delivery {
         size,
         from_spool: false,
         prefetched: done.load(Ordering::Relaxed),
-    })
+    }))
+}
+
+fn not_archived(name: &WalName, storage: &dyn Storage) -> Fetched {
+    Fetched::NotArchived(format!(
+        "{name} is not in the archive at {}",
+        storage.location()
+    ))
 }

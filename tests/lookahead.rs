@@ -610,18 +610,23 @@ fn prefetch_is_bounded_and_never_changes_exit_codes() {
 
     // Unreachable repository with a spool: still a fatal (> 125) error when the
     // segment is not spooled.
-    let (o, _) = get_from(
-        &repo,
-        &dd,
-        &seg_name(1, 7),
-        &["--repo", "/nonexistent/repo", "--spool-dir", &sp_arg],
+    let gone = RepoDir::new();
+    let (o, _) = get_from(&gone, &dd, &seg_name(1, 7), &["--spool-dir", &sp_arg]);
+    assert!(o.status.code().unwrap() > 125, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not a pgcellar repository"),
+        "{}",
+        stderr(&o)
     );
+    let (o, _) = get_from(&gone, &dd, &seg_name(1, 7), &["--prefetch", "0"]);
     assert!(o.status.code().unwrap() > 125, "{}", stderr(&o));
     // Bad prefetch settings are configuration errors, fatal for wal-get.
     let (o, _) = get_from(&repo, &dd, &seg_name(1, 7), &["--prefetch-parallel", "0"]);
     assert!(o.status.code().unwrap() > 125, "{}", stderr(&o));
+    assert!(stderr(&o).contains("prefetch_parallel"), "{}", stderr(&o));
     let (o, _) = get_from(&repo, &dd, &seg_name(1, 7), &["--spool-dir", "relative"]);
     assert!(o.status.code().unwrap() > 125, "{}", stderr(&o));
+    assert!(stderr(&o).contains("spool_dir"), "{}", stderr(&o));
 }
 
 // ---------------------------------------------------------------------------

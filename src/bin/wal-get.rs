@@ -3,9 +3,9 @@
 
 use clap::Parser;
 use pgcellar::config::{CommonArgs, Settings};
-use pgcellar::prefetch::{self, PrefetchArgs, PrefetchSettings};
+use pgcellar::prefetch::{self, Fetched, PrefetchArgs, PrefetchSettings};
 use pgcellar::wal::WalName;
-use pgcellar::{cli, log_error, log_info, ErrorKind};
+use pgcellar::{cli, log_error, log_info};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -39,8 +39,10 @@ fn run(args: &Args) -> pgcellar::Result<Outcome> {
     let settings = Settings::resolve(&args.common, None)?;
     let name = WalName::parse(&args.wal_name)?;
     let opts = PrefetchSettings::resolve(&args.prefetch, &settings)?;
-    match prefetch::get_file(&settings, &opts, &name, &args.dest) {
-        Ok(d) => {
+    // Only a successful lookup that finds nothing is "not archived"; every error
+    // (even a NotFound-kind one such as a missing repository) stops recovery.
+    match prefetch::get_file(&settings, &opts, &name, &args.dest)? {
+        Fetched::Delivered(d) => {
             log_info!(
                 "restored {name} ({} bytes{}) in {:.1} ms{}",
                 d.size,
@@ -54,11 +56,10 @@ fn run(args: &Args) -> pgcellar::Result<Outcome> {
             );
             Ok(Outcome::Delivered)
         }
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            log_info!("{e}");
+        Fetched::NotArchived(msg) => {
+            log_info!("{msg}");
             Ok(Outcome::NotFound)
         }
-        Err(e) => Err(e),
     }
 }
 

@@ -408,6 +408,19 @@ fn sigkill_at_any_moment_of_a_lookahead_batch_loses_nothing() {
         if st.success() {
             dd.mark_done(n);
         }
+        // Records are written only after the repository commit: each one names a
+        // stored file with the same SHA-256.
+        for r in dd.record_names() {
+            let rec: serde_json::Value =
+                serde_json::from_slice(&fs::read(dd.records().join(&r)).unwrap()).unwrap();
+            let name = rec["name"].as_str().unwrap();
+            let sha = rec["sha256"].as_str().unwrap();
+            let stored = stored_of(&repo, name);
+            assert!(
+                stored.iter().any(|f| f.contains(sha)),
+                "record {r} without its stored file: {stored:?}"
+            );
+        }
     }
     finish_like_postgres(&dd, &repo, &expect);
 }
@@ -627,6 +640,63 @@ fn prefetch_is_bounded_and_never_changes_exit_codes() {
     let (o, _) = get_from(&repo, &dd, &seg_name(1, 7), &["--spool-dir", "relative"]);
     assert!(o.status.code().unwrap() > 125, "{}", stderr(&o));
     assert!(stderr(&o).contains("spool_dir"), "{}", stderr(&o));
+}
+
+#[test]
+fn sigkill_during_prefetch_never_leaves_a_bad_spool_file() {
+    let repo = synthetic_repo();
+    let src = TestDir::new();
+    let mut all = Vec::new();
+    for i in 1..=40 {
+        let n = seg_name(1, i);
+        let b = segment_bytes(&n, SYSID, i as u64);
+        archive(&repo, src.path(), &n, &b);
+        all.push(b);
+    }
+    let dd = DataDir::new();
+    let spool = dd.root.join("data.pgcellar-spool");
+    let mut i = 1usize;
+    for delay_ms in [2u64, 5, 10, 20, 40, 80] {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("wal-get"))
+            .current_dir(&dd.data)
+            .args(repo.args())
+            .args([
+                "-q",
+                "--prefetch",
+                "6",
+                &seg_name(1, i as u32),
+                "pg_wal/RECOVERYXLOG",
+            ])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        // Whatever is under a final spool name is complete and verified.
+        for e in fs::read_dir(&spool).into_iter().flatten().flatten() {
+            let f = e.file_name().into_string().unwrap();
+            if let Some((_, sha)) = f.split_once('-') {
+                if f.len() > 24 && !f.starts_with('.') {
+                    use sha2::Digest;
+                    let got = hex::encode(sha2::Sha256::digest(fs::read(e.path()).unwrap()));
+                    assert_eq!(got, sha, "{f}");
+                }
+            }
+        }
+        i += 3;
+    }
+    // Recovery goes on: every segment comes out right, temporaries are cleaned.
+    for (k, bytes) in all.iter().enumerate() {
+        let (o, got) = get_from(&repo, &dd, &seg_name(1, k as u32 + 1), &["--prefetch", "6"]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(got.unwrap() == *bytes, "segment {}", k + 1);
+    }
+    let temps: Vec<_> = fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(temps.is_empty(), "{temps:?}");
 }
 
 // ---------------------------------------------------------------------------

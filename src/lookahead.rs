@@ -522,3 +522,63 @@ fn open(settings: &Settings) -> Result<(Repository, ServerInfo)> {
     let server = repo.server(settings.server_name()?)?;
     Ok((repo, server))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CommonArgs;
+    use std::io::Write;
+
+    fn settings_with(text: &str) -> (Settings, tempfile::NamedTempFile) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        let args = CommonArgs {
+            config: Some(f.path().into()),
+            ..Default::default()
+        };
+        (Settings::resolve(&args, None).unwrap(), f)
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let (s, _f) = settings_with("push_lookahead = 4\nwal_status_dir = '/var/tmp/st'\n");
+        let r = LookaheadSettings::resolve(&LookaheadArgs::default(), &s).unwrap();
+        assert_eq!(r.count, 4);
+        assert_eq!(r.parallel, default_parallel() as usize);
+        assert_eq!(r.status_dir.as_deref(), Some(Path::new("/var/tmp/st")));
+        let flags = LookaheadArgs {
+            push_lookahead: Some(0),
+            push_parallel: Some(3),
+            wal_status_dir: None,
+        };
+        let r = LookaheadSettings::resolve(&flags, &s).unwrap();
+        assert_eq!((r.count, r.parallel), (0, 3));
+        let (s, f) = settings_with("push_parallel = 0\n");
+        let msg = LookaheadSettings::resolve(&LookaheadArgs::default(), &s)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("push_parallel"), "{msg}");
+        assert!(msg.contains(&f.path().display().to_string()), "{msg}");
+        let (s, _f) = settings_with("wal_status_dir = 'relative'\n");
+        assert!(LookaheadSettings::resolve(&LookaheadArgs::default(), &s).is_err());
+    }
+
+    #[test]
+    fn records_round_trip_and_reject_unknown_fields() {
+        let rec = PushRecord {
+            name: "000000010000000000000001".into(),
+            size: 16 << 20,
+            mtime_sec: 1,
+            mtime_nsec: 2,
+            sha256: "a".repeat(64),
+            repo: "/r".into(),
+            server: "main".into(),
+            pushed: "2026-11-23T00:00:00Z".into(),
+        };
+        let json = crate::repo::to_json(&rec).unwrap();
+        assert_eq!(serde_json::from_slice::<PushRecord>(&json).unwrap(), rec);
+        let mut v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        v["extra"] = serde_json::Value::Bool(true);
+        assert!(serde_json::from_value::<PushRecord>(v).is_err());
+    }
+}

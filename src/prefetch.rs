@@ -516,3 +516,67 @@ fn not_archived(name: &WalName, storage: &dyn Storage) -> Fetched {
         storage.location()
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CommonArgs;
+
+    #[test]
+    fn settings_precedence_and_errors() {
+        let s = Settings::resolve(&CommonArgs::default(), None).unwrap();
+        let r = PrefetchSettings::resolve(&PrefetchArgs::default(), &s).unwrap();
+        assert_eq!(r.count, DEFAULT_PREFETCH as usize);
+        assert_eq!(r.parallel, DEFAULT_PARALLEL as usize);
+        assert_eq!(r.max_bytes, DEFAULT_SPOOL_MAX);
+        let mut s2 = s.clone();
+        s2.file.prefetch = Some(2);
+        s2.file.spool_max_bytes = Some(5);
+        let flags = PrefetchArgs {
+            prefetch: Some(7),
+            ..Default::default()
+        };
+        let r = PrefetchSettings::resolve(&flags, &s2).unwrap();
+        assert_eq!((r.count, r.max_bytes), (7, 5));
+        s2.file.prefetch_parallel = Some(0);
+        let msg = PrefetchSettings::resolve(&flags, &s2)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("prefetch_parallel"), "{msg}");
+    }
+
+    #[test]
+    fn spool_entries_and_cleaning_follow_segment_order() {
+        let d = tempfile::tempdir().unwrap();
+        let sp = Spool {
+            dir: d.path().to_path_buf(),
+        };
+        let sha = "b".repeat(64);
+        for n in [
+            "000000010000000000000003",
+            "000000020000000000000004",
+            "000000010000000100000000",
+        ] {
+            fs::write(d.path().join(format!("{n}-{sha}")), b"x").unwrap();
+        }
+        fs::write(d.path().join("junk"), b"x").unwrap();
+        assert_eq!(sp.entries().len(), 3);
+        assert_eq!(sp.used_bytes(), 3);
+        let req = WalName::parse("000000030000000000000004").unwrap();
+        sp.clean_before(req.segment().unwrap());
+        let mut left: Vec<String> = sp.entries().iter().map(|s| s.name.to_string()).collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec!["000000010000000100000000", "000000020000000000000004"]
+        );
+        // Another timeline's file with the requested segment number is not the request.
+        assert!(!sp.has(&req));
+        assert!(sp.take(&req, &d.path().join("dest")).is_none());
+        // A spooled file whose bytes do not match its name's hash is dropped, not served.
+        let bad = WalName::parse("000000020000000000000004").unwrap();
+        assert!(sp.take(&bad, &d.path().join("dest")).is_none());
+        assert!(!sp.has(&bad));
+        assert!(!d.path().join("dest").exists());
+    }
+}

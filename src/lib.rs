@@ -8,6 +8,7 @@
 //! - [`storage`]: the storage trait and its drivers.
 //! - [`repo`]: the repository layout and registration of servers.
 //! - [`archive`]: pushing and getting WAL files.
+//! - [`lookahead`] and [`prefetch`]: the speed-ups of `wal-push` and `wal-get`.
 //! - [`config`]: settings from flags, environment and file.
 //! - [`pg`]: connections to PostgreSQL.
 //! - [`retry`]: bounded retries of transient (network) failures.
@@ -29,8 +30,11 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod localdir;
 pub mod log;
+pub mod lookahead;
 pub mod pg;
+pub mod prefetch;
 pub mod repo;
 pub mod retry;
 pub mod storage;

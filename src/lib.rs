@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod archive;
+pub mod backup;
 pub mod catalog;
 pub mod cli;
 pub mod codec;

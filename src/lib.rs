@@ -34,6 +34,7 @@ pub mod log;
 pub mod manifest;
 pub mod pg;
 pub mod repo;
+pub mod restore;
 pub mod storage;
 pub mod wal;
 

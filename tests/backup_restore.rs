@@ -342,6 +342,38 @@ fn tablespaces_links_delta_aborted_backups_and_the_lock() {
         c.psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'"),
         ts_loc.display().to_string()
     );
+
+    // A damaged stored file fails the restore, and the half-restored directory
+    // cannot start (pg_control is written last).
+    let victim = m2
+        .files
+        .iter()
+        .filter(|f| f.path.starts_with("data/base/") && f.size >= 8192)
+        // A small one: the larger files are restored before it fails.
+        .min_by_key(|f| f.size)
+        .expect("a relation file");
+    let stored = repo.path.join(m2.stored_path(&repo.server, victim));
+    let mut bytes = fs::read(&stored).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    fs::write(&stored, bytes).unwrap();
+    let root = TestDir::new();
+    let broken = root.join("pgdata");
+    let map2 = format!("ts1={}", root.join("ts").display());
+    let out = restore_cmd(&repo, &broken, &["--tablespace-map", &map2]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("corrupt"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        count_files(&broken) > 10,
+        "the restore stopped too early to prove anything"
+    );
+    assert!(!broken.join("global/pg_control").exists());
+    let b = Cluster::adopt_restored(root, broken);
+    assert!(!b.try_start(), "a half-restored directory started");
 }
 
 #[test]

@@ -25,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod archive;
+pub mod backup;
 pub mod catalog;
 pub mod cli;
 pub mod codec;
@@ -33,10 +34,13 @@ pub mod error;
 pub mod localdir;
 pub mod log;
 pub mod lookahead;
+pub mod lock;
+pub mod manifest;
 pub mod pg;
 pub mod prefetch;
 pub mod repo;
 pub mod retry;
+pub mod restore;
 pub mod storage;
 pub mod wal;
 

@@ -97,6 +97,26 @@ pub struct FileConfig {
     pub ssh_io_timeout: Option<u64>,
     /// How many times wal-push/wal-get retry a transient failure.
     pub retries: Option<u32>,
+    /// wal-push: how many other `.ready` segments one call may push ahead (0 = off).
+    pub push_lookahead: Option<u32>,
+    /// wal-push: threads pushing in parallel during a look-ahead batch.
+    pub push_parallel: Option<u32>,
+    /// wal-push: local directory for look-ahead records (never inside pg_wal or the repository).
+    pub wal_status_dir: Option<PathBuf>,
+    /// wal-get: how many following segments one call may prefetch (0 = off).
+    pub prefetch: Option<u32>,
+    /// wal-get: threads fetching in parallel.
+    pub prefetch_parallel: Option<u32>,
+    /// wal-get: local spool directory for prefetched segments (outside the data directory).
+    pub spool_dir: Option<PathBuf>,
+    /// wal-get: upper bound of the spool's size in bytes.
+    pub spool_max_bytes: Option<u64>,
+    /// Parallel workers of base-backup and restore (default: number of cores).
+    pub jobs: Option<usize>,
+    /// Seconds after which a repository lock is stale whoever holds it.
+    pub lock_stale_after: Option<u64>,
+    /// Seconds base-backup waits for the WAL of a backup to reach the repository.
+    pub backup_wal_timeout: Option<u64>,
 }
 
 /// Fully resolved settings shared by every binary.
@@ -118,6 +138,14 @@ pub struct Settings {
     pub retries: u32,
     /// The file the settings came from, if any (for messages).
     pub config_file: Option<PathBuf>,
+    /// The raw file values, for modules that resolve their own flag > env > file keys.
+    pub file: FileConfig,
+    /// Parallel workers of base-backup and restore.
+    pub jobs: usize,
+    /// Age after which a repository lock is stale whoever holds it.
+    pub lock_stale_after: Duration,
+    /// How long base-backup waits for the backup's WAL to be archived.
+    pub backup_wal_timeout: Duration,
 }
 
 /// SSH connection settings.
@@ -213,6 +241,19 @@ impl Settings {
             },
             retries: file.retries.unwrap_or(3),
             config_file: args.config.clone(),
+            jobs: match file.jobs {
+                Some(0) => {
+                    return Err(Error::config(format!(
+                        "{}: must be at least 1",
+                        in_file("jobs")
+                    )))
+                }
+                Some(n) => n,
+                None => default_jobs(),
+            },
+            lock_stale_after: timeout(file.lock_stale_after, 86400, "lock_stale_after")?,
+            backup_wal_timeout: timeout(file.backup_wal_timeout, 600, "backup_wal_timeout")?,
+            file,
         })
     }
 
@@ -225,12 +266,27 @@ impl Settings {
         })
     }
 
+    /// `key` as named in messages: with the configuration file when there is one.
+    pub fn key_in_file(&self, key: &str) -> String {
+        match &self.config_file {
+            Some(p) => format!("{key} (from {})", p.display()),
+            None => key.to_string(),
+        }
+    }
+
     /// The server name, or an error telling how to set it.
     pub fn server_name(&self) -> Result<&str> {
         self.server.as_deref().ok_or_else(|| {
             Error::config("no server name given: use --server, PGCELLAR_SERVER or 'server' in the config file")
         })
     }
+}
+
+/// The number of cores, the default for `jobs`.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! - [`storage`]: the storage trait and its drivers.
 //! - [`repo`]: the repository layout and registration of servers.
 //! - [`archive`]: pushing and getting WAL files.
+//! - [`lookahead`] and [`prefetch`]: the speed-ups of `wal-push` and `wal-get`.
 //! - [`config`]: settings from flags, environment and file.
 //! - [`pg`]: connections to PostgreSQL.
 //! - [`retry`]: bounded retries of transient (network) failures.
@@ -24,15 +25,22 @@
 #![deny(missing_docs)]
 
 pub mod archive;
+pub mod backup;
 pub mod catalog;
 pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod localdir;
 pub mod log;
+pub mod lookahead;
+pub mod lock;
+pub mod manifest;
 pub mod pg;
+pub mod prefetch;
 pub mod repo;
 pub mod retry;
+pub mod restore;
 pub mod storage;
 pub mod wal;
 

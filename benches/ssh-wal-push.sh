@@ -5,8 +5,8 @@
 # the per-call latency of re-pushing an already archived segment over SSH.
 #
 # Usage (as root, on a machine with PostgreSQL server binaries and openssh-server):
-#   cargo build --release --bins && benches/ssh-wal-push.sh [SEGMENTS] [ROUNDS]
-# Environment: BIN (default target/release), PG_BINDIR (default pg_config --bindir).
+#   bash benches/ssh-wal-push.sh [SEGMENTS] [ROUNDS]     (defaults 20 and 3)
+# Environment: BIN (prebuilt binaries; default: build target/release), PG_BINDIR.
 #
 # It makes a scratch cluster (default 16 MiB segments), generates WAL with pgbench,
 # copies SEGMENTS finished segments out of pg_wal, registers the cluster in each fresh
@@ -21,6 +21,10 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$HERE/target/release}
 PG_BINDIR=${PG_BINDIR:-$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)}
 [ "$(id -u)" = 0 ] || { echo "run as root (the cluster runs as postgres)" >&2; exit 2; }
+if [ "$BIN" = "$HERE/target/release" ]; then
+    echo "building release binaries..." >&2
+    (cd "$HERE" && cargo build --release --quiet --bin wal-push --bin pgcellar)
+fi
 for b in wal-push pgcellar; do [ -x "$BIN/$b" ] || { echo "missing $BIN/$b: cargo build --release --bins" >&2; exit 2; }; done
 
 W=$(mktemp -d /tmp/pgcellar-bench-XXXXXX)

@@ -101,30 +101,27 @@ SSH_FLAGS=(--ssh-identity "$S/client" --ssh-known-hosts "$S/known_hosts")
 fresh_repo() { # $1 = local dir or ssh URL
     runuser -u postgres -- "$W/bin/pgcellar" --repo "$1" --server bench "${SSH_FLAGS[@]}" --conninfo "$CONN" -q init
 }
-time_push() { # $1 = repo URL; prints seconds
-    local t0 t1
-    t0=$(now)
-    for s in "${SEGS[@]}"; do "$W/bin/wal-push" --repo "$1" --server bench "${SSH_FLAGS[@]}" "$s"; done
-    t1=$(now)
-    echo "$t1 - $t0" | bc
-}
-time_scp() { # $1 = remote dir
-    local t0 t1
-    t0=$(now)
-    for s in "${SEGS[@]}"; do
-        scp -q -i "$S/client" -o UserKnownHostsFile="$S/known_hosts" -o StrictHostKeyChecking=yes \
-            -o BatchMode=yes -P "$SSH_PORT" "$s" "postgres@127.0.0.1:$1/$(basename "$s")"
-    done
-    t1=$(now)
-    echo "$t1 - $t0" | bc
+# One call, timed in seconds.
+timed() { local t0 t1; t0=$(now); "$@"; t1=$(now); echo "$t1 - $t0" | bc; }
+push_to() { "$W/bin/wal-push" --repo "$1" --server bench "${SSH_FLAGS[@]}" "$2"; }
+scp_to() {
+    scp -q -i "$S/client" -o UserKnownHostsFile="$S/known_hosts" -o StrictHostKeyChecking=yes \
+        -o BatchMode=yes -P "$SSH_PORT" "$2" "postgres@127.0.0.1:$1/$(basename "$2")"
 }
 
+# The three methods are interleaved segment by segment, so that load from anything
+# else on the machine falls on all of them alike; the sums are each method's serial time.
 printf '%-6s %10s %10s %10s %12s %12s\n' round local_s ssh_s scp_s ssh/local ssh/scp
 for r in $(seq "$ROUNDS"); do
     L="$W/local-$r"; R="ssh://postgres@127.0.0.1:$SSH_PORT$W/remote-$r"; D="$W/scp-$r"
     fresh_repo "$L"; fresh_repo "$R"
     runuser -u postgres -- mkdir -p "$D"
-    tl=$(time_push "$L"); ts=$(time_push "$R"); tc=$(time_scp "$D")
+    tl=0; ts=0; tc=0
+    for s in "${SEGS[@]}"; do
+        tl=$(echo "$tl + $(timed push_to "$L" "$s")" | bc)
+        ts=$(echo "$ts + $(timed push_to "$R" "$s")" | bc)
+        tc=$(echo "$tc + $(timed scp_to "$D" "$s")" | bc)
+    done
     printf '%-6s %10.2f %10.2f %10.2f %12.2f %12.2f\n' "$r" "$tl" "$ts" "$tc" \
         "$(echo "$ts / $tl" | bc -l)" "$(echo "$ts / $tc" | bc -l)"
 done

@@ -45,6 +45,33 @@ pub struct CommonArgs {
         global = true
     )]
     pub ssh_known_hosts: Option<PathBuf>,
+    /// Accept and remember an unknown (never a changed) SSH host key
+    #[arg(
+        long,
+        env = "PGCELLAR_SSH_ACCEPT_NEW_HOST_KEY",
+        value_name = "BOOL",
+        global = true
+    )]
+    pub ssh_accept_new_host_key: Option<bool>,
+    /// Seconds to wait for an SSH connection (default 10)
+    #[arg(
+        long,
+        env = "PGCELLAR_SSH_CONNECT_TIMEOUT",
+        value_name = "SECS",
+        global = true
+    )]
+    pub ssh_connect_timeout: Option<u64>,
+    /// Seconds to wait for any single SSH read or write (default 30)
+    #[arg(
+        long,
+        env = "PGCELLAR_SSH_IO_TIMEOUT",
+        value_name = "SECS",
+        global = true
+    )]
+    pub ssh_io_timeout: Option<u64>,
+    /// Retries of a transient (network) failure in wal-push/wal-get (default 3)
+    #[arg(long, env = "PGCELLAR_RETRIES", value_name = "N", global = true)]
+    pub retries: Option<u32>,
     /// More detail on stderr (repeat for more)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
@@ -235,11 +262,22 @@ impl Settings {
                     .ssh_known_hosts
                     .clone()
                     .or(file.ssh_known_hosts.clone()),
-                accept_new_host_key: file.ssh_accept_new_host_key.unwrap_or(false),
-                connect_timeout: timeout(file.ssh_connect_timeout, 10, "ssh_connect_timeout")?,
-                io_timeout: timeout(file.ssh_io_timeout, 30, "ssh_io_timeout")?,
+                accept_new_host_key: args
+                    .ssh_accept_new_host_key
+                    .or(file.ssh_accept_new_host_key)
+                    .unwrap_or(false),
+                connect_timeout: timeout(
+                    args.ssh_connect_timeout.or(file.ssh_connect_timeout),
+                    10,
+                    "ssh_connect_timeout",
+                )?,
+                io_timeout: timeout(
+                    args.ssh_io_timeout.or(file.ssh_io_timeout),
+                    30,
+                    "ssh_io_timeout",
+                )?,
             },
-            retries: file.retries.unwrap_or(3),
+            retries: args.retries.or(file.retries).unwrap_or(3),
             config_file: args.config.clone(),
             jobs: match file.jobs {
                 Some(0) => {

@@ -179,16 +179,17 @@ pub fn push_source(
     let dir = layout::wal_dir(&server.name, &name);
     storage.create_dir_all(&dir)?;
     let mut out = storage.create(&dir)?;
-    let stats = codec::encode(&src.head, &mut src.file, &mut out, codec).map_err(|e| {
-        Error::io(
-            format!(
-                "archiving {} into {}",
-                src.path.display(),
-                storage.location()
-            ),
-            e,
-        )
-    })?;
+    let stats =
+        codec::encode_pipelined(&src.head, &mut src.file, &mut out, codec).map_err(|e| {
+            Error::io(
+                format!(
+                    "archiving {} into {}",
+                    src.path.display(),
+                    storage.location()
+                ),
+                e,
+            )
+        })?;
     if stats.size != src.size {
         return Err(Error::invalid(format!(
             "{} changed size while being archived ({} then {} bytes)",

@@ -162,19 +162,7 @@ pub fn encode(
         count: 0,
     };
     {
-        let mut sink: Box<dyn FinishWrite + '_> = match codec.compression {
-            Compression::Zstd => {
-                let mut e = zstd::stream::write::Encoder::new(&mut counting, codec.level)?;
-                e.include_checksum(false)?;
-                Box::new(e)
-            }
-            Compression::Lz4 => Box::new(lz4_flex::frame::FrameEncoder::new(&mut counting)),
-            Compression::Gzip => Box::new(flate2::write::GzEncoder::new(
-                &mut counting,
-                flate2::Compression::new(codec.level.clamp(0, 9) as u32),
-            )),
-            Compression::None => Box::new(Plain(&mut counting)),
-        };
+        let mut sink = compressor(&mut counting, codec)?;
         let mut feed = |chunk: &[u8]| -> io::Result<()> {
             hasher.update(chunk);
             size += chunk.len() as u64;
@@ -183,16 +171,7 @@ pub fn encode(
         if !head.is_empty() {
             feed(head)?;
         }
-        let mut buf = vec![0u8; BUF_SIZE];
-        loop {
-            let n = match input.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            feed(&buf[..n])?;
-        }
+        for_each_chunk(input, &mut feed)?;
         sink.finish_box()?;
     }
     counting.flush()?;
@@ -200,6 +179,106 @@ pub fn encode(
         sha256: hex::encode(hasher.finalize()),
         size,
         stored_size: counting.count,
+    })
+}
+
+/// Like [`encode`], but reading and hashing run on a second thread while this one
+/// compresses and writes, so a single file uses two cores. Memory stays bounded: a
+/// fixed ring of buffers circulates between the two threads.
+pub fn encode_pipelined(
+    head: &[u8],
+    input: &mut (dyn Read + Send),
+    output: &mut dyn Write,
+    codec: Codec,
+) -> io::Result<StreamStats> {
+    use std::sync::mpsc::sync_channel;
+    const RING: usize = 4;
+    let (full_tx, full_rx) = sync_channel::<Vec<u8>>(RING);
+    let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(RING);
+    for _ in 0..RING {
+        // The channel has room for RING buffers, so this cannot block or fail.
+        let _ = empty_tx.send(vec![0u8; BUF_SIZE]);
+    }
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || -> io::Result<(String, u64)> {
+            let mut hasher = Sha256::new();
+            hasher.update(head);
+            let mut size = head.len() as u64;
+            while let Ok(mut buf) = empty_rx.recv() {
+                buf.resize(BUF_SIZE, 0);
+                let n = loop {
+                    match input.read(&mut buf) {
+                        Ok(n) => break n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                hasher.update(&buf);
+                size += n as u64;
+                if full_tx.send(buf).is_err() {
+                    // The writer stopped (it failed); its error is the one to report.
+                    break;
+                }
+            }
+            Ok((hex::encode(hasher.finalize()), size))
+        });
+        let mut chunks = std::iter::once(head.to_vec())
+            .chain(std::iter::from_fn(|| {
+                let buf = full_rx.recv().ok()?;
+                Some(buf)
+            }))
+            .filter(|b| !b.is_empty());
+        let written = (|| -> io::Result<u64> {
+            let mut counting = Counting {
+                inner: &mut *output,
+                count: 0,
+            };
+            {
+                let mut sink = compressor(&mut counting, codec)?;
+                for chunk in chunks.by_ref() {
+                    sink.write_all(&chunk)?;
+                    // Hand the buffer back; if the reader is gone that is fine.
+                    let _ = empty_tx.try_send(chunk);
+                }
+                sink.finish_box()?;
+            }
+            counting.flush()?;
+            Ok(counting.count)
+        })();
+        // Unblock the reader whatever happened, then collect its result.
+        drop(chunks);
+        drop(full_rx);
+        drop(empty_tx);
+        let read = reader
+            .join()
+            .map_err(|_| io::Error::other("reader thread panicked"))?;
+        let stored_size = written?;
+        let (sha256, size) = read?;
+        Ok(StreamStats {
+            sha256,
+            size,
+            stored_size,
+        })
+    })
+}
+
+fn compressor<'a>(out: &'a mut dyn Write, codec: Codec) -> io::Result<Box<dyn FinishWrite + 'a>> {
+    Ok(match codec.compression {
+        Compression::Zstd => {
+            let mut e = zstd::stream::write::Encoder::new(out, codec.level)?;
+            e.include_checksum(false)?;
+            Box::new(e)
+        }
+        Compression::Lz4 => Box::new(lz4_flex::frame::FrameEncoder::new(out)),
+        Compression::Gzip => Box::new(flate2::write::GzEncoder::new(
+            out,
+            flate2::Compression::new(codec.level.clamp(0, 9) as u32),
+        )),
+        Compression::None => Box::new(Plain(out)),
     })
 }
 
@@ -222,18 +301,11 @@ pub fn decode(
     };
     let mut hasher = Sha256::new();
     let mut size = 0u64;
-    let mut buf = vec![0u8; BUF_SIZE];
-    loop {
-        let n = match source.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        size += n as u64;
-        output.write_all(&buf[..n])?;
-    }
+    for_each_chunk(&mut source, |chunk| {
+        hasher.update(chunk);
+        size += chunk.len() as u64;
+        output.write_all(chunk)
+    })?;
     drop(source);
     Ok(StreamStats {
         sha256: hex::encode(hasher.finalize()),
@@ -242,22 +314,32 @@ pub fn decode(
     })
 }
 
+/// Feed every chunk of `input` to `f`, retrying interrupted reads.
+fn for_each_chunk(
+    input: &mut dyn Read,
+    mut f: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; BUF_SIZE];
+    loop {
+        match input.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => f(&buf[..n])?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// SHA-256 of a stream, without compressing (the fast path for duplicate checks).
 pub fn hash(head: &[u8], input: &mut dyn Read) -> io::Result<(String, u64)> {
     let mut hasher = Sha256::new();
     hasher.update(head);
     let mut size = head.len() as u64;
-    let mut buf = vec![0u8; BUF_SIZE];
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
+    for_each_chunk(input, |chunk| {
+        hasher.update(chunk);
+        size += chunk.len() as u64;
+        Ok(())
+    })?;
     Ok((hex::encode(hasher.finalize()), size))
 }
 
@@ -346,6 +428,10 @@ mod tests {
             assert_eq!(st.sha256, want, "{c}");
             assert_eq!(st.size, data.len() as u64);
             assert_eq!(st.stored_size, stored.len() as u64);
+            let mut piped = Vec::new();
+            let st2 = encode_pipelined(&data[..100], &mut &data[100..], &mut piped, codec).unwrap();
+            assert_eq!(st2, st, "{c}");
+            assert_eq!(piped, stored, "{c}");
             let mut out = Vec::new();
             let back = decode(&mut &stored[..], &mut out, c).unwrap();
             assert_eq!(out, data);

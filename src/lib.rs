@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod archive;
+pub mod backup;
 pub mod catalog;
 pub mod cli;
 pub mod codec;
@@ -33,6 +34,7 @@ pub mod log;
 pub mod manifest;
 pub mod pg;
 pub mod repo;
+pub mod restore;
 pub mod storage;
 pub mod wal;
 

@@ -178,7 +178,8 @@ pub fn page_magic(major: u32) -> Option<u16> {
         15 => 0xD110,
         16 => 0xD113,
         17 => 0xD116,
-        18 => 0xD118,
+        // Versions we have not verified skip the magic check; the system identifier,
+        // segment size and page address checks still apply.
         _ => return None,
     })
 }

@@ -40,6 +40,7 @@ pub mod pg;
 pub mod prefetch;
 pub mod repo;
 pub mod restore;
+pub mod retention;
 pub mod retry;
 pub mod storage;
 pub mod wal;

@@ -43,6 +43,7 @@ pub mod restore;
 pub mod retention;
 pub mod retry;
 pub mod storage;
+pub mod timeline;
 pub mod wal;
 
 pub use error::{Error, ErrorKind, Result};

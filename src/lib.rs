@@ -27,6 +27,7 @@
 pub mod archive;
 pub mod backup;
 pub mod catalog;
+pub mod check;
 pub mod cli;
 pub mod codec;
 pub mod config;
@@ -44,6 +45,7 @@ pub mod retention;
 pub mod retry;
 pub mod storage;
 pub mod timeline;
+pub mod verify;
 pub mod wal;
 
 pub use error::{Error, ErrorKind, Result};

@@ -398,7 +398,9 @@ mod tests {
 
     #[test]
     fn redundancy_keeps_the_newest_n() {
-        let bs: Vec<_> = (1..=5).map(|d| b(t(2026, 11, d, 12), 1, d as u64 * 10)).collect();
+        let bs: Vec<_> = (1..=5)
+            .map(|d| b(t(2026, 11, d, 12), 1, d as u64 * 10))
+            .collect();
         let p = plan(&bs, t(2026, 11, 30, 0), Policy::Redundancy { n: 2 }, 0);
         assert_eq!(
             ids(&p.delete),
@@ -443,10 +445,20 @@ mod tests {
             b(t(2028, 2, 23, 0), 1, 2),
             b(t(2028, 2, 29, 0), 1, 3),
         ];
-        let p = plan(&bs, now, Policy::parse("RECOVERY WINDOW OF 1 WEEKS").unwrap(), 0);
+        let p = plan(
+            &bs,
+            now,
+            Policy::parse("RECOVERY WINDOW OF 1 WEEKS").unwrap(),
+            0,
+        );
         // Window from 24 Feb: 29 Feb inside, 23 Feb is the base, 20 Feb goes.
         assert_eq!(ids(&p.delete), ["20280219T230000Z"]);
-        let p = plan(&bs, now, Policy::parse("RECOVERY WINDOW OF 2 DAYS").unwrap(), 0);
+        let p = plan(
+            &bs,
+            now,
+            Policy::parse("RECOVERY WINDOW OF 2 DAYS").unwrap(),
+            0,
+        );
         // Window from 29 Feb 00:00 (the leap day): the backup that stopped exactly at
         // the start is inside, 23 Feb becomes the base.
         assert_eq!(ids(&p.delete), ["20280219T230000Z"]);
@@ -492,7 +504,9 @@ mod tests {
 
     #[test]
     fn pinned_backups_never_expire_and_protect_only_their_own_wal() {
-        let mut bs: Vec<_> = (1..=4).map(|d| b(t(2026, 1, d, 0), 1, d as u64 * 10)).collect();
+        let mut bs: Vec<_> = (1..=4)
+            .map(|d| b(t(2026, 1, d, 0), 1, d as u64 * 10))
+            .collect();
         bs[0].kept = true; // the oldest, segments 10..11
         let p = plan(&bs, t(2026, 6, 1, 0), Policy::Redundancy { n: 1 }, 0);
         // Pins do not count towards REDUNDANCY: the newest unpinned stays too.

@@ -140,7 +140,12 @@ pub fn parse_history(text: &str) -> Result<Vec<HistoryEntry>> {
             continue;
         }
         let mut parts = line.split_whitespace();
-        let bad = || Error::corrupt(format!("history file line {}: {line:?} is not valid", i + 1));
+        let bad = || {
+            Error::corrupt(format!(
+                "history file line {}: {line:?} is not valid",
+                i + 1
+            ))
+        };
         let tli: u32 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
         let lsn = wal::parse_lsn(parts.next().ok_or_else(bad)?).map_err(|_| bad())?;
         if out

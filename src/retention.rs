@@ -14,10 +14,11 @@
 //!   remain, the newest candidates are kept instead.
 //! - The newest backup is never removed by a policy.
 //! - WAL: on timeline `t`, segments below the smallest start segment of the backups
-//!   retained by policy whose timeline is `<= t` may go (every such backup needs its
-//!   WAL from its start onward along any later timeline). A pinned backup protects
-//!   only the WAL from its start to its stop (enough to restore it consistently), so
-//!   an old pin does not hold the whole archive hostage. History files never go.
+//!   that stay (pinned ones included) whose timeline is `<= t` may go: every such
+//!   backup needs its WAL from its start onward, along any later timeline, to be
+//!   recoverable to any point after it. So a pinned backup keeps all WAL since its
+//!   start (Barman's `keep:full`); release old pins to let WAL go. History files
+//!   never go.
 
 use crate::error::{Error, Result};
 use crate::manifest::BackupId;
@@ -163,17 +164,6 @@ pub enum KeepReason {
     MinimumRedundancy,
 }
 
-/// A range of WAL segments one timeline must keep: `[from, to]`, absolute numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct SegmentRange {
-    /// Timeline.
-    pub timeline: u32,
-    /// First segment number.
-    pub from: u64,
-    /// Last segment number (inclusive).
-    pub to: u64,
-}
-
 /// The outcome of applying a policy.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Plan {
@@ -184,8 +174,6 @@ pub struct Plan {
     /// WAL boundaries: on timeline `t`, the segments numbered below the boundary of the
     /// greatest listed timeline `<= t` may be removed. Empty: remove no WAL.
     pub wal_boundary: BTreeMap<u32, u64>,
-    /// Segments that stay even below a boundary (what pinned backups need).
-    pub protected: Vec<SegmentRange>,
 }
 
 impl Plan {
@@ -199,12 +187,7 @@ impl Plan {
 
     /// Whether the segment `segno` of `timeline` may be removed.
     pub fn may_remove_segment(&self, timeline: u32, segno: u64) -> bool {
-        let below = self.boundary(timeline).is_some_and(|b| segno < b);
-        below
-            && !self
-                .protected
-                .iter()
-                .any(|r| r.timeline == timeline && (r.from..=r.to).contains(&segno))
+        self.boundary(timeline).is_some_and(|b| segno < b)
     }
 }
 
@@ -269,13 +252,12 @@ pub fn plan(
         .collect();
     delete.sort();
 
-    // WAL: backups that stay for any reason but a pin need WAL from their start on.
+    // WAL: every backup that stays needs its WAL from its start on.
     let mut wal_boundary: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut protected = Vec::new();
     let full: Vec<&BackupSummary> = sorted
         .iter()
         .copied()
-        .filter(|b| matches!(reason.get(&b.id), Some(r) if *r != KeepReason::Pinned))
+        .filter(|b| reason.contains_key(&b.id))
         .collect();
     let timelines: BTreeSet<u32> = full.iter().map(|b| b.timeline).collect();
     for &t in &timelines {
@@ -296,14 +278,6 @@ pub fn plan(
     if let Some((_, &first)) = wal_boundary.iter().next() {
         wal_boundary.entry(1).or_insert(first);
     }
-    for b in sorted.iter().filter(|b| b.kept) {
-        protected.push(SegmentRange {
-            timeline: b.timeline,
-            from: b.start_segno,
-            to: b.stop_segno,
-        });
-    }
-    protected.sort_by_key(|r| (r.timeline, r.from));
 
     // A BTreeMap iterates in id order, i.e. oldest first.
     let keep: Vec<(BackupId, KeepReason)> = reason.into_iter().collect();
@@ -311,7 +285,6 @@ pub fn plan(
         delete,
         keep,
         wal_boundary,
-        protected,
     }
 }
 
@@ -503,7 +476,7 @@ mod tests {
     }
 
     #[test]
-    fn pinned_backups_never_expire_and_protect_only_their_own_wal() {
+    fn pinned_backups_never_expire_and_keep_their_wal() {
         let mut bs: Vec<_> = (1..=4)
             .map(|d| b(t(2026, 1, d, 0), 1, d as u64 * 10))
             .collect();
@@ -524,19 +497,18 @@ mod tests {
         // The pinned backup counts for minimum_redundancy.
         let p2 = plan(&bs, t(2026, 6, 1, 0), Policy::Redundancy { n: 1 }, 2);
         assert_eq!(p2.delete.len(), 2);
-        // WAL: below 40 may go, except the pinned backup's 10..11.
-        assert_eq!(p.boundary(1), Some(40));
+        // WAL: the pinned backup keeps everything from its start (10) on.
+        assert_eq!(p.boundary(1), Some(10));
         assert!(p.may_remove_segment(1, 9));
         assert!(!p.may_remove_segment(1, 10));
-        assert!(!p.may_remove_segment(1, 11));
-        assert!(p.may_remove_segment(1, 12));
-        assert!(!p.may_remove_segment(1, 40));
-        // A pinned newest backup is still the newest: it stays, and the WAL boundary
-        // comes from the newest unpinned one kept by the policy.
+        assert!(!p.may_remove_segment(1, 39));
+        // A pinned newest backup does not count towards REDUNDANCY: the newest
+        // unpinned one stays too, and the WAL boundary is its start.
         let mut bs2 = bs.clone();
         bs2[3].kept = true;
+        bs2[0].kept = false;
         let p = plan(&bs2, t(2026, 6, 1, 0), Policy::Redundancy { n: 1 }, 0);
-        assert_eq!(ids(&p.delete), ["20260101T230000Z"]);
+        assert_eq!(ids(&p.delete), ["20251231T230000Z", "20260101T230000Z"]);
         assert_eq!(p.boundary(1), Some(30));
     }
 
@@ -568,14 +540,15 @@ mod tests {
         assert!(p.may_remove_segment(1, 24));
         assert!(p.may_remove_segment(2, 29));
         assert!(!p.may_remove_segment(2, 30));
-        // A pinned timeline-1 backup keeps its own range on timeline 1 only.
+        // A pinned timeline-1 backup keeps its WAL on timeline 1 and the later ones.
         let mut pinned = bs.clone();
         pinned[0].kept = true;
         let p = plan(&pinned, now, Policy::Redundancy { n: 1 }, 0);
         assert_eq!(ids(&p.delete), ["20260101T230000Z", "20260102T230000Z"]);
         assert!(!p.may_remove_segment(1, 10));
-        assert!(p.may_remove_segment(2, 10));
-        assert!(p.may_remove_segment(1, 20));
+        assert!(!p.may_remove_segment(2, 10));
+        assert!(p.may_remove_segment(1, 9));
+        assert!(p.may_remove_segment(3, 9));
     }
 
     #[test]

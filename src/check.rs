@@ -340,16 +340,23 @@ fn check_cluster(
     // End to end: switch and wait for the segment, bounded.
     match server {
         Some(s) if sysid_ok && mode_ok && command_ok => {
-            let result = catalog::switch(client, false).and_then(|seg| {
-                catalog::wait_archived(
-                    repo.storage(),
-                    &s.name,
-                    &seg,
-                    cat.archive_wait_timeout,
-                    client,
-                )
-                .map(|()| seg)
-            });
+            // Write a commit record first, so that the switch always closes a new
+            // segment even on an idle server (otherwise it would name one that was
+            // archived long ago and prove nothing).
+            let result = client
+                .batch_execute("SELECT txid_current()")
+                .map_err(|e| pg::query_error("writing a transaction before the switch", e))
+                .and_then(|()| catalog::switch(client, false))
+                .and_then(|seg| {
+                    catalog::wait_archived(
+                        repo.storage(),
+                        &s.name,
+                        &seg,
+                        cat.archive_wait_timeout,
+                        client,
+                    )
+                    .map(|()| seg)
+                });
             match result {
                 Ok(seg) => r.push(
                     "archiving",

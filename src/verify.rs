@@ -39,6 +39,8 @@ pub struct BackupVerification {
     pub wal: Option<Continuity>,
     /// Every problem, files first.
     pub problems: Vec<Problem>,
+    /// Whether there is no problem.
+    pub ok: bool,
 }
 
 impl BackupVerification {
@@ -94,6 +96,7 @@ pub fn verify_one(
         bytes_checked: 0,
         wal: None,
         problems: Vec::new(),
+        ok: false,
     };
     let m = match manifest::load(storage, server, id) {
         Ok(m) => m,
@@ -135,6 +138,7 @@ pub fn verify_one(
         });
     }
     report.wal = Some(wal);
+    report.ok = report.ok();
     Ok(report)
 }
 
@@ -271,7 +275,7 @@ pub fn render(reports: &[BackupVerification]) -> String {
             None => "WAL not checked".to_string(),
         };
         out.push_str(&format!(
-            "backup {}: {} — {} file(s), {} byte(s) re-read; {}\n",
+            "backup {}: {}: {} file(s), {} byte(s) re-read; {}\n",
             r.id,
             if r.ok() { "OK" } else { "FAILED" },
             r.files_checked,

@@ -4,8 +4,8 @@
 //! Recovery from a backup on timeline `b` to the newest point replays, segment by
 //! segment, the file of the newest timeline on the chain from `b` to the latest
 //! timeline whose start is at or before that segment (PostgreSQL's
-//! `XLogFileReadAnyTLI`). In the segment where a timeline begins, the parent's copy
-//! also serves. [`needed_segments`] encodes that rule; the index answers presence.
+//! `XLogFileReadAnyTLI`), including the segment where that timeline begins.
+//! [`needed_segments`] encodes that rule; the index answers presence.
 
 use crate::archive::{self, StoredWal};
 use crate::codec;
@@ -286,12 +286,10 @@ pub fn needed_segments(links: &[ChainLink], from: u64, to: u64) -> Vec<(u64, Vec
         let Some(pos) = links.iter().rposition(|l| l.begin <= n) else {
             continue;
         };
-        let mut tl = vec![links[pos].timeline];
-        // In the segment where a timeline begins, the parent's copy also serves.
-        if pos > 0 && links[pos].begin == n {
-            tl.push(links[pos - 1].timeline);
-        }
-        out.push((n, tl));
+        // Even in the segment where a timeline begins, recovery reads the new
+        // timeline's copy (it holds the parent's WAL up to the switch point and the
+        // new timeline's after it); the parent's copy cannot replace it.
+        out.push((n, vec![links[pos].timeline]));
     }
     out
 }
@@ -472,9 +470,9 @@ mod tests {
             need,
             [
                 (2, vec![1]),
-                (3, vec![2, 1]),
+                (3, vec![2]),
                 (4, vec![2]),
-                (5, vec![3, 2]),
+                (5, vec![3]),
                 (6, vec![3])
             ]
         );

@@ -604,3 +604,128 @@ fn usage_errors_exit_2_and_bad_policies_are_refused() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--retention"), "{}", stderr(&o));
 }
+
+/// Restore the newest backup into a new directory, start it and wait until it has
+/// promoted (recovery to the end of the archive ends on a new timeline).
+fn restore_and_promote(repo: &RepoDir, archive: bool) -> Cluster {
+    let root = TestDir::new();
+    let pgdata = root.join("pgdata");
+    let mut r = pg_command(bin("restore"));
+    r.args(repo.args()).arg(&pgdata);
+    run_ok(&mut r);
+    let rc = Cluster::adopt_restored(root, pgdata);
+    if !archive {
+        rc.append_conf(&["archive_mode = off".to_string()]);
+    }
+    rc.start();
+    rc.wait_for_promotion(Duration::from_secs(120));
+    rc
+}
+
+#[test]
+fn verify_and_expire_follow_a_new_timeline() {
+    if !require_binaries() {
+        return;
+    }
+    let repo = RepoDir::new();
+    let Some(c) = Cluster::init(ClusterOpts {
+        archive_command: Some(repo.archive_command()),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    repo.init_for(&c);
+    c.psql("CREATE TABLE t(i int)");
+    c.psql("INSERT INTO t SELECT generate_series(1, 10)");
+    c.switch_and_wait_archived();
+    let b1 = base_backup(&repo, &c);
+    c.psql("INSERT INTO t SELECT generate_series(11, 20)");
+    c.switch_and_wait_archived();
+
+    // A restored copy promotes onto timeline 2 and archives into the same repository.
+    let r = restore_and_promote(&repo, true);
+    assert_eq!(
+        r.psql("SELECT timeline_id FROM pg_control_checkpoint()"),
+        "2"
+    );
+    r.psql("INSERT INTO t SELECT generate_series(21, 30)");
+    r.switch_and_wait_archived();
+    r.psql("INSERT INTO t SELECT generate_series(31, 40)");
+    r.switch_and_wait_archived();
+    // The old primary goes on writing timeline 1: another history, which recovery
+    // along timeline 2 must not count on.
+    c.psql("INSERT INTO t SELECT generate_series(1000, 1010)");
+    c.switch_and_wait_archived();
+    c.switch_and_wait_archived();
+    assert!(repo
+        .wal_files()
+        .iter()
+        .any(|f| f.starts_with("00000002.history-")));
+
+    let v = json(&repo, None, &["verify", "--all", "--json"]);
+    let b1v = &v[0];
+    assert_eq!(b1v["id"], b1.as_str());
+    assert_eq!(b1v["ok"], true, "{b1v}");
+    assert_eq!(b1v["wal"]["timelines"], serde_json::json!([1, 2]), "{b1v}");
+    let last = b1v["wal"]["last"].as_str().unwrap().to_string();
+    assert!(last.starts_with("00000002"), "{last}");
+
+    // Remove a timeline-2 segment whose number timeline 1 also has: still a gap.
+    let tl2: Vec<String> = segments(&repo)
+        .into_iter()
+        .filter(|s| s.starts_with("00000002"))
+        .collect();
+    let victim = tl2[tl2.len() - 2].clone();
+    assert!(
+        segments(&repo).contains(&format!("00000001{}", &victim[8..])),
+        "{victim}"
+    );
+    let file = repo
+        .wal_files()
+        .into_iter()
+        .find(|f| f.contains(&format!("/{victim}-")))
+        .unwrap();
+    let path = repo.path.join("main/wal").join(&file);
+    let bytes = fs::read(&path).unwrap();
+    fs::remove_file(&path).unwrap();
+    let o = pgcellar(&repo, None, &["verify", &b1, "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "removed {file}; {}\n{:?}",
+        stdout(&o),
+        repo.wal_files()
+    );
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v[0]["problems"][0]["kind"], "wal_missing", "{v}");
+    assert_eq!(v[0]["problems"][0]["subject"], victim.as_str(), "{v}");
+    fs::write(&path, bytes).unwrap();
+    chown_postgres(&path);
+
+    // A backup on timeline 2, then expire keeps only it: timeline 1 WAL goes, the
+    // history file stays, and the new backup restores to the end of timeline 2.
+    let b2 = base_backup(&repo, &r);
+    let out = ok(&repo, None, &["expire", "--retention", "REDUNDANCY 1"]);
+    assert!(out.contains(&format!("expired backup {b1}")), "{out}");
+    let b2_start = json(&repo, None, &["show", &b2, "--json"])["manifest"]["start_wal"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(b2_start.starts_with("00000002"));
+    let segs = segments(&repo);
+    assert!(
+        segs.iter().all(|s| s[8..] >= b2_start[8..]),
+        "left below {b2_start}: {segs:?}"
+    );
+    assert!(repo
+        .wal_files()
+        .iter()
+        .any(|f| f.starts_with("00000002.history-")));
+    let v = json(&repo, None, &["verify", "--all", "--json"]);
+    assert_eq!(v[0]["ok"], true, "{v}");
+    r.psql("INSERT INTO t SELECT generate_series(41, 50)");
+    r.switch_and_wait_archived();
+    drop(c);
+    let rr = restore_and_promote(&repo, false);
+    assert_eq!(rr.psql("SELECT count(*) || ' ' || max(i) FROM t"), "50 50");
+}

@@ -378,6 +378,12 @@ fn prepare_dest(dest: &Path, delta: bool) -> Result<()> {
                 .mode(0o700)
                 .create(dest)
                 .io_context(|| format!("creating {}", dest.display()))?;
+            // Run as root, a new directory belongs to the owner of its parent
+            // (normally postgres), so that everything restored into it does too.
+            if let Some(parent) = dest.parent() {
+                let p = fs::metadata(parent).io_context(|| format!("stat {}", parent.display()))?;
+                Owner::root_chown_to(p.uid(), p.gid()).apply(dest)?;
+            }
             return Ok(());
         }
         Err(e) => return Err(Error::io(format!("stat {}", dest.display()), e)),
@@ -535,12 +541,14 @@ struct Owner(Option<(u32, u32)>);
 
 impl Owner {
     fn of(dest: &Path) -> Result<Owner> {
+        let meta = fs::metadata(dest).io_context(|| format!("stat {}", dest.display()))?;
+        Ok(Owner::root_chown_to(meta.uid(), meta.gid()))
+    }
+
+    fn root_chown_to(uid: u32, gid: u32) -> Owner {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
-        let meta = fs::metadata(dest).io_context(|| format!("stat {}", dest.display()))?;
-        Ok(Owner(
-            (root && meta.uid() != 0).then(|| (meta.uid(), meta.gid())),
-        ))
+        Owner((root && uid != 0).then_some((uid, gid)))
     }
 
     fn apply(&self, p: &Path) -> Result<()> {

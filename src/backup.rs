@@ -111,6 +111,14 @@ struct Walk {
 
 /// Take a backup of the cluster behind `settings`; returns its manifest.
 pub fn run(settings: &Settings, opts: &BackupOptions) -> Result<Manifest> {
+    if let Some(label) = &opts.label {
+        // It becomes a line of backup_label: one line, within PostgreSQL's limit.
+        if label.len() > 1000 || label.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "--label must be at most 1000 bytes without control characters",
+            ));
+        }
+    }
     let pgdata = settings.pgdata.clone().ok_or_else(|| {
         Error::config(
             "no data directory given: use --pgdata, PGDATA or 'pgdata' in the config file",
@@ -680,6 +688,9 @@ fn store_files(
     for chunk in links.chunks(1000) {
         storage.hard_link_all(chunk)?;
     }
+    // One flush for every file instead of an fsync each (about 15 ms apiece on
+    // ordinary disks); still well before the manifest makes the backup count.
+    storage.sync_deferred()?;
     let mut out = results.into_inner().unwrap_or_default();
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
@@ -740,7 +751,8 @@ fn store_one(ctx: &StoreCtx<'_>, job: &Job) -> Result<Option<FileEntry>> {
     };
     let target = manifest::stored_path(ctx.server, ctx.id, &job.path, ctx.codec.compression);
     let (dir, name) = storage::split_path(&target)?;
-    let mut out = ctx.storage.create(dir)?;
+    // Synced all at once by `sync_deferred` before the manifest is written.
+    let mut out = ctx.storage.create_deferred(dir)?;
     // A file that changes while read is fine: WAL replay from the backup's start
     // rewrites every block changed after it.
     let stats = codec::encode(&[], &mut file, &mut out, ctx.codec).map_err(|e| {

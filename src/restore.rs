@@ -326,9 +326,11 @@ pub fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreOutcome>
     };
     remove_if_exists(&dest.join(other))?;
     write_small(&dest.join(signal), b"", &owner)?;
-    for d in &m.directories {
-        let p = mapper.local(&d.path)?;
-        sync_dir(&p)?;
+    // Everything on disk (one flush per filesystem instead of an fsync per file)
+    // before pg_control makes the directory startable.
+    for root in std::iter::once(&dest).chain(ts_locations.values()) {
+        crate::storage::local::syncfs(root)
+            .io_context(|| format!("syncing the filesystem of {}", root.display()))?;
     }
     // Last: only now can the directory start.
     let (w2, k2) = restore_files(storage, &server, &m, &mapper, &owner, control, 1, opts)?;
@@ -766,8 +768,10 @@ fn restore_one(
         .io_context(|| format!("chmod {}", local.display()))?;
     file.set_modified(mtime)
         .io_context(|| format!("setting the mtime of {}", local.display()))?;
-    file.sync_all()
-        .io_context(|| format!("fsync {}", local.display()))?;
+    if entry.path == PG_CONTROL {
+        file.sync_all()
+            .io_context(|| format!("fsync {}", local.display()))?;
+    }
     owner.apply(&local)?;
     Ok(true)
 }

@@ -5,8 +5,8 @@
 # the per-call latency of re-pushing an already archived segment over SSH.
 #
 # Usage (as root, on a machine with PostgreSQL server binaries and openssh-server):
-#   cargo build --release --bins && benches/ssh-wal-push.sh [SEGMENTS] [ROUNDS]
-# Environment: BIN (default target/release), PG_BINDIR (default pg_config --bindir).
+#   bash benches/ssh-wal-push.sh [SEGMENTS] [ROUNDS]     (defaults 20 and 3)
+# Environment: BIN (prebuilt binaries; default: build target/release), PG_BINDIR.
 #
 # It makes a scratch cluster (default 16 MiB segments), generates WAL with pgbench,
 # copies SEGMENTS finished segments out of pg_wal, registers the cluster in each fresh
@@ -21,6 +21,10 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$HERE/target/release}
 PG_BINDIR=${PG_BINDIR:-$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)}
 [ "$(id -u)" = 0 ] || { echo "run as root (the cluster runs as postgres)" >&2; exit 2; }
+if [ "$BIN" = "$HERE/target/release" ]; then
+    echo "building release binaries..." >&2
+    (cd "$HERE" && cargo build --release --quiet --bin wal-push --bin pgcellar)
+fi
 for b in wal-push pgcellar; do [ -x "$BIN/$b" ] || { echo "missing $BIN/$b: cargo build --release --bins" >&2; exit 2; }; done
 
 W=$(mktemp -d /tmp/pgcellar-bench-XXXXXX)
@@ -97,30 +101,27 @@ SSH_FLAGS=(--ssh-identity "$S/client" --ssh-known-hosts "$S/known_hosts")
 fresh_repo() { # $1 = local dir or ssh URL
     runuser -u postgres -- "$W/bin/pgcellar" --repo "$1" --server bench "${SSH_FLAGS[@]}" --conninfo "$CONN" -q init
 }
-time_push() { # $1 = repo URL; prints seconds
-    local t0 t1
-    t0=$(now)
-    for s in "${SEGS[@]}"; do "$W/bin/wal-push" --repo "$1" --server bench "${SSH_FLAGS[@]}" "$s"; done
-    t1=$(now)
-    echo "$t1 - $t0" | bc
-}
-time_scp() { # $1 = remote dir
-    local t0 t1
-    t0=$(now)
-    for s in "${SEGS[@]}"; do
-        scp -q -i "$S/client" -o UserKnownHostsFile="$S/known_hosts" -o StrictHostKeyChecking=yes \
-            -o BatchMode=yes -P "$SSH_PORT" "$s" "postgres@127.0.0.1:$1/$(basename "$s")"
-    done
-    t1=$(now)
-    echo "$t1 - $t0" | bc
+# One call, timed in seconds.
+timed() { local t0 t1; t0=$(now); "$@"; t1=$(now); echo "$t1 - $t0" | bc; }
+push_to() { "$W/bin/wal-push" --repo "$1" --server bench "${SSH_FLAGS[@]}" "$2"; }
+scp_to() {
+    scp -q -i "$S/client" -o UserKnownHostsFile="$S/known_hosts" -o StrictHostKeyChecking=yes \
+        -o BatchMode=yes -P "$SSH_PORT" "$2" "postgres@127.0.0.1:$1/$(basename "$2")"
 }
 
+# The three methods are interleaved segment by segment, so that load from anything
+# else on the machine falls on all of them alike; the sums are each method's serial time.
 printf '%-6s %10s %10s %10s %12s %12s\n' round local_s ssh_s scp_s ssh/local ssh/scp
 for r in $(seq "$ROUNDS"); do
     L="$W/local-$r"; R="ssh://postgres@127.0.0.1:$SSH_PORT$W/remote-$r"; D="$W/scp-$r"
     fresh_repo "$L"; fresh_repo "$R"
     runuser -u postgres -- mkdir -p "$D"
-    tl=$(time_push "$L"); ts=$(time_push "$R"); tc=$(time_scp "$D")
+    tl=0; ts=0; tc=0
+    for s in "${SEGS[@]}"; do
+        tl=$(echo "$tl + $(timed push_to "$L" "$s")" | bc)
+        ts=$(echo "$ts + $(timed push_to "$R" "$s")" | bc)
+        tc=$(echo "$tc + $(timed scp_to "$D" "$s")" | bc)
+    done
     printf '%-6s %10.2f %10.2f %10.2f %12.2f %12.2f\n' "$r" "$tl" "$ts" "$tc" \
         "$(echo "$ts / $tl" | bc -l)" "$(echo "$ts / $tc" | bc -l)"
 done

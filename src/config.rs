@@ -97,6 +97,20 @@ pub struct FileConfig {
     pub ssh_io_timeout: Option<u64>,
     /// How many times wal-push/wal-get retry a transient failure.
     pub retries: Option<u32>,
+    /// wal-push: how many other `.ready` segments one call may push ahead (0 = off).
+    pub push_lookahead: Option<u32>,
+    /// wal-push: threads pushing in parallel during a look-ahead batch.
+    pub push_parallel: Option<u32>,
+    /// wal-push: local directory for look-ahead records (never inside pg_wal or the repository).
+    pub wal_status_dir: Option<PathBuf>,
+    /// wal-get: how many following segments one call may prefetch (0 = off).
+    pub prefetch: Option<u32>,
+    /// wal-get: threads fetching in parallel.
+    pub prefetch_parallel: Option<u32>,
+    /// wal-get: local spool directory for prefetched segments (outside the data directory).
+    pub spool_dir: Option<PathBuf>,
+    /// wal-get: upper bound of the spool's size in bytes.
+    pub spool_max_bytes: Option<u64>,
     /// Parallel workers of base-backup and restore (default: number of cores).
     pub jobs: Option<usize>,
     /// Seconds after which a repository lock is stale whoever holds it.
@@ -113,20 +127,6 @@ pub struct FileConfig {
     pub archive_wait_timeout: Option<u64>,
     /// Seconds after which a backup directory without a manifest counts as aborted.
     pub aborted_backup_max_age: Option<u64>,
-    /// wal-push: how many other `.ready` segments one call may push ahead (0 = off).
-    pub push_lookahead: Option<u32>,
-    /// wal-push: threads pushing in parallel during a look-ahead batch.
-    pub push_parallel: Option<u32>,
-    /// wal-push: local directory for look-ahead records (never inside pg_wal or the repository).
-    pub wal_status_dir: Option<PathBuf>,
-    /// wal-get: how many following segments one call may prefetch (0 = off).
-    pub prefetch: Option<u32>,
-    /// wal-get: threads fetching in parallel.
-    pub prefetch_parallel: Option<u32>,
-    /// wal-get: local spool directory for prefetched segments (outside the data directory).
-    pub spool_dir: Option<PathBuf>,
-    /// wal-get: upper bound of the spool's size in bytes.
-    pub spool_max_bytes: Option<u64>,
 }
 
 /// Fully resolved settings shared by every binary.
@@ -148,14 +148,14 @@ pub struct Settings {
     pub retries: u32,
     /// The file the settings came from, if any (for messages).
     pub config_file: Option<PathBuf>,
+    /// The raw file values, for modules that resolve their own flag > env > file keys.
+    pub file: FileConfig,
     /// Parallel workers of base-backup and restore.
     pub jobs: usize,
     /// Age after which a repository lock is stale whoever holds it.
     pub lock_stale_after: Duration,
     /// How long base-backup waits for the backup's WAL to be archived.
     pub backup_wal_timeout: Duration,
-    /// The raw file values, for modules that resolve their own flag > env > file keys.
-    pub file: FileConfig,
 }
 
 /// SSH connection settings.

@@ -587,3 +587,129 @@ fn postgres_archives_over_ssh_and_a_copy_recovers_to_the_last_row() {
         "wal-get was not used"
     );
 }
+
+/// The full PITR over SSH: archive, two base backups (the second incremental, its
+/// unchanged files hard links made on the backup host), restore to a named restore
+/// point and to the end, start, check rows.
+#[test]
+fn full_pitr_over_ssh_with_base_backup_and_restore() {
+    let Some(sshd) = Sshd::start() else { return };
+    if !bin("base-backup").exists() || !bin("restore").exists() {
+        panic!("base-backup/restore binaries are missing from this build");
+    }
+    let dir = TestDir::new();
+    let root = dir.join("repo");
+    let url = sshd.url(&root);
+    let flags: Vec<String> = vec![
+        "--repo".into(),
+        url,
+        "--server".into(),
+        "main".into(),
+        "--ssh-identity".into(),
+        sshd.client_key.display().to_string(),
+        "--ssh-known-hosts".into(),
+        sshd.known_hosts.display().to_string(),
+    ];
+    let archive = format!("{} {} %p", bin("wal-push").display(), flags.join(" "));
+    let Some(c) = Cluster::init(ClusterOpts {
+        archive_command: Some(archive),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let as_pg = |name: &str, extra: &[&str]| {
+        let mut cmd = pg_command(bin(name));
+        cmd.args(&flags).args(extra);
+        run_ok(&mut cmd)
+    };
+    as_pg("pgcellar", &["--conninfo", &c.conninfo(), "init"]);
+    let pgdata = c.pgdata.display().to_string();
+    let backup = || {
+        let out = as_pg(
+            "base-backup",
+            &["--pgdata", &pgdata, "--conninfo", &c.conninfo()],
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    c.psql("CREATE TABLE t(i int)");
+    c.psql("INSERT INTO t SELECT generate_series(1, 10)");
+    let id1 = backup();
+    c.psql("INSERT INTO t SELECT generate_series(11, 20)");
+    c.psql("SELECT pg_create_restore_point('before_21')");
+    c.psql("INSERT INTO t SELECT generate_series(21, 30)");
+    // Sleep past the "safe horizon" so unchanged files are reused by the next backup.
+    std::thread::sleep(Duration::from_millis(1500));
+    let id2 = backup();
+    assert!(id2 > id1, "{id1} {id2}");
+    c.psql("INSERT INTO t SELECT generate_series(31, 40)");
+    c.switch_and_wait_archived();
+    let (_, failed) = c.archiver_counts();
+    assert_eq!(
+        failed,
+        0,
+        "archive_command failed:\n{}",
+        tail(&c.log_text(), 30)
+    );
+
+    // The incremental backup's unchanged files are hard links into the first one.
+    let data2 = root.join("main/backups").join(&id2).join("data");
+    let mut linked = 0;
+    let mut stack = vec![data2];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let m = fs::symlink_metadata(e.path()).unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if std::os::unix::fs::MetadataExt::nlink(&m) > 1 {
+                linked += 1;
+            }
+        }
+    }
+    assert!(
+        linked > 10,
+        "only {linked} hard-linked files in the incremental backup"
+    );
+
+    let rows = |cl: &Cluster| cl.psql("SELECT count(*) || ' ' || coalesce(max(i), 0) FROM t");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "--backup",
+                &id1,
+                "--target-name",
+                "before_21",
+                "--target-action",
+                "promote",
+            ],
+            "20 20",
+        ),
+        (vec![], "40 40"),
+    ];
+    for (args, want) in cases {
+        let root = TestDir::new();
+        let dest = root.join("pgdata");
+        let mut extra = args.clone();
+        let d = dest.display().to_string();
+        extra.push(&d);
+        as_pg("restore", &extra);
+        let auto = fs::read_to_string(dest.join("postgresql.auto.conf")).unwrap();
+        assert!(
+            auto.contains("ssh://"),
+            "restore_command is not over SSH:\n{auto}"
+        );
+        let r = Cluster::adopt_restored(root, dest);
+        r.append_conf(&["archive_mode = off".to_string()]);
+        r.start();
+        r.wait_for_promotion(Duration::from_secs(120));
+        assert_eq!(
+            rows(&r),
+            want,
+            "restore {args:?}\n{}",
+            tail(&r.log_text(), 30)
+        );
+        assert!(
+            r.log_text().contains("restored log file"),
+            "wal-get was not used"
+        );
+    }
+}

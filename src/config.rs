@@ -121,7 +121,7 @@ pub struct FileConfig {
     pub retention: Option<String>,
     /// Fewest backups `expire` and `delete` may leave (default 0).
     pub minimum_redundancy: Option<u32>,
-    /// `check` warns when the newest backup is older than this (`n HOURS|DAYS|WEEKS`).
+    /// `check` is CRITICAL when the newest backup is older than this (`n HOURS|DAYS|WEEKS`).
     pub last_backup_maximum_age: Option<String>,
     /// Seconds `check` and `switch-wal --wait` wait for a switched segment to be archived.
     pub archive_wait_timeout: Option<u64>,

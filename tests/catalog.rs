@@ -729,3 +729,83 @@ fn verify_and_expire_follow_a_new_timeline() {
     let rr = restore_and_promote(&repo, false);
     assert_eq!(rr.psql("SELECT count(*) || ' ' || max(i) FROM t"), "50 50");
 }
+
+#[test]
+fn catalog_commands_over_ssh() {
+    if !require_binaries() {
+        return;
+    }
+    let Some(sshd) = sshd::Sshd::start() else {
+        return;
+    };
+    // Backups are taken into a local repository; the catalog then works on the same
+    // directory through sshd, as it would from a monitoring host.
+    let repo = RepoDir::new();
+    let Some(c) = Cluster::init(ClusterOpts {
+        archive_command: Some(repo.archive_command()),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    repo.init_for(&c);
+    c.psql("CREATE TABLE t(i int)");
+    c.switch_and_wait_archived();
+    let b1 = base_backup(&repo, &c);
+    c.psql("INSERT INTO t SELECT generate_series(1, 10)");
+    c.switch_and_wait_archived();
+    let b2 = base_backup(&repo, &c);
+    c.switch_and_wait_archived();
+
+    let flags: Vec<String> = vec![
+        "--repo".into(),
+        sshd.url(&repo.path),
+        "--server".into(),
+        "main".into(),
+        "--ssh-identity".into(),
+        sshd.client_key.display().to_string(),
+        "--ssh-known-hosts".into(),
+        sshd.known_hosts.display().to_string(),
+    ];
+    let run = |args: &[&str]| -> Output {
+        let mut cmd = pg_command(bin("pgcellar"));
+        cmd.args(&flags).args(args);
+        cmd.output().expect("spawn pgcellar")
+    };
+    let okj = |args: &[&str]| -> Value {
+        let o = run(args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}{}\n--- sshd log ---\n{}",
+            stdout(&o),
+            stderr(&o),
+            sshd.log()
+        );
+        serde_json::from_str(&stdout(&o)).unwrap()
+    };
+    let servers = okj(&["servers", "--json"]);
+    assert_eq!(servers[0]["backups"], 2);
+    let list = okj(&["list", "--json"]);
+    assert_eq!(list[0]["id"], b2.as_str());
+    assert_eq!(list, json(&repo, None, &["list", "--json"]));
+    let show = okj(&["show", "oldest", "--json"]);
+    assert_eq!(show["wal_needed"]["complete"], true);
+    let v = okj(&["verify", "--all", "--json"]);
+    assert!(v.as_array().unwrap().iter().all(|r| r["ok"] == true), "{v}");
+    assert!(run(&["keep", &b1]).status.success());
+    assert!(backup_dir(&repo, &b1).join("keep").is_file());
+    assert!(run(&["keep", &b1, "--release"]).status.success());
+    let plan = okj(&[
+        "expire",
+        "--dry-run",
+        "--json",
+        "--retention",
+        "REDUNDANCY 1",
+    ]);
+    assert_eq!(plan["deleted"], serde_json::json!([b1.as_str()]));
+    let out = okj(&["expire", "--json", "--retention", "REDUNDANCY 1"]);
+    assert_eq!(out["deleted"], serde_json::json!([b1.as_str()]));
+    assert!(!backup_dir(&repo, &b1).exists());
+    assert!(out["wal"][0]["files"].as_u64().unwrap() > 0, "{out}");
+    let v = okj(&["verify", "--json"]);
+    assert_eq!(v[0]["ok"], true, "{v}");
+}

@@ -1211,3 +1211,148 @@ pub fn parse_age(text: &str) -> Result<chrono::Duration> {
         _ => Err(bad()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Compression;
+    use crate::config::CommonArgs;
+    use crate::storage::{self, LocalStorage};
+
+    const MB: u64 = 1 << 20;
+
+    fn settings(root: &std::path::Path, server: Option<&str>, config: Option<&str>) -> Settings {
+        let cfg = config.map(|text| {
+            let p = root.join("pgcellar.toml");
+            std::fs::write(&p, text).unwrap();
+            p
+        });
+        let args = CommonArgs {
+            repo: Some(root.join("repo").display().to_string()),
+            server: server.map(str::to_string),
+            config: cfg,
+            ..Default::default()
+        };
+        Settings::resolve(&args, None).unwrap()
+    }
+
+    fn register(repo: &Repository, name: &str) {
+        repo.register_server(&ServerInfo {
+            name: name.into(),
+            system_identifier: "7300000000000000042".into(),
+            pg_version_num: 150010,
+            pg_major: 15,
+            wal_segment_size: MB,
+            block_size: 8192,
+            registered: now_rfc3339(),
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn ages_parse() {
+        assert_eq!(parse_age("36 hours").unwrap(), chrono::Duration::hours(36));
+        assert_eq!(parse_age("1 DAY").unwrap(), chrono::Duration::days(1));
+        assert_eq!(parse_age(" 2  Weeks ").unwrap(), chrono::Duration::weeks(2));
+        for bad in [
+            "",
+            "1",
+            "DAYS",
+            "0 DAYS",
+            "1 MONTH",
+            "-1 DAYS",
+            "1 DAYS ago",
+        ] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_catalog_keys_name_the_key_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, key) in [
+            ("retention = 'REDUNDANCY 0'", "retention"),
+            (
+                "last_backup_maximum_age = 'soon'",
+                "last_backup_maximum_age",
+            ),
+            ("archive_wait_timeout = 0", "archive_wait_timeout"),
+        ] {
+            let s = settings(dir.path(), Some("main"), Some(text));
+            let msg = CatalogSettings::from_settings(&s).unwrap_err().to_string();
+            assert!(msg.contains(key) && msg.contains("pgcellar.toml"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn cron_visits_every_server_removes_old_aborted_backups_and_is_then_silent() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path(), None, None);
+        let (repo, _) = Repository::open_or_create(&s).unwrap();
+        register(&repo, "a");
+        register(&repo, "b");
+        let st = repo.storage();
+        // Old and aborted (no manifest), recent and aborted (maybe still running
+        // elsewhere), and a directory that is not a backup id at all.
+        for d in ["a/backups/20200101T000000Z/data", "b/backups/not-a-backup"] {
+            st.create_dir_all(d).unwrap();
+        }
+        let recent = BackupId::from_time(Utc::now());
+        st.create_dir_all(&layout::backup_dir("b", recent.as_str()))
+            .unwrap();
+        let lines = cron(&s).unwrap();
+        assert_eq!(
+            lines,
+            ["server a: removed aborted backup directory 20200101T000000Z"]
+        );
+        assert!(st.stat("a/backups/20200101T000000Z").unwrap().is_none());
+        assert!(st.stat("b/backups/not-a-backup").unwrap().is_some());
+        assert!(st
+            .stat(&layout::backup_dir("b", recent.as_str()))
+            .unwrap()
+            .is_some());
+        assert!(cron(&s).unwrap().is_empty());
+        assert_eq!(
+            server_names(&repo).unwrap(),
+            ["a".to_string(), "b".to_string()]
+        );
+    }
+
+    #[test]
+    fn wal_removal_keeps_history_and_drops_only_dirs_below_the_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = LocalStorage::new(dir.path().join("repo"));
+        let sha = "0".repeat(64);
+        let put = |name: &str| {
+            let n = WalName::parse(name).unwrap();
+            let d = layout::wal_dir("main", &n);
+            st.create_dir_all(&d).unwrap();
+            let f = crate::archive::stored_name(&n, &sha, Compression::Zstd);
+            st.write_all(&storage::join(&d, &f), b"x", Overwrite::Never)
+                .unwrap();
+        };
+        // Log 0 fully below the boundary (4096 segments of 1 MiB per log), log 1 not.
+        let per_log = Segment::per_log(MB);
+        for n in [per_log - 2, per_log - 1, per_log, per_log + 5] {
+            put(&Segment::from_number(1, n, MB).file_name());
+        }
+        put("000000010000000000000FF0.00000028.backup");
+        put("00000002.history");
+        let idx = ArchiveIndex::scan(&st, "main", MB).unwrap();
+        let plan = Plan {
+            wal_boundary: [(1, per_log + 5)].into(),
+            ..Default::default()
+        };
+        let dry = remove_wal(&st, "main", &idx, &plan, true).unwrap();
+        assert_eq!(dry[0].files, 4);
+        assert_eq!(ArchiveIndex::scan(&st, "main", MB).unwrap().file_count(), 6);
+        let done = remove_wal(&st, "main", &idx, &plan, false).unwrap();
+        assert_eq!(done[0].files, 4);
+        assert_eq!(done[0].keep_from, "000000010000000100000005");
+        let left = ArchiveIndex::scan(&st, "main", MB).unwrap();
+        assert_eq!(left.file_count(), 2);
+        assert_eq!(left.histories.len(), 1);
+        assert!(st.stat("main/wal/0000000100000000").unwrap().is_none());
+        assert!(st.stat("main/wal/0000000100000001").unwrap().is_some());
+    }
+}

@@ -32,6 +32,7 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod expire;
 pub mod localdir;
 pub mod lock;
 pub mod log;

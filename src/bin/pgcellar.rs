@@ -6,7 +6,7 @@
 use clap::{Parser, Subcommand};
 use pgcellar::config::{CommonArgs, Settings};
 use pgcellar::verify::Selection;
-use pgcellar::{catalog, check, cli, log_error, log_notice, verify};
+use pgcellar::{catalog, check, cli, expire, log_error, log_notice, verify};
 use serde::Serialize;
 
 /// Manage a pgcellar repository.
@@ -211,15 +211,15 @@ fn run(args: &Args) -> anyhow::Result<i32> {
             retention,
             json,
         } => {
-            let r = catalog::expire(&settings, retention.as_deref(), *dry_run)?;
+            let r = expire::expire(&settings, retention.as_deref(), *dry_run)?;
             if *json {
                 print_json(&r)?;
             } else {
-                emit(&catalog::render_expire(&r))?;
+                emit(&expire::render_expire(&r))?;
             }
         }
         Command::Delete { id, force } => {
-            let out = catalog::delete(&settings, id, *force)?;
+            let out = expire::delete(&settings, id, *force)?;
             log_notice!(
                 "deleted backup {} ({} backup(s) left; its WAL goes with the next expire)",
                 out.id,
@@ -241,7 +241,7 @@ fn run(args: &Args) -> anyhow::Result<i32> {
             emit(&format!("{}\n", out.segment))?;
         }
         Command::Cron => {
-            for line in catalog::cron(&settings)? {
+            for line in expire::cron(&settings)? {
                 emit(&format!("{line}\n"))?;
             }
         }

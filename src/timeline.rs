@@ -242,9 +242,16 @@ pub struct Path {
     pub missing_history: Vec<String>,
 }
 
-/// Find the newest timeline whose history includes `from_timeline` and return the
-/// path to it, trimmed to start at `from_timeline`.
-pub fn path_from(storage: &dyn Storage, index: &ArchiveIndex, from_timeline: u32) -> Result<Path> {
+/// Find the newest timeline whose history includes `from_timeline` at segment
+/// `from_segno` (a timeline that branched off before that point is another history,
+/// which recovery from there cannot follow) and return the path to it, trimmed to
+/// start at `from_timeline`.
+pub fn path_from(
+    storage: &dyn Storage,
+    index: &ArchiveIndex,
+    from_timeline: u32,
+    from_segno: u64,
+) -> Result<Path> {
     let mut missing_history = Vec::new();
     let mut best: Option<Vec<ChainLink>> = None;
     for t in index.timelines().into_iter().rev() {
@@ -259,7 +266,10 @@ pub fn path_from(storage: &dyn Storage, index: &ArchiveIndex, from_timeline: u32
             }
         };
         let chain = chain_from_history(t, &history, index.segment_size);
-        if let Some(pos) = chain.iter().position(|l| l.timeline == from_timeline) {
+        let descends = |l: &ChainLink| {
+            l.timeline == from_timeline && l.end.map_or(true, |end| end >= from_segno)
+        };
+        if let Some(pos) = chain.iter().position(descends) {
             best = Some(chain[pos..].to_vec());
             break;
         }
@@ -351,7 +361,7 @@ pub fn continuity(
     from: u64,
     min_to: u64,
 ) -> Result<Continuity> {
-    let path = path_from(storage, index, timeline)?;
+    let path = path_from(storage, index, timeline, from)?;
     let to = newest_on_path(index, &path.links)
         .unwrap_or(min_to)
         .max(min_to);
@@ -514,6 +524,12 @@ mod tests {
                 count: 1
             }]
         );
+        // From a point on timeline 1 after timeline 2 branched off (segment 5 of the
+        // old primary), recovery cannot follow timeline 2: the path stays on 1.
+        let c = continuity(&s, &idx, 1, 5, 5).unwrap();
+        assert_eq!(c.timelines, [1]);
+        assert!(c.complete(), "{c:?}");
+        assert_eq!(c.last, seg(1, 6));
         // A missing history file is reported, and the path stays on timeline 1.
         let h = idx.histories[&2].path.clone();
         s.remove_file(&h).unwrap();

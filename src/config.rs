@@ -97,6 +97,20 @@ pub struct FileConfig {
     pub ssh_io_timeout: Option<u64>,
     /// How many times wal-push/wal-get retry a transient failure.
     pub retries: Option<u32>,
+    /// wal-push: how many other `.ready` segments one call may push ahead (0 = off).
+    pub push_lookahead: Option<u32>,
+    /// wal-push: threads pushing in parallel during a look-ahead batch.
+    pub push_parallel: Option<u32>,
+    /// wal-push: local directory for look-ahead records (never inside pg_wal or the repository).
+    pub wal_status_dir: Option<PathBuf>,
+    /// wal-get: how many following segments one call may prefetch (0 = off).
+    pub prefetch: Option<u32>,
+    /// wal-get: threads fetching in parallel.
+    pub prefetch_parallel: Option<u32>,
+    /// wal-get: local spool directory for prefetched segments (outside the data directory).
+    pub spool_dir: Option<PathBuf>,
+    /// wal-get: upper bound of the spool's size in bytes.
+    pub spool_max_bytes: Option<u64>,
     /// Parallel workers of base-backup and restore (default: number of cores).
     pub jobs: Option<usize>,
     /// Seconds after which a repository lock is stale whoever holds it.
@@ -124,6 +138,8 @@ pub struct Settings {
     pub retries: u32,
     /// The file the settings came from, if any (for messages).
     pub config_file: Option<PathBuf>,
+    /// The raw file values, for modules that resolve their own flag > env > file keys.
+    pub file: FileConfig,
     /// Parallel workers of base-backup and restore.
     pub jobs: usize,
     /// Age after which a repository lock is stale whoever holds it.
@@ -237,6 +253,7 @@ impl Settings {
             },
             lock_stale_after: timeout(file.lock_stale_after, 86400, "lock_stale_after")?,
             backup_wal_timeout: timeout(file.backup_wal_timeout, 600, "backup_wal_timeout")?,
+            file,
         })
     }
 
@@ -247,6 +264,14 @@ impl Settings {
                 "no repository given: use --repo, PGCELLAR_REPO or 'repo' in the config file",
             )
         })
+    }
+
+    /// `key` as named in messages: with the configuration file when there is one.
+    pub fn key_in_file(&self, key: &str) -> String {
+        match &self.config_file {
+            Some(p) => format!("{key} (from {})", p.display()),
+            None => key.to_string(),
+        }
     }
 
     /// The server name, or an error telling how to set it.

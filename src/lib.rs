@@ -8,8 +8,10 @@
 //! - [`storage`]: the storage trait and its drivers.
 //! - [`repo`]: the repository layout and registration of servers.
 //! - [`archive`]: pushing and getting WAL files.
+//! - [`lookahead`] and [`prefetch`]: the speed-ups of `wal-push` and `wal-get`.
 //! - [`config`]: settings from flags, environment and file.
 //! - [`pg`]: connections to PostgreSQL.
+//! - [`retry`]: bounded retries of transient (network) failures.
 //!
 //! ```no_run
 //! use pgcellar::{archive, config::{CommonArgs, Settings}, repo::Repository};
@@ -29,12 +31,16 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod localdir;
 pub mod lock;
 pub mod log;
+pub mod lookahead;
 pub mod manifest;
 pub mod pg;
+pub mod prefetch;
 pub mod repo;
 pub mod restore;
+pub mod retry;
 pub mod storage;
 pub mod wal;
 

@@ -3,9 +3,9 @@
 
 use clap::Parser;
 use pgcellar::config::{CommonArgs, Settings};
-use pgcellar::repo::Repository;
+use pgcellar::prefetch::{self, Fetched, PrefetchArgs, PrefetchSettings};
 use pgcellar::wal::WalName;
-use pgcellar::{archive, cli, log_error, log_info, ErrorKind};
+use pgcellar::{cli, log_error, log_info, retry};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -18,6 +18,8 @@ const FATAL: i32 = 126;
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
+    #[command(flatten)]
+    prefetch: PrefetchArgs,
     /// Running a standby: log failures loudly but exit 1 so it keeps retrying
     #[arg(long)]
     standby: bool,
@@ -36,23 +38,32 @@ fn run(args: &Args) -> pgcellar::Result<Outcome> {
     let start = Instant::now();
     let settings = Settings::resolve(&args.common, None)?;
     let name = WalName::parse(&args.wal_name)?;
-    let repo = Repository::open(&settings)?;
-    // Reading the registration makes a mistyped --server a hard error rather than
-    // "not found", which would end recovery early.
-    let server = repo.server(settings.server_name()?)?;
-    match archive::get(&repo, &server.name, &name, &args.dest) {
-        Ok(size) => {
+    let opts = PrefetchSettings::resolve(&args.prefetch, &settings)?;
+    // Only a successful lookup that finds nothing is "not archived"; every error
+    // (even a NotFound-kind one such as a missing repository) stops recovery.
+    // Each attempt opens the repository afresh: a retry gets a new connection.
+    let fetched = retry::with_retries(settings.retries, "wal-get", || {
+        prefetch::get_file(&settings, &opts, &name, &args.dest)
+    })?;
+    match fetched {
+        Fetched::Delivered(d) => {
             log_info!(
-                "restored {name} ({size} bytes) in {:.1} ms",
-                start.elapsed().as_secs_f64() * 1000.0
+                "restored {name} ({} bytes{}) in {:.1} ms{}",
+                d.size,
+                if d.from_spool { ", from the spool" } else { "" },
+                start.elapsed().as_secs_f64() * 1000.0,
+                if d.prefetched > 0 {
+                    format!("; prefetched {}", d.prefetched)
+                } else {
+                    String::new()
+                }
             );
             Ok(Outcome::Delivered)
         }
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            log_info!("{e}");
+        Fetched::NotArchived(msg) => {
+            log_info!("{msg}");
             Ok(Outcome::NotFound)
         }
-        Err(e) => Err(e),
     }
 }
 

@@ -1,10 +1,10 @@
 //! `archive_command`: archive one WAL file durably. Exit 0 only when it is safe.
 
 use clap::Parser;
-use pgcellar::archive::{self, PushOutcome};
+use pgcellar::archive::PushOutcome;
 use pgcellar::config::{CommonArgs, CompressionArgs, Settings};
-use pgcellar::repo::Repository;
-use pgcellar::{cli, log_error, log_info};
+use pgcellar::lookahead::{self, FileOutcome, LookaheadArgs, LookaheadSettings};
+use pgcellar::{cli, log_error, log_info, retry};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -16,6 +16,8 @@ struct Args {
     common: CommonArgs,
     #[command(flatten)]
     compression: CompressionArgs,
+    #[command(flatten)]
+    lookahead: LookaheadArgs,
     /// Path of the WAL file (%p); its base name is the WAL name
     wal_path: PathBuf,
 }
@@ -23,21 +25,35 @@ struct Args {
 fn run(args: &Args) -> anyhow::Result<()> {
     let start = Instant::now();
     let settings = Settings::resolve(&args.common, Some(&args.compression))?;
-    let repo = Repository::open(&settings)?;
-    let server = repo.server(settings.server_name()?)?;
-    let outcome = archive::push(&repo, &server, &args.wal_path, settings.codec)?;
+    let la = LookaheadSettings::resolve(&args.lookahead, &settings)?;
+    // Each attempt opens the repository afresh: a retry gets a new connection.
+    let (outcome, batch) = retry::with_retries(settings.retries, "wal-push", || {
+        lookahead::push_file(&settings, &la, &args.wal_path)
+    })?;
     let ms = start.elapsed().as_secs_f64() * 1000.0;
+    if batch != Default::default() {
+        log_info!(
+            "look-ahead: {} stored, {} already archived, {} failed",
+            batch.stored,
+            batch.already,
+            batch.failed
+        );
+    }
     match outcome {
-        PushOutcome::Stored {
+        FileOutcome::Recorded { .. } => log_info!(
+            "{} was pushed ahead earlier and its record matches ({ms:.1} ms)",
+            args.wal_path.display()
+        ),
+        FileOutcome::Pushed(PushOutcome::Stored {
             size, stored_size, ..
-        } => log_info!(
+        }) => log_info!(
             "archived {} ({} -> {} bytes, {}) in {ms:.1} ms",
             args.wal_path.display(),
             size,
             stored_size,
             settings.codec.compression
         ),
-        PushOutcome::AlreadyArchived { .. } => log_info!(
+        FileOutcome::Pushed(PushOutcome::AlreadyArchived { .. }) => log_info!(
             "{} was already archived with identical content ({ms:.1} ms)",
             args.wal_path.display()
         ),

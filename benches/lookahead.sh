@@ -1,0 +1,263 @@
+#!/usr/bin/env bash
+# Benchmarks of look-ahead wal-push and prefetching wal-get (issue 6). Not tests:
+# each prints the figures it measured in this run.
+#
+#   bash benches/lookahead.sh push [SEGMENTS]   # (a) serial push of a .ready backlog
+#   bash benches/lookahead.sh load [SECONDS]    # (b) write-heavy pgbench, .ready backlog over time
+#   bash benches/lookahead.sh recovery [MB]     # (c) recovery of ~MB of WAL through wal-get
+#
+# (a) Collects SEGMENTS real 16 MiB segments (default 20), lays them out as a data
+#     directory would (pg_wal/NAME + archive_status/NAME.ready) and calls, serially
+#     and in archiver order, `wal-push pg_wal/NAME` with look-ahead (default
+#     settings), `wal-push --push-lookahead 0`, and `pgbackrest archive-push`
+#     (zst, synchronous), each into its own local repository. Every .ready is
+#     present from the start: this is the backlog case look-ahead is made for.
+# (b) Runs `pgbench -n -f insert-1MB.sql -c 2 -j 2 -T SECONDS` (default 60) on a
+#     16 MiB-segment cluster once per archive_command: wal-push, pgbackrest
+#     archive-push, and an scp to localhost (only when sshd is already reachable
+#     on 127.0.0.1:22 with key login for postgres; otherwise it says so), sampling
+#     the number of .ready files every 5 s.
+# (c) Archives a base backup plus ~MB (default 1024) of WAL into both repositories,
+#     then times recovery of a copy (start to promotion) with wal-get
+#     --prefetch 0, wal-get with prefetch (default 8), and pgbackrest archive-get.
+#
+# Needs PostgreSQL 15 server binaries, pgbackrest, runs as root (servers run as
+# postgres) or as a normal user. BENCH_WORKDIR=DIR keeps scratch data in DIR.
+set -euo pipefail
+
+MODE=${1:-push}
+ARG=${2:-}
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+PGBIN=${PG_BINDIR:-$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)}
+[ -x "$PGBIN/initdb" ] || PGBIN=/usr/lib/postgresql/15/bin
+command -v pgbackrest >/dev/null || { echo "pgbackrest is not installed (apt-get install pgbackrest)" >&2; exit 1; }
+
+echo "building release binaries..." >&2
+(cd "$HERE" && cargo build --release --quiet --bin wal-push --bin wal-get --bin pgcellar)
+
+if [ -n "${BENCH_WORKDIR:-}" ]; then W=$BENCH_WORKDIR; mkdir -p "$W"; else W=$(mktemp -d /tmp/pgcellar-la-bench-XXXXXX); fi
+chmod 755 "$W"
+AS=()
+if [ "$(id -u)" = 0 ]; then AS=(runuser -u postgres --); fi
+PORT=$((20000 + RANDOM % 20000))
+stop_all() {
+    for d in "$W"/pg-*; do
+        [ -f "$d/PG_VERSION" ] && "${AS[@]}" "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
+    done
+}
+cleanup() { stop_all; [ -n "${BENCH_WORKDIR:-}" ] || rm -rf "$W"; }
+trap cleanup EXIT
+
+mkdir -p "$W/bin" "$W/sock" "$W/pgbr-log" "$W/pgbr-lock"
+cp "$HERE/target/release/wal-push" "$HERE/target/release/wal-get" "$HERE/target/release/pgcellar" "$W/bin/"
+own() { [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$@" || true; }
+own "$W"
+now_ns() { date +%s%N; }
+PSQL() { "$PGBIN/psql" -X -q -A -t -h "$W/sock" -p "$PORT" -U postgres -d postgres "$@"; }
+
+# new_cluster DIR ARCHIVE_COMMAND: initdb (16 MiB segments) and start.
+new_cluster() {
+    local d=$1 cmd=$2
+    "${AS[@]}" "$PGBIN/initdb" -D "$d" -A trust -U postgres --no-sync >/dev/null
+    cat >> "$d/postgresql.conf" <<EOF
+port = $PORT
+unix_socket_directories = '$W/sock'
+listen_addresses = ''
+wal_level = replica
+archive_mode = on
+archive_command = '$cmd'
+max_wal_size = 4GB
+checkpoint_timeout = 30min
+shared_buffers = 128MB
+synchronous_commit = off
+EOF
+    "${AS[@]}" "$PGBIN/pg_ctl" -D "$d" -l "$d.log" -w start >/dev/null
+}
+stop_cluster() { "${AS[@]}" "$PGBIN/pg_ctl" -D "$1" -m fast -w stop >/dev/null 2>&1 || true; }
+
+# pgbackrest_conf STANZA_DIR DATA: write $W/pgbackrest.conf for stanza "bench".
+pgbackrest_conf() {
+    cat > "$W/pgbackrest.conf" <<EOF
+[global]
+repo1-path=$W/repo-pgbackrest
+compress-type=zst
+log-path=$W/pgbr-log
+lock-path=$W/pgbr-lock
+log-level-console=warn
+log-level-file=off
+start-fast=y
+archive-check=n
+
+[bench]
+pg1-path=$1
+pg1-socket-path=$W/sock
+pg1-port=$PORT
+EOF
+    own "$W/pgbackrest.conf"
+}
+PGBR=(pgbackrest --config="$W/pgbackrest.conf" --stanza=bench)
+ready_count() { ls "$1/pg_wal/archive_status" 2>/dev/null | grep -c '\.ready$' || true; }
+
+bench_push() {
+    local n=${ARG:-20}
+    mkdir -p "$W/segs"; own "$W/segs"
+    new_cluster "$W/pg-src" "cp %p $W/segs/%f"
+    echo "generating WAL for $n segments..." >&2
+    "$PGBIN/pgbench" -h "$W/sock" -p "$PORT" -U postgres -i -s 10 -q postgres >/dev/null 2>&1
+    while [ "$(ls "$W/segs" | grep -c '^[0-9A-F]\{24\}$' || true)" -lt $((n + 1)) ]; do
+        "$PGBIN/pgbench" -h "$W/sock" -p "$PORT" -U postgres -n -c 2 -j 2 -t 2000 postgres >/dev/null 2>&1
+        PSQL -c 'SELECT pg_switch_wal()' >/dev/null
+        sleep 1
+    done
+    mapfile -t SEGS < <(ls "$W/segs" | grep '^[0-9A-F]\{24\}$' | sort | head -n "$n")
+    pgbackrest_conf "$W/pg-src"
+    "${AS[@]}" "${PGBR[@]}" stanza-create >/dev/null
+    # Three sandboxes shaped like data directories, all segments .ready.
+    for v in la plain pgbr; do
+        mkdir -p "$W/dd-$v/data/pg_wal/archive_status"
+        for s in "${SEGS[@]}"; do
+            cp "$W/segs/$s" "$W/dd-$v/data/pg_wal/$s"
+            : > "$W/dd-$v/data/pg_wal/archive_status/$s.ready"
+        done
+        "${AS[@]}" "$W/bin/pgcellar" --repo "$W/repo-$v" --server bench --conninfo "host=$W/sock port=$PORT user=postgres" init >/dev/null 2>&1 || true
+    done
+    own "$W"
+    # One shell as postgres runs each serial loop, so runuser is not in the timing.
+    run_loop() { # VARIANT COMMAND-PREFIX...
+        local v=$1; shift
+        "${AS[@]}" bash -c '
+            cd "$1/data"; shift; t0=$(date +%s%N)
+            for f in $(ls pg_wal/archive_status | sed -n "s/\.ready$//p" | sort); do
+                "$@" "pg_wal/$f" || { echo "push of $f failed" >&2; exit 1; }
+                mv "pg_wal/archive_status/$f.ready" "pg_wal/archive_status/$f.done"
+            done
+            echo $(( $(date +%s%N) - t0 ))' _ "$W/dd-$v" "$@"
+    }
+    sync; echo "pushing ${#SEGS[@]} segments serially..." >&2
+    t_la=$(run_loop la "$W/bin/wal-push" --repo "$W/repo-la" --server bench)
+    t_plain=$(run_loop plain "$W/bin/wal-push" --push-lookahead 0 --repo "$W/repo-plain" --server bench)
+    t_pgbr=$(run_loop pgbr "${PGBR[@]}" archive-push)
+    # Consistency: every segment archived exactly once in the look-ahead repository.
+    stored=$(find "$W/repo-la/bench/wal" -type f -name '[0-9A-F]*-*' | wc -l)
+    awk -v n="${#SEGS[@]}" -v a="$t_la" -v b="$t_plain" -v p="$t_pgbr" -v s="$stored" -v c="$(nproc)" 'BEGIN {
+        printf "segments (16 MiB, real WAL, all .ready): %d   cores: %d\n", n, c
+        printf "wal-push with look-ahead:       %7.3f s (%6.1f ms/segment)\n", a/1e9, a/1e6/n
+        printf "wal-push --push-lookahead 0:    %7.3f s (%6.1f ms/segment)\n", b/1e9, b/1e6/n
+        printf "pgbackrest archive-push (sync): %7.3f s (%6.1f ms/segment)\n", p/1e9, p/1e6/n
+        printf "ratio look-ahead / pgbackrest:  %.2fx (target <= 0.40x)\n", a/p
+        printf "ratio look-ahead / plain:       %.2fx\n", a/b
+        printf "stored files in look-ahead repository: %d (expect %d)\n", s, n
+    }'
+}
+
+bench_load() {
+    local secs=${ARG:-60}
+    # ~1 MB of random text per transaction (md5 is hex: incompressible-ish like real data).
+    cat > "$W/insert-1MB.sql" <<'EOF'
+INSERT INTO big SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 32768);
+EOF
+    own "$W/insert-1MB.sql"
+    local scp_ok=0
+    if "${AS[@]}" ssh -o BatchMode=yes -o ConnectTimeout=3 127.0.0.1 true >/dev/null 2>&1; then scp_ok=1; fi
+    local variants=(wal-push pgbackrest)
+    [ $scp_ok = 1 ] && variants+=(scp)
+    for v in "${variants[@]}"; do
+        local d="$W/pg-load-$v" cmd
+        rm -rf "$W/repo-pgbackrest" "$W/repo-load"
+        mkdir -p "$W/scp-dest"; own "$W/scp-dest"
+        case $v in
+            wal-push) cmd="$W/bin/wal-push --repo $W/repo-load --server bench %p" ;;
+            pgbackrest) cmd="pgbackrest --config=$W/pgbackrest.conf --stanza=bench archive-push %p" ;;
+            scp) cmd="scp -q -o BatchMode=yes %p 127.0.0.1:$W/scp-dest/%f" ;;
+        esac
+        # Start with archiving to nowhere until the repository is registered.
+        new_cluster "$d" "$cmd"
+        if [ $v = wal-push ]; then
+            "${AS[@]}" "$W/bin/pgcellar" --repo "$W/repo-load" --server bench --conninfo "host=$W/sock port=$PORT user=postgres" init >/dev/null
+        fi
+        if [ $v = pgbackrest ]; then pgbackrest_conf "$d"; "${AS[@]}" "${PGBR[@]}" stanza-create >/dev/null; fi
+        PSQL -c "CREATE TABLE big (t text)"
+        PSQL -c "SELECT pg_switch_wal()" >/dev/null
+        sleep 2
+        echo "== $v: pgbench -n -f insert-1MB.sql -c 2 -j 2 -T $secs" >&2
+        local a0; a0=$(PSQL -c "SELECT archived_count FROM pg_stat_archiver")
+        local lsn0; lsn0=$(PSQL -c "SELECT pg_current_wal_lsn()")
+        "$PGBIN/pgbench" -h "$W/sock" -p "$PORT" -U postgres -n -f "$W/insert-1MB.sql" -c 2 -j 2 -T "$secs" postgres > "$W/pgbench-$v.out" 2>&1 &
+        local pb=$! t=0 series=""
+        while kill -0 $pb 2>/dev/null; do
+            sleep 5; t=$((t + 5))
+            series="$series ${t}s:$(ready_count "$d")"
+        done
+        wait $pb || true
+        local end_ready; end_ready=$(ready_count "$d")
+        local mb; mb=$(PSQL -c "SELECT round(pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0') / 1048576)")
+        local tps; tps=$(grep -o 'tps = [0-9.]*' "$W/pgbench-$v.out" | head -1)
+        local st; st=$(PSQL -c "SELECT archived_count - $a0, failed_count FROM pg_stat_archiver")
+        # How long the backlog takes to drain after the load stops.
+        local t1; t1=$(now_ns)
+        while [ "$(ready_count "$d")" -gt 0 ] && [ $(( ($(now_ns) - t1) / 1000000000 )) -lt 300 ]; do sleep 0.5; done
+        local drain; drain=$(( ($(now_ns) - t1) / 1000000 ))
+        printf '%-10s WAL %s MB in %ss (%s) | .ready every 5s:%s | at end: %s | archived,failed: %s | drained in %.1f s\n' \
+            "$v" "$mb" "$secs" "$tps" "$series" "$end_ready" "$st" "$(awk -v x="$drain" 'BEGIN{print x/1000}')"
+        stop_cluster "$d"
+        rm -rf "$d"
+    done
+    [ $scp_ok = 1 ] || echo "scp: skipped (no key login to 127.0.0.1:22 for the server's user)"
+}
+
+bench_recovery() {
+    local mb=${ARG:-1024}
+    local src="$W/pg-rsrc"
+    rm -rf "$W/repo-pgbackrest" "$W/repo-rec"
+    mkdir -p "$W/repo-rec"; own "$W/repo-rec"
+    # Archive into both repositories from one cluster.
+    new_cluster "$src" "$W/bin/wal-push --repo $W/repo-rec --server bench %p && pgbackrest --config=$W/pgbackrest.conf --stanza=bench archive-push %p"
+    pgbackrest_conf "$src"
+    "${AS[@]}" "$W/bin/pgcellar" --repo "$W/repo-rec" --server bench --conninfo "host=$W/sock port=$PORT user=postgres" init >/dev/null
+    "${AS[@]}" "${PGBR[@]}" stanza-create >/dev/null
+    PSQL -c "CREATE TABLE big (t text)"
+    "${AS[@]}" "$PGBIN/pg_basebackup" -h "$W/sock" -p "$PORT" -U postgres -X none -c fast --no-sync -D "$W/base" >/dev/null
+    echo "generating ~$mb MB of WAL..." >&2
+    local lsn0; lsn0=$(PSQL -c "SELECT pg_current_wal_lsn()")
+    while [ "$(PSQL -c "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0') > $mb::bigint * 1048576")" = f ]; do
+        PSQL -c "INSERT INTO big SELECT (SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 32768)) FROM generate_series(1, 50)"
+    done
+    PSQL -c "INSERT INTO big VALUES ('last row')"
+    local last; last=$(PSQL -c "SELECT pg_walfile_name(pg_switch_wal())")
+    while [ "$(PSQL -c "SELECT coalesce(last_archived_wal, '') >= '$last'  FROM pg_stat_archiver")" != t ]; do sleep 1; done
+    local rows; rows=$(PSQL -c "SELECT count(*) FROM big")
+    local wal_mb; wal_mb=$(PSQL -c "SELECT round(pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0') / 1048576)")
+    stop_cluster "$src"
+    for v in wal-get-noprefetch wal-get-prefetch pgbackrest; do
+        local d="$W/pg-rec-$v" cmd
+        rm -rf "$d" "$d.pgcellar-spool"
+        cp -a "$W/base" "$d"
+        case $v in
+            wal-get-noprefetch) cmd="$W/bin/wal-get --prefetch 0 --repo $W/repo-rec --server bench %f %p" ;;
+            wal-get-prefetch) cmd="$W/bin/wal-get --repo $W/repo-rec --server bench %f %p" ;;
+            pgbackrest) cmd="pgbackrest --config=$W/pgbackrest.conf --stanza=bench archive-get %f \"%p\"" ;;
+        esac
+        cat >> "$d/postgresql.conf" <<EOF
+archive_mode = off
+restore_command = '$cmd'
+EOF
+        : > "$d/recovery.signal"
+        own "$d"
+        sync
+        local t0; t0=$(now_ns)
+        "${AS[@]}" "$PGBIN/pg_ctl" -D "$d" -l "$d.log" start >/dev/null
+        until [ "$(PSQL -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ]; do sleep 0.1; done
+        local ms=$(( ($(now_ns) - t0) / 1000000 ))
+        local got; got=$(PSQL -c "SELECT count(*) FROM big")
+        printf '%-20s recovered %s MB of WAL in %6.2f s (%.0f MB/s); rows %s/%s\n' "$v" "$wal_mb" "$(awk -v x="$ms" 'BEGIN{print x/1000}')" "$(awk -v m="$wal_mb" -v x="$ms" 'BEGIN{print m*1000/x}')" "$got" "$rows"
+        stop_cluster "$d"
+        rm -rf "$d" "$d.pgcellar-spool"
+    done
+}
+
+case $MODE in
+    push) bench_push ;;
+    load) bench_load ;;
+    recovery) bench_recovery ;;
+    *) echo "usage: $0 push [SEGMENTS] | load [SECONDS] | recovery [MB]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,584 @@
+//! Look-ahead `wal-push` (DESIGN.md section 5).
+//!
+//! PostgreSQL archives one segment per `archive_command` call, serially. When
+//! `wal-push` is called for segment N from the data directory (`%p` is
+//! `pg_wal/NAME`), the other segments already marked `pg_wal/archive_status/*.ready`
+//! are complete and waiting for their own call. We push up to `push_lookahead` of
+//! them (oldest first, which is the archiver's order) in parallel with N, and after
+//! each one's repository commit is durable we write a *record* (name, size, mtime,
+//! SHA-256, repository, server) into a local status directory. When PostgreSQL later
+//! calls us for such a segment, we re-hash the file it hands over; only when name,
+//! size, mtime and SHA-256 all match the record, for the same repository and
+//! server, do we return success without touching the repository.
+//!
+//! Safety argument:
+//! - A record is written only after `push_source` returned, i.e. after the stored
+//!   file and its directory entry were fsynced; so a trusted record implies the
+//!   bytes PostgreSQL hands over are durably archived (same SHA-256).
+//! - Anything else (no record, unreadable record, any field differing) falls back
+//!   to the normal push, which itself refuses to overwrite different content.
+//! - `archive_status` is only read, never written: PostgreSQL owns it.
+//! - The exit status is decided by the file we were called for; failures of the
+//!   look-ahead batch are logged at `-v` and left for the later, real call.
+//! - Everything runs inside the one process and is joined before it exits: no daemon.
+
+use crate::archive::{self, PushOutcome, WalSource};
+use crate::codec::{self, Codec};
+use crate::config::Settings;
+use crate::error::{Error, IoContext, Result};
+use crate::localdir;
+use crate::repo::{Repository, ServerInfo};
+use crate::storage::Storage;
+use crate::wal::{WalKind, WalName};
+use crate::{log_debug, log_info};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// wal-push's look-ahead options (flag > env > file > default).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LookaheadArgs {
+    /// Also push up to N other segments already marked .ready (0 turns look-ahead off)
+    #[arg(long, env = "PGCELLAR_PUSH_LOOKAHEAD", value_name = "N")]
+    pub push_lookahead: Option<u32>,
+    /// Threads pushing in parallel during look-ahead
+    #[arg(long, env = "PGCELLAR_PUSH_PARALLEL", value_name = "N")]
+    pub push_parallel: Option<u32>,
+    /// Local directory for look-ahead records (default: <data dir>.pgcellar-status beside the data directory)
+    #[arg(long, env = "PGCELLAR_WAL_STATUS_DIR", value_name = "DIR")]
+    pub wal_status_dir: Option<PathBuf>,
+}
+
+/// Resolved look-ahead settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookaheadSettings {
+    /// Most segments pushed ahead per call; 0 = off.
+    pub count: usize,
+    /// Threads (including the one pushing the requested file).
+    pub parallel: usize,
+    /// Explicit status directory, else derived from the data directory.
+    pub status_dir: Option<PathBuf>,
+}
+
+/// Default look-ahead depth: enough to absorb a burst of 16 MiB segments without
+/// making one archive_command call take much longer than a few segment pushes.
+pub const DEFAULT_LOOKAHEAD: u32 = 16;
+
+/// Default parallelism: one thread per core, at least 2 (pushes wait on I/O too),
+/// at most 8 (beyond that, compression starves the database on small hosts).
+pub fn default_parallel() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(2)
+        .clamp(2, 8)
+}
+
+impl LookaheadSettings {
+    /// Resolve flags/env over the configuration file over defaults.
+    pub fn resolve(args: &LookaheadArgs, settings: &Settings) -> Result<LookaheadSettings> {
+        let f = &settings.file;
+        let count = args
+            .push_lookahead
+            .or(f.push_lookahead)
+            .unwrap_or(DEFAULT_LOOKAHEAD) as usize;
+        let parallel = localdir::positive(
+            args.push_parallel
+                .or(f.push_parallel)
+                .unwrap_or_else(default_parallel),
+            &settings.key_in_file("push_parallel"),
+        )?;
+        let status_dir = args.wal_status_dir.clone().or(f.wal_status_dir.clone());
+        if let Some(d) = &status_dir {
+            if !d.is_absolute() {
+                return Err(Error::config(format!(
+                    "{}: {} must be an absolute path",
+                    settings.key_in_file("wal_status_dir"),
+                    d.display()
+                )));
+            }
+        }
+        Ok(LookaheadSettings {
+            count,
+            parallel,
+            status_dir,
+        })
+    }
+}
+
+/// What a look-ahead record holds: enough to recognise the exact file again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushRecord {
+    /// WAL file name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime_sec: i64,
+    /// Nanoseconds part of the modification time.
+    pub mtime_nsec: i64,
+    /// SHA-256 of the whole file.
+    pub sha256: String,
+    /// Repository it was pushed to (its URL as shown in messages).
+    pub repo: String,
+    /// Server name in that repository.
+    pub server: String,
+    /// When it was pushed (RFC 3339).
+    pub pushed: String,
+}
+
+/// Size and mtime of a file, as recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime_sec: i64,
+    mtime_nsec: i64,
+}
+
+fn stamp(path: &Path) -> Result<Stamp> {
+    let m = fs::metadata(path).io_context(|| format!("stat {}", path.display()))?;
+    Ok(Stamp {
+        size: m.len(),
+        mtime_sec: m.mtime(),
+        mtime_nsec: m.mtime_nsec(),
+    })
+}
+
+/// Look-ahead state for one call: the `pg_wal` directory and the status directory.
+pub struct Lookahead {
+    pg_wal: PathBuf,
+    status: PathBuf,
+    repo: String,
+    server: String,
+    count: usize,
+    parallel: usize,
+}
+
+/// What happened to the file `wal-push` was called for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileOutcome {
+    /// Pushed now (or found identical in the repository).
+    Pushed(PushOutcome),
+    /// Pushed earlier by a look-ahead batch; its record matched the file.
+    Recorded {
+        /// SHA-256 of the file (equal to the record's).
+        sha256: String,
+    },
+}
+
+/// Counts of one look-ahead batch, for the log.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Segments compressed and stored.
+    pub stored: usize,
+    /// Segments found already archived with identical content.
+    pub already: usize,
+    /// Segments that failed (left for their own call).
+    pub failed: usize,
+}
+
+impl Lookahead {
+    /// Look-ahead for a call on `wal_path`, or `None` when it is off, the path is not
+    /// `pg_wal/NAME` next to an `archive_status` directory, or the status directory
+    /// cannot be created (then the plain push runs; the reason is logged at `-v`).
+    pub fn prepare(
+        wal_path: &Path,
+        settings: &Settings,
+        opts: &LookaheadSettings,
+    ) -> Option<Lookahead> {
+        if opts.count == 0 {
+            return None;
+        }
+        let pg_wal = wal_path.parent()?.to_path_buf();
+        let data_dir = localdir::data_dir_of(wal_path)?;
+        if !pg_wal.join("archive_status").is_dir() {
+            return None;
+        }
+        let repo = settings.repo.as_ref()?.to_string();
+        let server = settings.server.clone()?;
+        let base = match &opts.status_dir {
+            Some(d) => d.clone(),
+            None => localdir::beside(&data_dir, "pgcellar-status")?,
+        };
+        // One subdirectory per server, so a shared configured directory stays unambiguous.
+        let status = base.join(&server);
+        if let Err(e) = localdir::create_private_dir(&status) {
+            log_info!("look-ahead off for this call: {e}");
+            return None;
+        }
+        Some(Lookahead {
+            pg_wal,
+            status,
+            repo,
+            server,
+            count: opts.count,
+            parallel: opts.parallel,
+        })
+    }
+
+    /// The status directory in use.
+    pub fn status_dir(&self) -> &Path {
+        &self.status
+    }
+
+    fn record_file(&self, name: &str) -> PathBuf {
+        self.status.join(format!("{name}.json"))
+    }
+
+    fn read_record(&self, name: &str) -> Option<PushRecord> {
+        let bytes = fs::read(self.record_file(name)).ok()?;
+        let rec: PushRecord = serde_json::from_slice(&bytes).ok()?;
+        (rec.name == name && rec.repo == self.repo && rec.server == self.server).then_some(rec)
+    }
+
+    fn forget(&self, name: &str) {
+        let _ = fs::remove_file(self.record_file(name));
+    }
+
+    /// If a record vouches for exactly this file, its SHA-256. The file is re-hashed:
+    /// a record is a claim about bytes, and only the bytes can confirm it.
+    pub fn trusted(&self, name: &WalName, path: &Path) -> Option<String> {
+        let rec = self.read_record(name.as_str())?;
+        let verdict = (|| -> Result<Option<String>> {
+            let st = stamp(path)?;
+            if st.size != rec.size
+                || st.mtime_sec != rec.mtime_sec
+                || st.mtime_nsec != rec.mtime_nsec
+            {
+                return Ok(None);
+            }
+            let mut f = File::open(path).io_context(|| format!("opening {}", path.display()))?;
+            let (sha, size) =
+                codec::hash(&[], &mut f).io_context(|| format!("reading {}", path.display()))?;
+            Ok((size == rec.size && sha == rec.sha256).then_some(sha))
+        })();
+        match verdict {
+            Ok(Some(sha)) => Some(sha),
+            Ok(None) => {
+                log_info!(
+                    "look-ahead record of {name} does not match the file; pushing it normally"
+                );
+                self.forget(name.as_str());
+                None
+            }
+            Err(e) => {
+                log_info!("cannot check look-ahead record of {name}: {e}; pushing it normally");
+                None
+            }
+        }
+    }
+
+    /// Segments marked `.ready`, in archiver order (by name), other than `current`.
+    fn ready_segments(&self, current: &WalName) -> Vec<WalName> {
+        let dir = self.pg_wal.join("archive_status");
+        let Ok(rd) = fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<WalName> = rd
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name();
+                let stem = n.to_str()?.strip_suffix(".ready")?;
+                let name = WalName::parse(stem).ok()?;
+                // Only whole segments: history/partial/backup files are rare and small.
+                (name.kind() == WalKind::Segment && &name != current).then_some(name)
+            })
+            .collect();
+        out.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        out
+    }
+
+    /// Up to `count` ready segments that have no record matching their current
+    /// size and mtime yet (a full check happens at their own call).
+    pub fn candidates(&self, current: &WalName) -> Vec<WalName> {
+        let mut out = Vec::new();
+        for name in self.ready_segments(current) {
+            if out.len() >= self.count {
+                break;
+            }
+            let path = self.pg_wal.join(name.as_str());
+            let Ok(st) = stamp(&path) else { continue };
+            match self.read_record(name.as_str()) {
+                Some(r)
+                    if r.size == st.size
+                        && r.mtime_sec == st.mtime_sec
+                        && r.mtime_nsec == st.mtime_nsec => {}
+                _ => out.push(name),
+            }
+        }
+        out
+    }
+
+    /// Whether records exist for ready segments other than `current` (so the next
+    /// calls will be fast even if this one pushes nothing).
+    fn records_ahead(&self, current: &WalName) -> usize {
+        self.ready_segments(current)
+            .iter()
+            .filter(|n| self.record_file(n.as_str()).exists())
+            .count()
+    }
+
+    /// Remove records of segments that are no longer `.ready` (archived, or gone).
+    pub fn prune(&self) {
+        let Ok(rd) = fs::read_dir(&self.status) else {
+            return;
+        };
+        let status = self.pg_wal.join("archive_status");
+        for e in rd.flatten() {
+            let n = e.file_name();
+            let Some(n) = n.to_str() else { continue };
+            if let Some(stem) = n.strip_suffix(".json") {
+                if !status.join(format!("{stem}.ready")).exists() {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        localdir::remove_orphan_temps(&self.status);
+    }
+
+    /// Push one segment ahead of its call and record it once durable.
+    fn push_ahead(
+        &self,
+        storage: &dyn Storage,
+        server: &ServerInfo,
+        name: &WalName,
+        codec: Codec,
+    ) -> Result<PushOutcome> {
+        let path = self.pg_wal.join(name.as_str());
+        // Stat before reading: if the file changed later, the record cannot match.
+        let st = stamp(&path)?;
+        let mut src = WalSource::open(&path, server)?;
+        let outcome = archive::push_source(storage, server, &mut src, codec)?;
+        fault_after_commit();
+        let sha256 = match &outcome {
+            PushOutcome::Stored { sha256, .. } | PushOutcome::AlreadyArchived { sha256 } => {
+                sha256.clone()
+            }
+        };
+        let rec = PushRecord {
+            name: name.to_string(),
+            size: st.size,
+            mtime_sec: st.mtime_sec,
+            mtime_nsec: st.mtime_nsec,
+            sha256,
+            repo: self.repo.clone(),
+            server: self.server.clone(),
+            pushed: crate::repo::now_rfc3339(),
+        };
+        let json = crate::repo::to_json(&rec)?;
+        localdir::write_atomic(&self.status, &format!("{name}.json"), &json)?;
+        Ok(outcome)
+    }
+
+    /// Push `names` with `workers` threads; failures are logged and counted only.
+    pub fn push_batch(
+        &self,
+        storage: &dyn Storage,
+        server: &ServerInfo,
+        codec: Codec,
+        names: &[WalName],
+        workers: usize,
+    ) -> BatchReport {
+        let batch = Batch::new(names);
+        std::thread::scope(|s| {
+            for _ in 0..workers.clamp(1, names.len().max(1)) {
+                s.spawn(|| batch.work(self, storage, server, codec));
+            }
+        });
+        batch.report()
+    }
+}
+
+/// A shared queue of segments to push ahead; any thread may take the next one.
+struct Batch<'a> {
+    names: &'a [WalName],
+    next: AtomicUsize,
+    report: Mutex<BatchReport>,
+}
+
+impl<'a> Batch<'a> {
+    fn new(names: &'a [WalName]) -> Self {
+        Batch {
+            names,
+            next: AtomicUsize::new(0),
+            report: Mutex::new(BatchReport::default()),
+        }
+    }
+
+    /// Take and push segments until none are left.
+    fn work(&self, la: &Lookahead, storage: &dyn Storage, server: &ServerInfo, codec: Codec) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(name) = self.names.get(i) else { break };
+            let r = la.push_ahead(storage, server, name, codec);
+            let mut rep = self.report.lock().unwrap_or_else(|p| p.into_inner());
+            match r {
+                Ok(PushOutcome::Stored { .. }) => {
+                    rep.stored += 1;
+                    log_debug!("look-ahead stored {name}");
+                }
+                Ok(PushOutcome::AlreadyArchived { .. }) => rep.already += 1,
+                Err(e) => {
+                    rep.failed += 1;
+                    log_info!("look-ahead push of {name} failed (its own call will retry): {e}");
+                }
+            }
+        }
+    }
+
+    fn report(&self) -> BatchReport {
+        *self.report.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Test-only fault injection: `PGCELLAR_TEST_FAULT=lookahead-abort-after-commit`
+/// kills the process right after a look-ahead push is durable in the repository,
+/// before its record is written, while other workers may be mid-push.
+fn fault_after_commit() {
+    if std::env::var_os("PGCELLAR_TEST_FAULT").is_some_and(|v| v == "lookahead-abort-after-commit")
+    {
+        std::process::abort();
+    }
+}
+
+/// `wal-push` with look-ahead: archive `wal_path` (whose result alone decides the
+/// exit status) and, when possible, other ready segments alongside it.
+pub fn push_file(
+    settings: &Settings,
+    opts: &LookaheadSettings,
+    wal_path: &Path,
+) -> Result<(FileOutcome, BatchReport)> {
+    let la = Lookahead::prepare(wal_path, settings, opts);
+    if let Some(la) = &la {
+        if let Some(name) = wal_path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| WalName::parse(n).ok())
+        {
+            if let Some(sha256) = la.trusted(&name, wal_path) {
+                // Decided: the file is archived. Keep the pipeline going only when it
+                // pays for a repository connection, or when the next call would be
+                // slow anyway because nothing ahead is recorded.
+                la.forget(name.as_str());
+                let pending = la.candidates(&name);
+                let mut report = BatchReport::default();
+                if !pending.is_empty()
+                    && (pending.len() >= la.parallel || la.records_ahead(&name) == 0)
+                {
+                    match open(settings) {
+                        Ok((repo, server)) => {
+                            report = la.push_batch(
+                                repo.storage(),
+                                &server,
+                                settings.codec,
+                                &pending,
+                                la.parallel,
+                            );
+                        }
+                        Err(e) => log_info!("look-ahead skipped: {e}"),
+                    }
+                }
+                la.prune();
+                return Ok((FileOutcome::Recorded { sha256 }, report));
+            }
+        }
+    }
+    let (repo, server) = open(settings)?;
+    let mut src = WalSource::open(wal_path, &server)?;
+    let Some(la) = la else {
+        let outcome = archive::push_source(repo.storage(), &server, &mut src, settings.codec)?;
+        return Ok((FileOutcome::Pushed(outcome), BatchReport::default()));
+    };
+    let pending = la.candidates(&src.name);
+    let storage = repo.storage();
+    let batch = Batch::new(&pending);
+    let outcome = std::thread::scope(|s| {
+        // The requested file goes first on this thread, which then helps with the
+        // batch; every thread is joined before we return, so nothing outlives the call.
+        let helpers = if pending.is_empty() {
+            0
+        } else {
+            la.parallel - 1
+        };
+        for _ in 0..helpers.min(pending.len()) {
+            s.spawn(|| batch.work(&la, storage, &server, settings.codec));
+        }
+        let outcome = archive::push_source(storage, &server, &mut src, settings.codec);
+        batch.work(&la, storage, &server, settings.codec);
+        outcome
+    });
+    let report = batch.report();
+    // A stale record of this very file must not outlive a normal push's verdict.
+    la.forget(src.name.as_str());
+    la.prune();
+    Ok((FileOutcome::Pushed(outcome?), report))
+}
+
+fn open(settings: &Settings) -> Result<(Repository, ServerInfo)> {
+    let repo = Repository::open(settings)?;
+    let server = repo.server(settings.server_name()?)?;
+    Ok((repo, server))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CommonArgs;
+    use std::io::Write;
+
+    fn settings_with(text: &str) -> (Settings, tempfile::NamedTempFile) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        let args = CommonArgs {
+            config: Some(f.path().into()),
+            ..Default::default()
+        };
+        (Settings::resolve(&args, None).unwrap(), f)
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let (s, _f) = settings_with("push_lookahead = 4\nwal_status_dir = '/var/tmp/st'\n");
+        let r = LookaheadSettings::resolve(&LookaheadArgs::default(), &s).unwrap();
+        assert_eq!(r.count, 4);
+        assert_eq!(r.parallel, default_parallel() as usize);
+        assert_eq!(r.status_dir.as_deref(), Some(Path::new("/var/tmp/st")));
+        let flags = LookaheadArgs {
+            push_lookahead: Some(0),
+            push_parallel: Some(3),
+            wal_status_dir: None,
+        };
+        let r = LookaheadSettings::resolve(&flags, &s).unwrap();
+        assert_eq!((r.count, r.parallel), (0, 3));
+        let (s, f) = settings_with("push_parallel = 0\n");
+        let msg = LookaheadSettings::resolve(&LookaheadArgs::default(), &s)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("push_parallel"), "{msg}");
+        assert!(msg.contains(&f.path().display().to_string()), "{msg}");
+        let (s, _f) = settings_with("wal_status_dir = 'relative'\n");
+        assert!(LookaheadSettings::resolve(&LookaheadArgs::default(), &s).is_err());
+    }
+
+    #[test]
+    fn records_round_trip_and_reject_unknown_fields() {
+        let rec = PushRecord {
+            name: "000000010000000000000001".into(),
+            size: 16 << 20,
+            mtime_sec: 1,
+            mtime_nsec: 2,
+            sha256: "a".repeat(64),
+            repo: "/r".into(),
+            server: "main".into(),
+            pushed: "2026-11-23T00:00:00Z".into(),
+        };
+        let json = crate::repo::to_json(&rec).unwrap();
+        assert_eq!(serde_json::from_slice::<PushRecord>(&json).unwrap(), rec);
+        let mut v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        v["extra"] = serde_json::Value::Bool(true);
+        assert!(serde_json::from_value::<PushRecord>(v).is_err());
+    }
+}

@@ -144,6 +144,16 @@ pub struct FileConfig {
     pub lock_stale_after: Option<u64>,
     /// Seconds base-backup waits for the WAL of a backup to reach the repository.
     pub backup_wal_timeout: Option<u64>,
+    /// Retention policy of `expire`/`cron`: `REDUNDANCY n` or `RECOVERY WINDOW OF n DAYS|WEEKS|MONTHS`.
+    pub retention: Option<String>,
+    /// Fewest backups `expire` and `delete` may leave (default 0).
+    pub minimum_redundancy: Option<u32>,
+    /// `check` is CRITICAL when the newest backup is older than this (`n HOURS|DAYS|WEEKS`).
+    pub last_backup_maximum_age: Option<String>,
+    /// Seconds `check` and `switch-wal --wait` wait for a switched segment to be archived.
+    pub archive_wait_timeout: Option<u64>,
+    /// Seconds after which a backup directory without a manifest counts as aborted.
+    pub aborted_backup_max_age: Option<u64>,
 }
 
 /// Fully resolved settings shared by every binary.

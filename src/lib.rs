@@ -27,10 +27,12 @@
 pub mod archive;
 pub mod backup;
 pub mod catalog;
+pub mod check;
 pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod expire;
 pub mod localdir;
 pub mod lock;
 pub mod log;
@@ -40,8 +42,11 @@ pub mod pg;
 pub mod prefetch;
 pub mod repo;
 pub mod restore;
+pub mod retention;
 pub mod retry;
 pub mod storage;
+pub mod timeline;
+pub mod verify;
 pub mod wal;
 
 pub use error::{Error, ErrorKind, Result};

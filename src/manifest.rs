@@ -514,6 +514,31 @@ mod tests {
         assert!(load(&s, "main", &BackupId::parse("20261104T000000Z").unwrap()).is_err());
     }
 
+    /// The examples in the format spec must be what this code reads.
+    #[test]
+    fn documented_examples_parse() {
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/repository-format.md"),
+        )
+        .unwrap();
+        let blocks: Vec<&str> = doc
+            .split("```json\n")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .collect();
+        let manifest = blocks
+            .iter()
+            .find(|b| b.contains("\"files\""))
+            .expect("backup.json example");
+        let m: Manifest = serde_json::from_str(manifest).unwrap();
+        m.validate("main", &m.id).unwrap();
+        let lock = blocks
+            .iter()
+            .find(|b| b.contains("\"token\""))
+            .expect("lock example");
+        serde_json::from_str::<crate::lock::LockInfo>(lock).unwrap();
+    }
+
     impl Manifest {
         fn clone_with_times(mut self, other: &Manifest) -> Manifest {
             self.start_time = other.start_time;

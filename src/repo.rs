@@ -109,6 +109,14 @@ pub mod layout {
     pub fn backup_manifest(server: &str, id: &str) -> String {
         format!("{server}/backups/{id}/{}", crate::manifest::MANIFEST_FILE)
     }
+    /// `<server>/backups/<id>/keep`: present while the backup is pinned (`pgcellar keep`).
+    pub fn backup_keep_marker(server: &str, id: &str) -> String {
+        format!("{server}/backups/{id}/keep")
+    }
+    /// `<server>/locks/check-<token>.tmp`: the probe `pgcellar check` writes and removes.
+    pub fn check_probe(server: &str, token: &str) -> String {
+        format!("{server}/locks/check-{token}.tmp")
+    }
     /// `<server>/locks/<name>.lock`
     pub fn lock_file(server: &str, name: &str) -> String {
         format!("{server}/locks/{name}.lock")

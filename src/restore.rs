@@ -326,9 +326,11 @@ pub fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreOutcome>
     };
     remove_if_exists(&dest.join(other))?;
     write_small(&dest.join(signal), b"", &owner)?;
-    for d in &m.directories {
-        let p = mapper.local(&d.path)?;
-        sync_dir(&p)?;
+    // Everything on disk (one flush per filesystem instead of an fsync per file)
+    // before pg_control makes the directory startable.
+    for root in std::iter::once(&dest).chain(ts_locations.values()) {
+        crate::storage::local::syncfs(root)
+            .io_context(|| format!("syncing the filesystem of {}", root.display()))?;
     }
     // Last: only now can the directory start.
     let (w2, k2) = restore_files(storage, &server, &m, &mapper, &owner, control, 1, opts)?;
@@ -378,6 +380,12 @@ fn prepare_dest(dest: &Path, delta: bool) -> Result<()> {
                 .mode(0o700)
                 .create(dest)
                 .io_context(|| format!("creating {}", dest.display()))?;
+            // Run as root, a new directory belongs to the owner of its parent
+            // (normally postgres), so that everything restored into it does too.
+            if let Some(parent) = dest.parent() {
+                let p = fs::metadata(parent).io_context(|| format!("stat {}", parent.display()))?;
+                Owner::root_chown_to(p.uid(), p.gid()).apply(dest)?;
+            }
             return Ok(());
         }
         Err(e) => return Err(Error::io(format!("stat {}", dest.display()), e)),
@@ -535,12 +543,14 @@ struct Owner(Option<(u32, u32)>);
 
 impl Owner {
     fn of(dest: &Path) -> Result<Owner> {
+        let meta = fs::metadata(dest).io_context(|| format!("stat {}", dest.display()))?;
+        Ok(Owner::root_chown_to(meta.uid(), meta.gid()))
+    }
+
+    fn root_chown_to(uid: u32, gid: u32) -> Owner {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
-        let meta = fs::metadata(dest).io_context(|| format!("stat {}", dest.display()))?;
-        Ok(Owner(
-            (root && meta.uid() != 0).then(|| (meta.uid(), meta.gid())),
-        ))
+        Owner((root && uid != 0).then_some((uid, gid)))
     }
 
     fn apply(&self, p: &Path) -> Result<()> {
@@ -758,8 +768,10 @@ fn restore_one(
         .io_context(|| format!("chmod {}", local.display()))?;
     file.set_modified(mtime)
         .io_context(|| format!("setting the mtime of {}", local.display()))?;
-    file.sync_all()
-        .io_context(|| format!("fsync {}", local.display()))?;
+    if entry.path == PG_CONTROL {
+        file.sync_all()
+            .io_context(|| format!("fsync {}", local.display()))?;
+    }
     owner.apply(&local)?;
     Ok(true)
 }

@@ -116,6 +116,10 @@ fn recovery_reaches_every_target_and_follows_a_new_timeline() {
         (vec!["--backup", &id1, "--target-immediate"], "10 10"),
         (vec!["--backup", &id1, "--target-xid", &xid], "20 20"),
         (
+            vec!["--backup", &id1, "--target-xid", &xid, "--exclusive"],
+            "10 10",
+        ),
+        (
             vec!["--backup", &id1, "--target-name", "before_31"],
             "30 30",
         ),
@@ -137,6 +141,26 @@ fn recovery_reaches_every_target_and_follows_a_new_timeline() {
             assert!(log.contains(&format!("restoring backup {id2}")), "{log}");
         }
     }
+
+    // A standby replays everything archived and stays in recovery.
+    let root = TestDir::new();
+    let pgdata = root.join("pgdata");
+    restore_ok(&repo, &pgdata, &["--standby"]);
+    assert!(pgdata.join("standby.signal").exists());
+    assert!(!pgdata.join("recovery.signal").exists());
+    let auto = fs::read_to_string(pgdata.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains(" --standby %f %p"), "{auto}");
+    let sb = Cluster::adopt_restored(root, pgdata);
+    sb.append_conf(&["archive_mode = off".to_string()]);
+    sb.start();
+    sb.wait_until(Duration::from_secs(60), "replay the archive", |s| {
+        s.psql_raw("SELECT count(*) FROM t")
+            .stdout
+            .starts_with(b"80")
+    });
+    assert_eq!(sb.psql("SELECT pg_is_in_recovery()"), "t");
+    sb.stop();
+    drop(sb);
 
     // Promote a copy at the time target onto timeline 2, write and archive there.
     let (tl2, _) = restore_and_start(

@@ -1,8 +1,13 @@
-//! The catalog command: `pgcellar init`, ...
+//! The catalog command: `pgcellar init | servers | list | show | check | verify |
+//! expire | delete | keep | switch-wal | cron`. Parses, calls one library function,
+//! prints, maps the outcome to an exit code (0 ok, 1 failure, 2 usage; `check
+//! --nagios` uses the Nagios codes 0-3).
 
 use clap::{Parser, Subcommand};
 use pgcellar::config::{CommonArgs, Settings};
-use pgcellar::{catalog, cli, log_error, log_notice};
+use pgcellar::verify::Selection;
+use pgcellar::{catalog, check, cli, expire, log_error, log_notice, verify};
+use serde::Serialize;
 
 /// Manage a pgcellar repository.
 #[derive(Parser)]
@@ -18,11 +23,106 @@ struct Args {
 enum Command {
     /// Create the repository if needed and register the server from the running cluster
     Init,
+    /// List the servers in the repository
+    Servers {
+        /// Machine-readable output (docs/cli-json.md)
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the backups of the server, newest first
+    List {
+        /// Machine-readable output (docs/cli-json.md)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one backup: its manifest and the WAL it needs
+    Show {
+        /// Backup id, 'latest' or 'oldest'
+        id: String,
+        /// Machine-readable output, including the file list (docs/cli-json.md)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the repository, the server's archiving and the backups
+    Check {
+        /// Machine-readable output (docs/cli-json.md)
+        #[arg(long, conflicts_with = "nagios")]
+        json: bool,
+        /// One Nagios plugin line; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN
+        #[arg(long)]
+        nagios: bool,
+    },
+    /// Re-read backups (size and SHA-256 of every file) and check their WAL
+    Verify {
+        /// Backup id, 'latest' or 'oldest' (default: latest)
+        #[arg(conflicts_with = "all")]
+        id: Option<String>,
+        /// Verify every backup
+        #[arg(long)]
+        all: bool,
+        /// Machine-readable output (docs/cli-json.md)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the retention policy: remove expired backups and the WAL nothing needs
+    Expire {
+        /// Print the plan and change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Policy instead of 'retention' from the config file, e.g. 'REDUNDANCY 3'
+        #[arg(long, value_name = "POLICY")]
+        retention: Option<String>,
+        /// Machine-readable output (docs/cli-json.md)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove one backup
+    Delete {
+        /// Backup id, 'latest' or 'oldest'
+        id: String,
+        /// Delete even if fewer than minimum_redundancy backups would remain
+        #[arg(long)]
+        force: bool,
+    },
+    /// Pin a backup so that retention never removes it
+    Keep {
+        /// Backup id, 'latest' or 'oldest'
+        id: String,
+        /// Remove the pin instead
+        #[arg(long)]
+        release: bool,
+    },
+    /// Force a WAL switch on the server
+    SwitchWal {
+        /// Run CHECKPOINT first (so there is always something to switch)
+        #[arg(long)]
+        checkpoint: bool,
+        /// Wait until the switched segment is in the repository
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Periodic maintenance: retention and removal of aborted backups; silent when all is well
+    Cron,
 }
 
-fn run(args: &Args) -> anyhow::Result<()> {
+/// Write to stdout; a closed pipe (`pgcellar list | head`) ends the program quietly.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => Ok(other?),
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    emit(&format!("{}\n", serde_json::to_string_pretty(value)?))
+}
+
+/// Run the command; returns the exit code for outcomes that are not errors.
+fn run(args: &Args) -> anyhow::Result<i32> {
     let settings = Settings::resolve(&args.common, None)?;
-    match args.command {
+    match &args.command {
         Command::Init => {
             let out = catalog::init(&settings)?;
             let repo = settings.repo_url()?;
@@ -42,15 +142,121 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Servers { json } => {
+            let rows = catalog::servers(&settings)?;
+            if *json {
+                print_json(&rows)?;
+            } else {
+                emit(&catalog::render_servers(&rows))?;
+            }
+        }
+        Command::List { json } => {
+            let rows = catalog::list(&settings)?;
+            if *json {
+                print_json(&rows)?;
+            } else {
+                emit(&catalog::render_list(&rows))?;
+            }
+        }
+        Command::Show { id, json } => {
+            let r = catalog::show(&settings, id)?;
+            if *json {
+                print_json(&r)?;
+            } else {
+                emit(&catalog::render_show(&r))?;
+            }
+        }
+        Command::Check { json, nagios } => {
+            let r = match check::run(&settings) {
+                Ok(r) => r,
+                Err(e) if *nagios => {
+                    emit(&format!(
+                        "PGCELLAR UNKNOWN - {}\n",
+                        e.to_string().replace('|', " ")
+                    ))?;
+                    return Ok(check::Status::Unknown.nagios_code());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if *nagios {
+                emit(&format!("{}\n", check::render_nagios(&r)))?;
+                return Ok(r.status.nagios_code());
+            }
+            if *json {
+                print_json(&r)?;
+            } else {
+                emit(&check::render(&r))?;
+            }
+            return Ok(match r.status {
+                check::Status::Ok | check::Status::Warning => 0,
+                _ => 1,
+            });
+        }
+        Command::Verify { id, all, json } => {
+            let which = if *all {
+                Selection::All
+            } else {
+                Selection::One(id.clone().unwrap_or_else(|| "latest".into()))
+            };
+            let reports = verify::run(&settings, &which)?;
+            if *json {
+                print_json(&reports)?;
+            } else {
+                emit(&verify::render(&reports))?;
+            }
+            return Ok(if reports.iter().all(|r| r.ok()) { 0 } else { 1 });
+        }
+        Command::Expire {
+            dry_run,
+            retention,
+            json,
+        } => {
+            let r = expire::expire(&settings, retention.as_deref(), *dry_run)?;
+            if *json {
+                print_json(&r)?;
+            } else {
+                emit(&expire::render_expire(&r))?;
+            }
+        }
+        Command::Delete { id, force } => {
+            let out = expire::delete(&settings, id, *force)?;
+            log_notice!(
+                "deleted backup {} ({} backup(s) left; its WAL goes with the next expire)",
+                out.id,
+                out.remaining
+            );
+        }
+        Command::Keep { id, release } => {
+            let out = catalog::keep(&settings, id, *release)?;
+            let what = match (out.kept, out.changed) {
+                (true, true) => "is now kept: retention will never remove it",
+                (true, false) => "was already kept",
+                (false, true) => "is no longer kept: retention applies to it again",
+                (false, false) => "was not kept",
+            };
+            log_notice!("backup {} {what}", out.id);
+        }
+        Command::SwitchWal { checkpoint, wait } => {
+            let out = catalog::switch_wal(&settings, *checkpoint, *wait)?;
+            emit(&format!("{}\n", out.segment))?;
+        }
+        Command::Cron => {
+            for line in expire::cron(&settings)? {
+                emit(&format!("{line}\n"))?;
+            }
+        }
     }
-    Ok(())
+    Ok(0)
 }
 
 fn main() {
     let args: Args = cli::parse_or_exit(2);
     pgcellar::log::init("pgcellar", args.common.verbose, args.common.quiet);
-    if let Err(e) = run(&args) {
-        log_error!("{}", cli::one_line(&e));
-        std::process::exit(1);
+    match run(&args) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            log_error!("{}", cli::one_line(&e));
+            std::process::exit(1);
+        }
     }
 }

@@ -84,6 +84,19 @@ pub trait Storage: Send + Sync {
     /// Start writing a new file in directory `dir` (which must exist).
     fn create(&self, dir: &str) -> Result<Box<dyn AtomicFile>>;
 
+    /// Like [`Storage::create`], but committing may skip the fsyncs: the caller must
+    /// call [`Storage::sync_deferred`] before anything relies on the file (base-backup
+    /// does, before its manifest). By default the same as `create`.
+    fn create_deferred(&self, dir: &str) -> Result<Box<dyn AtomicFile>> {
+        self.create(dir)
+    }
+
+    /// Make every file committed through [`Storage::create_deferred`] durable, with its
+    /// directory entry. By default nothing to do (they were synced on commit).
+    fn sync_deferred(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Create a directory and its parents (mode 0700), durably.
     fn create_dir_all(&self, dir: &str) -> Result<()>;
 

@@ -128,22 +128,26 @@ bench_push() {
         "${AS[@]}" bash -c '
             cd "$1/data"; shift; t0=$(date +%s%N)
             for f in $(ls pg_wal/archive_status | sed -n "s/\.ready$//p" | sort); do
-                "$@" "pg_wal/$f" || { echo "push of $f failed" >&2; exit 1; }
+                "$@" "$PWD/pg_wal/$f" || { echo "push of $f failed" >&2; exit 1; }
                 mv "pg_wal/archive_status/$f.ready" "pg_wal/archive_status/$f.done"
             done
-            echo $(( $(date +%s%N) - t0 ))' _ "$W/dd-$v" "$@"
+            wall=$(( $(date +%s%N) - t0 ))
+            # CPU seconds of all children (user+sys): independent of other load.
+            cpu=$(times | tail -1 | awk "{ split(\$1,a,\"m\"); split(\$2,b,\"m\"); print a[1]*60+a[2]+b[1]*60+b[2] }")
+            echo "$wall $cpu"' _ "$W/dd-$v" "$@"
     }
     sync; echo "pushing ${#SEGS[@]} segments serially..." >&2
-    t_la=$(run_loop la "$W/bin/wal-push" --repo "$W/repo-la" --server bench)
-    t_plain=$(run_loop plain "$W/bin/wal-push" --push-lookahead 0 --repo "$W/repo-plain" --server bench)
-    t_pgbr=$(run_loop pgbr "${PGBR[@]}" archive-push)
+    read -r t_la c_la < <(run_loop la "$W/bin/wal-push" --repo "$W/repo-la" --server bench)
+    read -r t_plain c_plain < <(run_loop plain "$W/bin/wal-push" --push-lookahead 0 --repo "$W/repo-plain" --server bench)
+    read -r t_pgbr c_pgbr < <(run_loop pgbr "${PGBR[@]}" archive-push)
     # Consistency: every segment archived exactly once in the look-ahead repository.
     stored=$(find "$W/repo-la/bench/wal" -type f -name '[0-9A-F]*-*' | wc -l)
-    awk -v n="${#SEGS[@]}" -v a="$t_la" -v b="$t_plain" -v p="$t_pgbr" -v s="$stored" -v c="$(nproc)" 'BEGIN {
-        printf "segments (16 MiB, real WAL, all .ready): %d   cores: %d\n", n, c
-        printf "wal-push with look-ahead:       %7.3f s (%6.1f ms/segment)\n", a/1e9, a/1e6/n
-        printf "wal-push --push-lookahead 0:    %7.3f s (%6.1f ms/segment)\n", b/1e9, b/1e6/n
-        printf "pgbackrest archive-push (sync): %7.3f s (%6.1f ms/segment)\n", p/1e9, p/1e6/n
+    awk -v n="${#SEGS[@]}" -v a="$t_la" -v b="$t_plain" -v p="$t_pgbr" -v s="$stored" -v c="$(nproc)" \
+        -v ca="$c_la" -v cb="$c_plain" -v cp="$c_pgbr" -v load="$(cut -d' ' -f1 /proc/loadavg)" 'BEGIN {
+        printf "segments (16 MiB, real WAL, all .ready): %d   cores: %d   load average at end: %s\n", n, c, load
+        printf "wal-push with look-ahead:       %7.3f s wall (%6.1f ms/segment), CPU %6.2f s\n", a/1e9, a/1e6/n, ca
+        printf "wal-push --push-lookahead 0:    %7.3f s wall (%6.1f ms/segment), CPU %6.2f s\n", b/1e9, b/1e6/n, cb
+        printf "pgbackrest archive-push (sync): %7.3f s wall (%6.1f ms/segment), CPU %6.2f s\n", p/1e9, p/1e6/n, cp
         printf "ratio look-ahead / pgbackrest:  %.2fx (target <= 0.40x)\n", a/p
         printf "ratio look-ahead / plain:       %.2fx\n", a/b
         printf "stored files in look-ahead repository: %d (expect %d)\n", s, n

@@ -111,6 +111,12 @@ pub struct FileConfig {
     pub spool_dir: Option<PathBuf>,
     /// wal-get: upper bound of the spool's size in bytes.
     pub spool_max_bytes: Option<u64>,
+    /// Parallel workers of base-backup and restore (default: number of cores).
+    pub jobs: Option<usize>,
+    /// Seconds after which a repository lock is stale whoever holds it.
+    pub lock_stale_after: Option<u64>,
+    /// Seconds base-backup waits for the WAL of a backup to reach the repository.
+    pub backup_wal_timeout: Option<u64>,
 }
 
 /// Fully resolved settings shared by every binary.
@@ -134,6 +140,12 @@ pub struct Settings {
     pub config_file: Option<PathBuf>,
     /// The raw file values, for modules that resolve their own flag > env > file keys.
     pub file: FileConfig,
+    /// Parallel workers of base-backup and restore.
+    pub jobs: usize,
+    /// Age after which a repository lock is stale whoever holds it.
+    pub lock_stale_after: Duration,
+    /// How long base-backup waits for the backup's WAL to be archived.
+    pub backup_wal_timeout: Duration,
 }
 
 /// SSH connection settings.
@@ -229,6 +241,18 @@ impl Settings {
             },
             retries: file.retries.unwrap_or(3),
             config_file: args.config.clone(),
+            jobs: match file.jobs {
+                Some(0) => {
+                    return Err(Error::config(format!(
+                        "{}: must be at least 1",
+                        in_file("jobs")
+                    )))
+                }
+                Some(n) => n,
+                None => default_jobs(),
+            },
+            lock_stale_after: timeout(file.lock_stale_after, 86400, "lock_stale_after")?,
+            backup_wal_timeout: timeout(file.backup_wal_timeout, 600, "backup_wal_timeout")?,
             file,
         })
     }
@@ -256,6 +280,13 @@ impl Settings {
             Error::config("no server name given: use --server, PGCELLAR_SERVER or 'server' in the config file")
         })
     }
+}
+
+/// The number of cores, the default for `jobs`.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! - [`lookahead`] and [`prefetch`]: the speed-ups of `wal-push` and `wal-get`.
 //! - [`config`]: settings from flags, environment and file.
 //! - [`pg`]: connections to PostgreSQL.
+//! - [`retry`]: bounded retries of transient (network) failures.
 //!
 //! ```no_run
 //! use pgcellar::{archive, config::{CommonArgs, Settings}, repo::Repository};
@@ -24,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod archive;
+pub mod backup;
 pub mod catalog;
 pub mod cli;
 pub mod codec;
@@ -32,9 +34,13 @@ pub mod error;
 pub mod localdir;
 pub mod log;
 pub mod lookahead;
+pub mod lock;
+pub mod manifest;
 pub mod pg;
 pub mod prefetch;
 pub mod repo;
+pub mod retry;
+pub mod restore;
 pub mod storage;
 pub mod wal;
 

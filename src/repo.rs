@@ -101,6 +101,18 @@ pub mod layout {
     pub fn locks_dir(server: &str) -> String {
         format!("{server}/locks")
     }
+    /// `<server>/backups/<id>` (the id must be validated by the caller).
+    pub fn backup_dir(server: &str, id: &str) -> String {
+        format!("{server}/backups/{id}")
+    }
+    /// `<server>/backups/<id>/backup.json`
+    pub fn backup_manifest(server: &str, id: &str) -> String {
+        format!("{server}/backups/{id}/{}", crate::manifest::MANIFEST_FILE)
+    }
+    /// `<server>/locks/<name>.lock`
+    pub fn lock_file(server: &str, name: &str) -> String {
+        format!("{server}/locks/{name}.lock")
+    }
 }
 
 /// An open repository.

@@ -5,7 +5,7 @@ use clap::Parser;
 use pgcellar::config::{CommonArgs, Settings};
 use pgcellar::prefetch::{self, Fetched, PrefetchArgs, PrefetchSettings};
 use pgcellar::wal::WalName;
-use pgcellar::{cli, log_error, log_info};
+use pgcellar::{cli, log_error, log_info, retry};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -41,7 +41,11 @@ fn run(args: &Args) -> pgcellar::Result<Outcome> {
     let opts = PrefetchSettings::resolve(&args.prefetch, &settings)?;
     // Only a successful lookup that finds nothing is "not archived"; every error
     // (even a NotFound-kind one such as a missing repository) stops recovery.
-    match prefetch::get_file(&settings, &opts, &name, &args.dest)? {
+    // Each attempt opens the repository afresh: a retry gets a new connection.
+    let fetched = retry::with_retries(settings.retries, "wal-get", || {
+        prefetch::get_file(&settings, &opts, &name, &args.dest)
+    })?;
+    match fetched {
         Fetched::Delivered(d) => {
             log_info!(
                 "restored {name} ({} bytes{}) in {:.1} ms{}",

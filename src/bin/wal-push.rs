@@ -4,7 +4,7 @@ use clap::Parser;
 use pgcellar::archive::PushOutcome;
 use pgcellar::config::{CommonArgs, CompressionArgs, Settings};
 use pgcellar::lookahead::{self, FileOutcome, LookaheadArgs, LookaheadSettings};
-use pgcellar::{cli, log_error, log_info};
+use pgcellar::{cli, log_error, log_info, retry};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -26,7 +26,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let start = Instant::now();
     let settings = Settings::resolve(&args.common, Some(&args.compression))?;
     let la = LookaheadSettings::resolve(&args.lookahead, &settings)?;
-    let (outcome, batch) = lookahead::push_file(&settings, &la, &args.wal_path)?;
+    // Each attempt opens the repository afresh: a retry gets a new connection.
+    let (outcome, batch) = retry::with_retries(settings.retries, "wal-push", || {
+        lookahead::push_file(&settings, &la, &args.wal_path)
+    })?;
     let ms = start.elapsed().as_secs_f64() * 1000.0;
     if batch != Default::default() {
         log_info!(

@@ -11,9 +11,11 @@ use std::io::{Read, Write};
 use std::time::SystemTime;
 
 pub mod local;
+pub mod ssh;
 pub mod url;
 
 pub use local::LocalStorage;
+pub use ssh::SshStorage;
 pub use url::RepoUrl;
 
 /// What to do when the final name of a committed file already exists.
@@ -153,12 +155,10 @@ pub fn join(dir: &str, name: &str) -> String {
 }
 
 /// Open the storage a repository URL points to, with the SSH settings it may need.
-pub fn open_with(url: &RepoUrl, _settings: &crate::config::Settings) -> Result<Box<dyn Storage>> {
+pub fn open_with(url: &RepoUrl, settings: &crate::config::Settings) -> Result<Box<dyn Storage>> {
     match url {
         RepoUrl::Local(path) => Ok(Box::new(LocalStorage::new(path.clone()))),
-        RepoUrl::Ssh { .. } => Err(Error::config(format!(
-            "{url}: SSH repositories are not supported by this build yet"
-        ))),
+        RepoUrl::Ssh { .. } => Ok(Box::new(SshStorage::open(url, &settings.ssh)?)),
     }
 }
 

@@ -6,6 +6,8 @@
 //! under test are copied to a directory that user can reach.
 #![allow(dead_code)]
 
+pub mod sshd;
+
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -1,0 +1,63 @@
+//! `base-backup`: take an online physical backup; prints the new backup id on stdout.
+
+use clap::Parser;
+use pgcellar::backup::{self, BackupOptions};
+use pgcellar::config::{CommonArgs, CompressionArgs, Settings};
+use pgcellar::{cli, log_error, log_info};
+
+/// Take an online backup of the cluster into the repository (incremental by default:
+/// unchanged files are hard links to the previous backup).
+#[derive(Parser)]
+#[command(name = "base-backup", version)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    compression: CompressionArgs,
+    /// Parallel workers (default: `jobs` in the config file, else the number of cores)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    jobs: Option<u16>,
+    /// Copy every file instead of linking unchanged ones to the previous backup
+    #[arg(long)]
+    full: bool,
+    /// Decide whether a file is unchanged by its SHA-256, never by size and mtime
+    #[arg(long)]
+    checksum: bool,
+    /// Label for pg_backup_start and the manifest
+    #[arg(long, value_name = "TEXT")]
+    label: Option<String>,
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    let settings = Settings::resolve(&args.common, Some(&args.compression))?;
+    let opts = BackupOptions {
+        jobs: args.jobs.map(usize::from),
+        full: args.full,
+        checksum: args.checksum,
+        label: args.label.clone(),
+        progress: !args.common.quiet,
+    };
+    let m = backup::run(&settings, &opts)?;
+    let t = &m.totals;
+    log_info!(
+        "backup {} done: {} files, {} bytes ({} stored), {} reused as links, {} copied ({} bytes written)",
+        m.id,
+        t.files,
+        t.size,
+        t.stored_size,
+        t.reused_files,
+        t.copied_files,
+        t.copied_stored_size
+    );
+    println!("{}", m.id);
+    Ok(())
+}
+
+fn main() {
+    let args: Args = cli::parse_or_exit(2);
+    pgcellar::log::init("base-backup", args.common.verbose, args.common.quiet);
+    if let Err(e) = run(&args) {
+        log_error!("{}", cli::one_line(&e));
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,427 @@
+//! base-backup and restore against a real PostgreSQL: PostgreSQL itself recovering
+//! to exactly the right row is the proof.
+//!
+//! Clusters are shared between assertions where that keeps the file fast: one cluster
+//! serves every recovery target and the timeline switch; one serves tablespaces,
+//! hard-link reuse, aborted backups, `--delta` and the lock; one runs pgbench.
+
+mod common;
+
+use common::*;
+use pgcellar::lock::{Lock, DEFAULT_STALE_AFTER};
+use pgcellar::manifest::Manifest;
+use pgcellar::storage::LocalStorage;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+fn base_backup(repo: &RepoDir, c: &Cluster, extra: &[&str]) -> String {
+    let mut cmd = pg_command(bin("base-backup"));
+    cmd.args(repo.args())
+        .arg("--pgdata")
+        .arg(&c.pgdata)
+        .arg("--conninfo")
+        .arg(c.conninfo())
+        .args(extra);
+    let out = run_ok(&mut cmd);
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // stdout carries the id and nothing else.
+    assert_eq!(id.len(), 16, "stdout: {id:?}");
+    assert!(!id.contains('\n'));
+    id
+}
+
+fn restore_cmd(repo: &RepoDir, dest: &Path, extra: &[&str]) -> Output {
+    let mut cmd = pg_command(bin("restore"));
+    cmd.args(repo.args()).arg("-v").args(extra).arg(dest);
+    cmd.output().expect("spawn restore")
+}
+
+fn restore_ok(repo: &RepoDir, dest: &Path, extra: &[&str]) -> String {
+    let out = restore_cmd(repo, dest, extra);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "restore {extra:?} failed: {stderr}");
+    assert!(out.stdout.is_empty(), "restore printed on stdout");
+    stderr
+}
+
+fn manifest(repo: &RepoDir, id: &str) -> Manifest {
+    let p = repo
+        .path
+        .join(&repo.server)
+        .join("backups")
+        .join(id)
+        .join("backup.json");
+    serde_json::from_slice(&fs::read(&p).expect("read manifest")).expect("parse manifest")
+}
+
+/// Restore with `extra` into a new directory, start it (no archiving unless
+/// `archive`), wait until it is out of recovery and return it.
+fn restore_and_start(repo: &RepoDir, extra: &[&str], archive: bool) -> (Cluster, String) {
+    let root = TestDir::new();
+    let pgdata = root.join("pgdata");
+    let log = restore_ok(repo, &pgdata, extra);
+    let c = Cluster::adopt_restored(root, pgdata);
+    if !archive {
+        c.append_conf(&["archive_mode = off".to_string()]);
+    }
+    c.start();
+    c.wait_for_promotion(Duration::from_secs(120));
+    (c, log)
+}
+
+fn rows(c: &Cluster) -> String {
+    c.psql("SELECT count(*) || ' ' || coalesce(max(i), 0) FROM t")
+}
+
+#[test]
+fn recovery_reaches_every_target_and_follows_a_new_timeline() {
+    let repo = RepoDir::new();
+    let Some(c) = Cluster::init(ClusterOpts {
+        archive_command: Some(repo.archive_command()),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    repo.init_for(&c);
+    c.psql("CREATE TABLE t(i int)");
+    c.psql("INSERT INTO t SELECT generate_series(1, 10)");
+    let id1 = base_backup(&repo, &c, &[]);
+
+    let xid = c.psql(
+        "WITH x AS (INSERT INTO t SELECT generate_series(11, 20) RETURNING 1) \
+         SELECT txid_current() FROM x LIMIT 1",
+    );
+    c.psql("INSERT INTO t SELECT generate_series(21, 30)");
+    c.psql("SELECT pg_create_restore_point('before_31')");
+    c.psql("INSERT INTO t SELECT generate_series(31, 40)");
+    let lsn = c.psql("SELECT pg_current_wal_insert_lsn()");
+    c.psql("INSERT INTO t SELECT generate_series(41, 50)");
+    let time = c.psql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    c.psql("INSERT INTO t SELECT generate_series(51, 60)");
+    c.psql("INSERT INTO t SELECT generate_series(61, 70)");
+    // A second backup after the time target: a time target must pick the first one.
+    let id2 = base_backup(&repo, &c, &[]);
+    assert!(id2 > id1);
+    c.psql("INSERT INTO t SELECT generate_series(71, 80)");
+    c.switch_and_wait_archived();
+
+    let promote = ["--target-action", "promote"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--backup", &id1, "--target-immediate"], "10 10"),
+        (vec!["--backup", &id1, "--target-xid", &xid], "20 20"),
+        (
+            vec!["--backup", &id1, "--target-name", "before_31"],
+            "30 30",
+        ),
+        (vec!["--backup", &id1, "--target-lsn", &lsn], "40 40"),
+        (vec!["--target-time", &time], "50 50"),
+        (vec![], "80 80"),
+    ];
+    for (args, want) in &cases {
+        let mut a = args.clone();
+        if !a.is_empty() {
+            a.extend(promote);
+        }
+        let (r, log) = restore_and_start(&repo, &a, false);
+        assert_eq!(&rows(&r), want, "restore {a:?}\n{log}");
+        if a.contains(&"--target-time") {
+            assert!(log.contains(&format!("restoring backup {id1}")), "{log}");
+        }
+        if a.is_empty() {
+            assert!(log.contains(&format!("restoring backup {id2}")), "{log}");
+        }
+    }
+
+    // Promote a copy at the time target onto timeline 2, write and archive there.
+    let (tl2, _) = restore_and_start(
+        &repo,
+        &[
+            "--backup",
+            &id1,
+            "--target-time",
+            &time,
+            "--target-action",
+            "promote",
+        ],
+        true,
+    );
+    assert_eq!(
+        tl2.psql("SELECT timeline_id FROM pg_control_checkpoint()"),
+        "2"
+    );
+    tl2.psql("INSERT INTO t SELECT generate_series(1001, 1010)");
+    tl2.switch_and_wait_archived();
+    tl2.stop();
+    drop(tl2);
+    assert!(repo
+        .wal_files()
+        .iter()
+        .any(|f| f.starts_with("00000002.history-")));
+    // Recovering the first backup and following the newest timeline sees those rows.
+    let (r, _) = restore_and_start(
+        &repo,
+        &["--backup", &id1, "--target-timeline", "latest"],
+        false,
+    );
+    assert_eq!(rows(&r), "60 1010");
+    assert!(
+        r.psql("SELECT timeline_id FROM pg_control_checkpoint()")
+            .parse::<u32>()
+            .unwrap()
+            >= 3
+    );
+}
+
+fn count_files(dir: &Path) -> usize {
+    let mut n = 0;
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                n += count_files(&p);
+            } else {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn tablespaces_links_delta_aborted_backups_and_the_lock() {
+    let repo = RepoDir::new();
+    let Some(c) = Cluster::init(ClusterOpts {
+        archive_command: Some(repo.archive_command()),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    repo.init_for(&c);
+    let tsroot = TestDir::new();
+    let ts_loc = tsroot.join("ts1");
+    fs::create_dir(&ts_loc).unwrap();
+    chown_postgres(&ts_loc);
+    c.psql(&format!(
+        "CREATE TABLESPACE ts1 LOCATION '{}'",
+        ts_loc.display()
+    ));
+    c.psql("CREATE TABLE t(i int, s text) TABLESPACE ts1");
+    c.psql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g");
+    c.psql("CREATE UNLOGGED TABLE scratch(i int)");
+    c.psql("INSERT INTO scratch SELECT generate_series(1, 100)");
+    c.psql("CHECKPOINT");
+    // Let the files age past the safe horizon of the first backup.
+    std::thread::sleep(Duration::from_secs(3));
+    let id1 = base_backup(&repo, &c, &["--jobs", "2"]);
+    let m1 = manifest(&repo, &id1);
+    assert_eq!(m1.tablespaces.len(), 1);
+    assert_eq!(m1.tablespaces[0].name.as_deref(), Some("ts1"));
+    assert!(m1.files.iter().any(|f| f.path.starts_with("tablespaces/")));
+    assert!(m1.totals.reused_files == 0);
+    assert!(!m1.files.iter().any(|f| f.path.starts_with("data/pg_wal/")));
+
+    // A second backup with no changes links at least 90% of its files.
+    let id2 = base_backup(&repo, &c, &[]);
+    let m2 = manifest(&repo, &id2);
+    assert_eq!(m2.parent.as_ref().map(|p| p.as_str()), Some(id1.as_str()));
+    let ratio = m2.totals.reused_files as f64 / m2.totals.files as f64;
+    assert!(
+        ratio >= 0.9,
+        "only {:.1}% reused: {:?}",
+        ratio * 100.0,
+        m2.totals
+    );
+    let reused = m2
+        .files
+        .iter()
+        .find(|f| f.reused && f.size > 8192)
+        .expect("a reused file");
+    let stored = repo.path.join(m2.stored_path(&repo.server, reused));
+    assert!(
+        fs::metadata(&stored).unwrap().nlink() >= 2,
+        "not a hard link"
+    );
+
+    // Deleting the first backup never breaks the second.
+    fs::remove_dir_all(repo.path.join("main/backups").join(&id1)).unwrap();
+    c.psql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1001, 1100) g");
+    c.switch_and_wait_archived();
+
+    // An aborted backup (no manifest) is invisible, even though its id sorts last.
+    let aborted = repo.path.join("main/backups/20991231T235959Z/data");
+    fs::create_dir_all(&aborted).unwrap();
+    fs::write(aborted.join("PG_VERSION"), "15\n").unwrap();
+    chown_postgres(&repo.path);
+    let none = TestDir::new();
+    let out = restore_cmd(&repo, &none.join("x"), &["--backup", "20991231T235959Z"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+
+    // Remapped tablespace.
+    let newts = TestDir::new();
+    let map = format!("ts1={}", newts.join("moved").display());
+    let (a, log) = restore_and_start(&repo, &["--tablespace-map", &map], false);
+    assert!(log.contains(&format!("restoring backup {id2}")), "{log}");
+    assert_eq!(a.psql("SELECT count(*) FROM t"), "1100");
+    assert_eq!(
+        a.psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'"),
+        newts.join("moved").display().to_string()
+    );
+    // The unlogged table comes back empty (its data was not backed up), not broken.
+    assert_eq!(a.psql("SELECT count(*) FROM scratch"), "0");
+
+    // --delta over a stale, diverged copy.
+    a.psql("INSERT INTO t SELECT g, 'stale' FROM generate_series(5000, 5100) g");
+    a.psql("DELETE FROM t WHERE i < 100");
+    a.psql("CHECKPOINT");
+    a.stop();
+    c.psql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1101, 1200) g");
+    c.switch_and_wait_archived();
+    let out = restore_cmd(&repo, &a.pgdata, &[]);
+    assert!(
+        !out.status.success(),
+        "non-empty destination accepted without --delta"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    fs::write(a.pgdata.join("stray-file"), "x").unwrap();
+    let log = restore_ok(&repo, &a.pgdata, &["--delta", "--tablespace-map", &map]);
+    assert!(log.contains("kept"), "{log}");
+    assert!(!a.pgdata.join("stray-file").exists());
+    // postgresql.conf came back from the backup: point it at this copy's socket again.
+    a.append_conf(&[
+        format!("port = {}", a.port),
+        format!("unix_socket_directories = '{}'", a.sockdir.display()),
+        "archive_mode = off".to_string(),
+    ]);
+    a.start();
+    a.wait_for_promotion(Duration::from_secs(120));
+    assert_eq!(
+        a.psql("SELECT count(*) || ' ' || min(i) || ' ' || max(i) FROM t"),
+        "1200 1 1200"
+    );
+    // A running postmaster is never overwritten.
+    let out = restore_cmd(&repo, &a.pgdata, &["--delta", "--tablespace-map", &map]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("postmaster"));
+    a.stop();
+
+    // A second base-backup while the lock is held is refused, naming the holder.
+    let storage = LocalStorage::new(repo.path.clone());
+    let lock = Lock::acquire(&storage, "main", "test-holder", DEFAULT_STALE_AFTER).unwrap();
+    chown_postgres(&repo.path);
+    let mut cmd = pg_command(bin("base-backup"));
+    cmd.args(repo.args())
+        .arg("--pgdata")
+        .arg(&c.pgdata)
+        .arg("--conninfo")
+        .arg(c.conninfo());
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("locked by test-holder"), "{err}");
+    assert!(out.stdout.is_empty());
+    lock.release().unwrap();
+
+    // In place: the original directories, emptied.
+    c.stop();
+    let pgdata: PathBuf = c.pgdata.clone();
+    fs::remove_dir_all(&pgdata).unwrap();
+    fs::remove_dir_all(&ts_loc).unwrap();
+    restore_ok(&repo, &pgdata, &[]);
+    assert!(count_files(&ts_loc) > 0);
+    c.start();
+    c.wait_for_promotion(Duration::from_secs(120));
+    assert_eq!(c.psql("SELECT count(*) FROM t"), "1200");
+    assert_eq!(
+        c.psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'"),
+        ts_loc.display().to_string()
+    );
+
+    // A damaged stored file fails the restore, and the half-restored directory
+    // cannot start (pg_control is written last).
+    let victim = m2
+        .files
+        .iter()
+        .filter(|f| f.path.starts_with("data/base/") && f.size >= 8192)
+        // A small one: the larger files are restored before it fails.
+        .min_by_key(|f| f.size)
+        .expect("a relation file");
+    let stored = repo.path.join(m2.stored_path(&repo.server, victim));
+    let mut bytes = fs::read(&stored).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    fs::write(&stored, bytes).unwrap();
+    let root = TestDir::new();
+    let broken = root.join("pgdata");
+    let map2 = format!("ts1={}", root.join("ts").display());
+    let out = restore_cmd(&repo, &broken, &["--tablespace-map", &map2]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("corrupt"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        count_files(&broken) > 10,
+        "the restore stopped too early to prove anything"
+    );
+    assert!(!broken.join("global/pg_control").exists());
+    let b = Cluster::adopt_restored(root, broken);
+    assert!(!b.try_start(), "a half-restored directory started");
+}
+
+#[test]
+fn backup_under_pgbench_load_restores_clean() {
+    let repo = RepoDir::new();
+    let Some(c) = Cluster::init(ClusterOpts {
+        archive_command: Some(repo.archive_command()),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    repo.init_for(&c);
+    c.pgbench(&["-i", "-s", "3", "-q"]);
+    let id = std::thread::scope(|s| {
+        let load = s.spawn(|| c.pgbench(&["-c", "4", "-T", "12", "-n"]));
+        std::thread::sleep(Duration::from_secs(2));
+        let id = base_backup(&repo, &c, &["--jobs", "2"]);
+        load.join().expect("pgbench");
+        id
+    });
+    c.switch_and_wait_archived();
+    let want = c.psql("SELECT count(*) FROM pgbench_history");
+    let (r, _) = restore_and_start(&repo, &["--backup", &id], false);
+    assert_eq!(r.psql("SELECT count(*) FROM pgbench_history"), want);
+    // pgbench's invariant: every balance is the sum of its history.
+    assert_eq!(
+        r.psql("SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history)"),
+        "t"
+    );
+    assert_eq!(r.psql("SELECT count(*) FROM pgbench_accounts"), "300000");
+    let out = std::process::Command::new(r.bindir.join("pg_amcheck"))
+        .arg("-h")
+        .arg(&r.sockdir)
+        .arg("-p")
+        .arg(r.port.to_string())
+        .args([
+            "-U",
+            "postgres",
+            "--install-missing",
+            "--heapallindexed",
+            "--all",
+        ])
+        .output()
+        .expect("pg_amcheck");
+    assert!(
+        out.status.success(),
+        "pg_amcheck found problems:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,247 @@
+//! One storage conformance suite, run against every driver: the local filesystem and
+//! SFTP to a real sshd on loopback. Both repositories live on this machine, so the
+//! suite also checks on disk what the driver promises (modes, hard links, no temp
+//! files left behind, nothing written outside the root).
+
+mod common;
+
+use common::sshd::Sshd;
+use common::*;
+use pgcellar::config::SshSettings;
+use pgcellar::storage::{
+    Committed, LocalStorage, Overwrite, RepoUrl, SshStorage, Storage, TEMP_PREFIX,
+};
+use pgcellar::ErrorKind;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+fn mode(p: &Path) -> u32 {
+    fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+fn names(s: &dyn Storage, dir: &str) -> Vec<String> {
+    let mut v: Vec<String> = s.list(dir).unwrap().into_iter().map(|e| e.name).collect();
+    v.sort();
+    v
+}
+
+/// Everything a driver must do, checked against the directory `disk` it writes into.
+fn conformance(s: &dyn Storage, disk: &Path) {
+    // Directories: 0700, parents included, idempotent.
+    s.create_dir_all("").unwrap();
+    s.create_dir_all("a/b").unwrap();
+    s.create_dir_all("a/b").unwrap();
+    s.create_dir_all("a/c").unwrap();
+    assert_eq!(mode(disk), 0o700);
+    assert_eq!(mode(&disk.join("a")), 0o700);
+    assert_eq!(mode(&disk.join("a/b")), 0o700);
+
+    // Atomic writes: 0600; Never keeps the first; Replace replaces.
+    assert_eq!(
+        s.write_all("a/b/f", b"one", Overwrite::Never).unwrap(),
+        Committed::Created
+    );
+    assert_eq!(mode(&disk.join("a/b/f")), 0o600);
+    assert_eq!(
+        s.write_all("a/b/f", b"two", Overwrite::Never).unwrap(),
+        Committed::AlreadyExists
+    );
+    assert_eq!(s.read_all("a/b/f").unwrap(), b"one");
+    assert_eq!(fs::read(disk.join("a/b/f")).unwrap(), b"one");
+    assert_eq!(
+        s.write_all("a/b/f", b"three", Overwrite::Replace).unwrap(),
+        Committed::Created
+    );
+    assert_eq!(s.read_all("a/b/f").unwrap(), b"three");
+    assert_eq!(mode(&disk.join("a/b/f")), 0o600);
+    // Replace onto a new name works too.
+    s.write_all("a/b/g", b"new", Overwrite::Replace).unwrap();
+    assert_eq!(names(s, "a/b"), vec!["f", "g"], "no temporary files left");
+
+    // Two writers racing for one name: exactly one wins, the loser changes nothing.
+    let mut w1 = s.create("a/b").unwrap();
+    let mut w2 = s.create("a/b").unwrap();
+    w1.write_all(b"first").unwrap();
+    w2.write_all(b"second").unwrap();
+    assert_eq!(
+        w1.commit("race", Overwrite::Never).unwrap(),
+        Committed::Created
+    );
+    assert_eq!(
+        w2.commit("race", Overwrite::Never).unwrap(),
+        Committed::AlreadyExists
+    );
+    assert_eq!(s.read_all("a/b/race").unwrap(), b"first");
+
+    // An abandoned write leaves nothing, not even its temporary file.
+    let mut f = s.create("a/b").unwrap();
+    f.write_all(&[7u8; 100_000]).unwrap();
+    drop(f);
+    assert_eq!(names(s, "a/b"), vec!["f", "g", "race"]);
+
+    // Streaming a few MiB (several SFTP write/read windows) round-trips exactly.
+    let big: Vec<u8> = (0..5_000_000u32)
+        .map(|i| i.wrapping_mul(2654435761) as u8)
+        .collect();
+    let mut f = s.create("a/c").unwrap();
+    for chunk in big.chunks(65_536) {
+        f.write_all(chunk).unwrap();
+    }
+    f.commit("big", Overwrite::Never).unwrap();
+    let mut back = Vec::new();
+    s.open_read("a/c/big")
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert!(back == big, "streamed file differs");
+
+    // Listing and stat.
+    let mut l = s.list("a").unwrap();
+    l.sort_by(|x, y| x.name.cmp(&y.name));
+    assert_eq!(l.len(), 2);
+    assert!(l.iter().all(|e| e.is_dir));
+    let c = s.list("a/c").unwrap();
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        (c[0].name.as_str(), c[0].size, c[0].is_dir),
+        ("big", 5_000_000, false)
+    );
+    assert!(s.list("missing").unwrap().is_empty());
+    assert!(s.list("a/missing/deeper").unwrap().is_empty());
+    let st = s.stat("a/c/big").unwrap().unwrap();
+    assert_eq!((st.size, st.is_dir), (5_000_000, false));
+    assert!(s.stat("a/c").unwrap().unwrap().is_dir);
+    assert!(s.stat("a/nope").unwrap().is_none());
+
+    // Missing files are NotFound (wal-get's exit 1 depends on it).
+    let err = s.open_read("a/nope").err().expect("missing file");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert_eq!(
+        s.read_all("nope/x").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+
+    // Hard links, in a batch, with hostile-looking names; existing links are fine.
+    let odd = "it's $(touch pwned) `x` \"q\" a b";
+    s.write_all(&format!("a/b/{odd}"), b"odd", Overwrite::Never)
+        .unwrap();
+    s.create_dir_all("a/d").unwrap();
+    let links = vec![
+        ("a/b/f".to_string(), "a/d/f".to_string()),
+        ("a/c/big".to_string(), "a/d/big".to_string()),
+        (format!("a/b/{odd}"), format!("a/d/{odd}")),
+    ];
+    s.hard_link_all(&links).unwrap();
+    s.hard_link_all(&links).unwrap();
+    s.hard_link_all(&[]).unwrap();
+    for (src, dst) in &links {
+        let (a, b) = (
+            fs::metadata(disk.join(src)).unwrap(),
+            fs::metadata(disk.join(dst)).unwrap(),
+        );
+        assert_eq!(a.ino(), b.ino(), "{dst} is not a hard link of {src}");
+    }
+    assert_eq!(s.read_all(&format!("a/d/{odd}")).unwrap(), b"odd");
+    assert!(!disk.join("pwned").exists() && !Path::new("pwned").exists());
+    let err = s
+        .hard_link_all(&[("a/b/absent".into(), "a/d/absent".into())])
+        .unwrap_err();
+    assert!(err.to_string().contains("absent"), "{err}");
+
+    // Removal: files and trees, missing ones are not errors.
+    s.remove_file("a/b/g").unwrap();
+    s.remove_file("a/b/g").unwrap();
+    assert!(s.stat("a/b/g").unwrap().is_none());
+    s.remove_dir_all("a/d").unwrap();
+    s.remove_dir_all("a/d").unwrap();
+    assert!(!disk.join("a/d").exists());
+    assert_eq!(
+        s.read_all("a/c/big").unwrap().len(),
+        5_000_000,
+        "link source kept"
+    );
+
+    // Nothing escapes the root.
+    let outside = disk.parent().unwrap().join("escaped");
+    for bad in [
+        "../escaped",
+        "/etc/passwd",
+        "a/../../escaped",
+        "a//b",
+        "a/./b",
+        "",
+    ] {
+        if !bad.is_empty() {
+            assert!(s.stat(bad).is_err(), "stat {bad:?}");
+            assert!(s.open_read(bad).is_err(), "open {bad:?}");
+            assert!(s.list(bad).is_err(), "list {bad:?}");
+            assert!(s.remove_file(bad).is_err(), "remove {bad:?}");
+            assert!(s.remove_dir_all(bad).is_err(), "rmtree {bad:?}");
+            assert!(s.create_dir_all(bad).is_err(), "mkdir {bad:?}");
+            assert!(s.create(bad).is_err(), "create {bad:?}");
+            assert!(
+                s.hard_link_all(&[("a/b/f".into(), bad.into())]).is_err(),
+                "link to {bad:?}"
+            );
+        }
+        assert!(
+            s.write_all(bad, b"x", Overwrite::Replace).is_err(),
+            "write {bad:?}"
+        );
+    }
+    let f = s.create("a/b").unwrap();
+    assert!(f.commit("../../escaped", Overwrite::Replace).is_err());
+    assert!(!outside.exists(), "a path escaped the repository");
+    assert!(names(s, "a/b").iter().all(|n| !n.starts_with(TEMP_PREFIX)));
+
+    // Shared between threads: parallel writers all land (the SSH driver pools sessions).
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            scope.spawn(move || {
+                for i in 0..5 {
+                    let data = vec![t as u8; 200_000 + i];
+                    s.write_all(&format!("a/c/t{t}-{i}"), &data, Overwrite::Never)
+                        .unwrap();
+                    assert_eq!(s.read_all(&format!("a/c/t{t}-{i}")).unwrap(), data);
+                }
+            });
+        }
+    });
+    assert_eq!(s.list("a/c").unwrap().len(), 21);
+}
+
+#[test]
+fn local_storage_conforms() {
+    let d = TestDir::new();
+    let root = d.join("repo");
+    conformance(&LocalStorage::new(root.clone()), &root);
+}
+
+/// SSH settings that trust this test sshd and log in with its client key.
+pub fn ssh_settings(sshd: &Sshd) -> SshSettings {
+    SshSettings {
+        identity: Some(sshd.client_key.clone()),
+        known_hosts: Some(sshd.known_hosts.clone()),
+        accept_new_host_key: false,
+        connect_timeout: Duration::from_secs(5),
+        io_timeout: Duration::from_secs(20),
+    }
+}
+
+#[test]
+fn ssh_storage_conforms() {
+    let Some(sshd) = Sshd::start() else { return };
+    let d = TestDir::new();
+    let root = d.join("repo");
+    let url = RepoUrl::parse(&sshd.url(&root)).unwrap();
+    let s = SshStorage::open(&url, &ssh_settings(&sshd))
+        .unwrap_or_else(|e| panic!("{e}\n--- sshd log ---\n{}", sshd.log()));
+    conformance(&s, &root);
+    assert!(s.location().starts_with("ssh://"));
+    // OpenSSH on Linux lets us fsync directories through an open handle.
+    assert_eq!(s.directory_fsync_works(), Some(true));
+}

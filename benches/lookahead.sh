@@ -45,7 +45,11 @@ stop_all() {
         [ -f "$d/PG_VERSION" ] && "${AS[@]}" "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
     done
 }
-cleanup() { stop_all; [ -n "${BENCH_WORKDIR:-}" ] || rm -rf "$W"; }
+cleanup() {
+    stop_all
+    [ -n "${SSHD_PID:-}" ] && kill "$SSHD_PID" 2>/dev/null || true
+    [ -n "${BENCH_WORKDIR:-}" ] || rm -rf "$W"
+}
 trap cleanup EXIT
 
 mkdir -p "$W/bin" "$W/sock" "$W/pgbr-log" "$W/pgbr-lock"
@@ -96,6 +100,32 @@ EOF
     own "$W/pgbackrest.conf"
 }
 PGBR=(pgbackrest --config="$W/pgbackrest.conf" --stanza=bench)
+# start_sshd: a throwaway sshd on a loopback port (root only), login user postgres.
+# Sets SSH_PORT, SSH_FLAGS and SCP_OPTS; SSH_PORT stays empty when it cannot run.
+SSH_PORT=""; SSH_FLAGS=(); SCP_OPTS=""; SSHD_PID=""
+start_sshd() {
+    [ "$(id -u)" = 0 ] && [ -x /usr/sbin/sshd ] || { echo "no sshd (needs root and openssh-server): SSH variants skipped" >&2; return 0; }
+    local S="$W/ssh"; mkdir -p "$S"
+    ssh-keygen -q -t ed25519 -N '' -f "$S/host" -C bench-host
+    ssh-keygen -q -t ed25519 -N '' -f "$S/client" -C bench-client
+    cp "$S/client.pub" "$S/authorized_keys"
+    SSH_PORT=$((40000 + RANDOM % 20000))
+    echo "[127.0.0.1]:$SSH_PORT $(cut -d' ' -f1,2 "$S/host.pub")" > "$S/known_hosts"
+    printf '%s\n' "Port $SSH_PORT" "ListenAddress 127.0.0.1" "HostKey $S/host" "PidFile $S/sshd.pid" \
+        "AuthorizedKeysFile $S/authorized_keys" "PasswordAuthentication no" \
+        "KbdInteractiveAuthentication no" "UsePAM no" "StrictModes no" "MaxStartups 100" \
+        "Subsystem sftp internal-sftp" > "$S/sshd_config"
+    chown postgres:postgres "$S/client" "$S/known_hosts" "$S/authorized_keys"
+    mkdir -p /run/sshd
+    case "$(getent shadow postgres | cut -d: -f2)" in '!'*|'') usermod -p '*' postgres ;; esac
+    /usr/sbin/sshd -D -e -f "$S/sshd_config" 2>"$S/sshd.log" &
+    SSHD_PID=$!
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$SSH_PORT) 2>/dev/null && break; sleep 0.05; done
+    SSH_FLAGS=(--ssh-identity "$S/client" --ssh-known-hosts "$S/known_hosts")
+    SCP_OPTS="-q -i $S/client -o UserKnownHostsFile=$S/known_hosts -o StrictHostKeyChecking=yes -P $SSH_PORT"
+}
+ssh_url() { echo "ssh://postgres@127.0.0.1:$SSH_PORT$1"; }
+
 ready_count() { ls "$1/pg_wal/archive_status" 2>/dev/null | grep -c '\.ready$' || true; }
 
 bench_push() {
@@ -113,13 +143,18 @@ bench_push() {
     pgbackrest_conf "$W/pg-src"
     "${AS[@]}" "${PGBR[@]}" stanza-create >/dev/null
     # Three sandboxes shaped like data directories, all segments .ready.
-    for v in la plain pgbr; do
+    start_sshd
+    VARIANTS=(la plain pgbr)
+    [ -n "$SSH_PORT" ] && VARIANTS+=(ssh-la ssh-plain)
+    for v in "${VARIANTS[@]}"; do
         mkdir -p "$W/dd-$v/data/pg_wal/archive_status"
         for s in "${SEGS[@]}"; do
             cp "$W/segs/$s" "$W/dd-$v/data/pg_wal/$s"
             : > "$W/dd-$v/data/pg_wal/archive_status/$s.ready"
         done
-        "${AS[@]}" "$W/bin/pgcellar" --repo "$W/repo-$v" --server bench --conninfo "host=$W/sock port=$PORT user=postgres" init >/dev/null 2>&1 || true
+        local u="$W/repo-$v"
+        case $v in ssh-*) u=$(ssh_url "$W/repo-$v") ;; esac
+        "${AS[@]}" "$W/bin/pgcellar" --repo "$u" "${SSH_FLAGS[@]}" --server bench --conninfo "host=$W/sock port=$PORT user=postgres" init >/dev/null 2>&1 || true
     done
     own "$W"
     # One shell as postgres runs each serial loop, so runuser is not in the timing.
@@ -133,13 +168,23 @@ bench_push() {
             done
             wall=$(( $(date +%s%N) - t0 ))
             # CPU seconds of all children (user+sys): independent of other load.
-            cpu=$(times | tail -1 | awk "{ split(\$1,a,\"m\"); split(\$2,b,\"m\"); print a[1]*60+a[2]+b[1]*60+b[2] }")
+            times > ../times; cpu=$(tail -1 ../times | awk "{ split(\$1,a,\"m\"); split(\$2,b,\"m\"); print a[1]*60+a[2]+b[1]*60+b[2] }")
             echo "$wall $cpu"' _ "$W/dd-$v" "$@"
     }
     sync; echo "pushing ${#SEGS[@]} segments serially..." >&2
     read -r t_la c_la < <(run_loop la "$W/bin/wal-push" --repo "$W/repo-la" --server bench)
     read -r t_plain c_plain < <(run_loop plain "$W/bin/wal-push" --push-lookahead 0 --repo "$W/repo-plain" --server bench)
     read -r t_pgbr c_pgbr < <(run_loop pgbr "${PGBR[@]}" archive-push)
+    local ssh_lines=""
+    if [ -n "$SSH_PORT" ]; then
+        read -r t_sla c_sla < <(run_loop ssh-la "$W/bin/wal-push" "${SSH_FLAGS[@]}" --repo "$(ssh_url "$W/repo-ssh-la")" --server bench)
+        read -r t_spl c_spl < <(run_loop ssh-plain "$W/bin/wal-push" --push-lookahead 0 "${SSH_FLAGS[@]}" --repo "$(ssh_url "$W/repo-ssh-plain")" --server bench)
+        ssh_lines=$(awk -v n="${#SEGS[@]}" -v a="$t_sla" -v b="$t_spl" -v p="$t_pgbr" 'BEGIN {
+            printf "SSH wal-push with look-ahead:    %7.3f s wall (%6.1f ms/segment)\n", a/1e9, a/1e6/n
+            printf "SSH wal-push --push-lookahead 0: %7.3f s wall (%6.1f ms/segment)\n", b/1e9, b/1e6/n
+            printf "ratio SSH look-ahead / local pgbackrest: %.2fx (target <= 0.50x); / SSH plain: %.2fx\n", a/p, a/b
+        }')
+    fi
     # Consistency: every segment archived exactly once in the look-ahead repository.
     stored=$(find "$W/repo-la/bench/wal" -type f -name '[0-9A-F]*-*' | wc -l)
     awk -v n="${#SEGS[@]}" -v a="$t_la" -v b="$t_plain" -v p="$t_pgbr" -v s="$stored" -v c="$(nproc)" \
@@ -152,6 +197,7 @@ bench_push() {
         printf "ratio look-ahead / plain:       %.2fx\n", a/b
         printf "stored files in look-ahead repository: %d (expect %d)\n", s, n
     }'
+    if [ -n "$ssh_lines" ]; then echo "$ssh_lines"; else echo "SSH variants: not run"; fi
 }
 
 bench_load() {
@@ -161,10 +207,9 @@ bench_load() {
 INSERT INTO big SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 32768);
 EOF
     own "$W/insert-1MB.sql"
-    local scp_ok=0
-    if "${AS[@]}" ssh -o BatchMode=yes -o ConnectTimeout=3 127.0.0.1 true >/dev/null 2>&1; then scp_ok=1; fi
+    start_sshd
     local variants=(wal-push pgbackrest)
-    [ $scp_ok = 1 ] && variants+=(scp)
+    [ -n "$SSH_PORT" ] && variants+=(wal-push-ssh scp)
     for v in "${variants[@]}"; do
         local d="$W/pg-load-$v" cmd
         rm -rf "$W/repo-pgbackrest" "$W/repo-load"
@@ -172,13 +217,14 @@ EOF
         case $v in
             wal-push) cmd="$W/bin/wal-push --repo $W/repo-load --server bench %p" ;;
             pgbackrest) cmd="pgbackrest --config=$W/pgbackrest.conf --stanza=bench archive-push %p" ;;
-            scp) cmd="scp -q -o BatchMode=yes %p 127.0.0.1:$W/scp-dest/%f" ;;
+            wal-push-ssh) cmd="$W/bin/wal-push ${SSH_FLAGS[*]} --repo $(ssh_url "$W/repo-load") --server bench %p" ;;
+            scp) cmd="scp $SCP_OPTS %p postgres@127.0.0.1:$W/scp-dest/%f" ;;
         esac
         # Start with archiving to nowhere until the repository is registered.
         new_cluster "$d" "$cmd"
-        if [ $v = wal-push ]; then
-            "${AS[@]}" "$W/bin/pgcellar" --repo "$W/repo-load" --server bench --conninfo "host=$W/sock port=$PORT user=postgres" init >/dev/null
-        fi
+        case $v in wal-push*)
+            "${AS[@]}" "$W/bin/pgcellar" --repo "$W/repo-load" --server bench --conninfo "host=$W/sock port=$PORT user=postgres" init >/dev/null ;;
+        esac
         if [ $v = pgbackrest ]; then pgbackrest_conf "$d"; "${AS[@]}" "${PGBR[@]}" stanza-create >/dev/null; fi
         PSQL -c "CREATE TABLE big (t text)"
         PSQL -c "SELECT pg_switch_wal()" >/dev/null
@@ -206,7 +252,7 @@ EOF
         stop_cluster "$d"
         rm -rf "$d"
     done
-    [ $scp_ok = 1 ] || echo "scp: skipped (no key login to 127.0.0.1:22 for the server's user)"
+    [ -n "$SSH_PORT" ] || echo "wal-push over SSH and scp: skipped (no sshd)"
 }
 
 bench_recovery() {
@@ -232,7 +278,10 @@ bench_recovery() {
     local rows; rows=$(PSQL -c "SELECT count(*) FROM big")
     local wal_mb; wal_mb=$(PSQL -c "SELECT round(pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0') / 1048576)")
     stop_cluster "$src"
-    for v in wal-get-noprefetch wal-get-prefetch pgbackrest; do
+    start_sshd
+    local variants=(wal-get-noprefetch wal-get-prefetch pgbackrest)
+    [ -n "$SSH_PORT" ] && variants+=(ssh-wal-get-noprefetch ssh-wal-get-prefetch)
+    for v in "${variants[@]}"; do
         local d="$W/pg-rec-$v" cmd
         rm -rf "$d" "$d.pgcellar-spool"
         cp -a "$W/base" "$d"
@@ -240,6 +289,8 @@ bench_recovery() {
             wal-get-noprefetch) cmd="$W/bin/wal-get --prefetch 0 --repo $W/repo-rec --server bench %f %p" ;;
             wal-get-prefetch) cmd="$W/bin/wal-get --repo $W/repo-rec --server bench %f %p" ;;
             pgbackrest) cmd="pgbackrest --config=$W/pgbackrest.conf --stanza=bench archive-get %f \"%p\"" ;;
+            ssh-wal-get-noprefetch) cmd="$W/bin/wal-get --prefetch 0 ${SSH_FLAGS[*]} --repo $(ssh_url "$W/repo-rec") --server bench %f %p" ;;
+            ssh-wal-get-prefetch) cmd="$W/bin/wal-get ${SSH_FLAGS[*]} --repo $(ssh_url "$W/repo-rec") --server bench %f %p" ;;
         esac
         cat >> "$d/postgresql.conf" <<EOF
 archive_mode = off

@@ -310,6 +310,8 @@ archive_mode = off
 restore_command = '$cmd'
 EOF
         : > "$d/recovery.signal"
+        # pgbackrest insists that pg1-path is the directory it restores into.
+        [ $v = pgbackrest ] && pgbackrest_conf "$d"
         own "$d"
         sync
         local t0; t0=$(now_ns)

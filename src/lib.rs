@@ -32,15 +32,15 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod localdir;
+pub mod lock;
 pub mod log;
 pub mod lookahead;
-pub mod lock;
 pub mod manifest;
 pub mod pg;
 pub mod prefetch;
 pub mod repo;
-pub mod retry;
 pub mod restore;
+pub mod retry;
 pub mod storage;
 pub mod wal;
 

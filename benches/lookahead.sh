@@ -2,16 +2,19 @@
 # Benchmarks of look-ahead wal-push and prefetching wal-get (issue 6). Not tests:
 # each prints the figures it measured in this run.
 #
-#   bash benches/lookahead.sh push [SEGMENTS]   # (a) serial push of a .ready backlog
+#   bash benches/lookahead.sh push [SEGMENTS]   # (a) serial push of a .ready backlog (ROUNDS=3)
 #   bash benches/lookahead.sh load [SECONDS]    # (b) write-heavy pgbench, .ready backlog over time
 #   bash benches/lookahead.sh recovery [MB]     # (c) recovery of ~MB of WAL through wal-get
 #
 # (a) Collects SEGMENTS real 16 MiB segments (default 20), lays them out as a data
 #     directory would (pg_wal/NAME + archive_status/NAME.ready) and calls, serially
-#     and in archiver order, `wal-push pg_wal/NAME` with look-ahead (default
-#     settings), `wal-push --push-lookahead 0`, and `pgbackrest archive-push`
-#     (zst, synchronous), each into its own local repository. Every .ready is
-#     present from the start: this is the backlog case look-ahead is made for.
+#     and in archiver order, `wal-push pg_wal/NAME` with look-ahead (defaults, and
+#     --push-parallel 8), `wal-push --push-lookahead 0`, `pgbackrest archive-push`
+#     (zst, synchronous, local repository) and, with a throwaway sshd, wal-push to
+#     an SSH repository on loopback; each into a fresh repository, ROUNDS times
+#     (default 3). Prints medians, the median of per-round ratios to pgbackrest,
+#     CPU seconds (user+sys, independent of other load) and every round's figures.
+#     Every .ready is present from the start: the backlog case look-ahead is for.
 # (b) Runs `pgbench -n -f insert-1MB.sql -c 2 -j 2 -T SECONDS` (default 60) on a
 #     16 MiB-segment cluster once per archive_command: wal-push, pgbackrest
 #     archive-push, and an scp to localhost (only when sshd is already reachable
@@ -45,7 +48,11 @@ stop_all() {
         [ -f "$d/PG_VERSION" ] && "${AS[@]}" "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
     done
 }
-cleanup() { stop_all; [ -n "${BENCH_WORKDIR:-}" ] || rm -rf "$W"; }
+cleanup() {
+    stop_all
+    [ -n "${SSHD_PID:-}" ] && kill "$SSHD_PID" 2>/dev/null || true
+    [ -n "${BENCH_WORKDIR:-}" ] || rm -rf "$W"
+}
 trap cleanup EXIT
 
 mkdir -p "$W/bin" "$W/sock" "$W/pgbr-log" "$W/pgbr-lock"
@@ -96,10 +103,36 @@ EOF
     own "$W/pgbackrest.conf"
 }
 PGBR=(pgbackrest --config="$W/pgbackrest.conf" --stanza=bench)
+# start_sshd: a throwaway sshd on a loopback port (root only), login user postgres.
+# Sets SSH_PORT, SSH_FLAGS and SCP_OPTS; SSH_PORT stays empty when it cannot run.
+SSH_PORT=""; SSH_FLAGS=(); SCP_OPTS=""; SSHD_PID=""
+start_sshd() {
+    [ "$(id -u)" = 0 ] && [ -x /usr/sbin/sshd ] || { echo "no sshd (needs root and openssh-server): SSH variants skipped" >&2; return 0; }
+    local S="$W/ssh"; mkdir -p "$S"
+    ssh-keygen -q -t ed25519 -N '' -f "$S/host" -C bench-host
+    ssh-keygen -q -t ed25519 -N '' -f "$S/client" -C bench-client
+    cp "$S/client.pub" "$S/authorized_keys"
+    SSH_PORT=$((40000 + RANDOM % 20000))
+    echo "[127.0.0.1]:$SSH_PORT $(cut -d' ' -f1,2 "$S/host.pub")" > "$S/known_hosts"
+    printf '%s\n' "Port $SSH_PORT" "ListenAddress 127.0.0.1" "HostKey $S/host" "PidFile $S/sshd.pid" \
+        "AuthorizedKeysFile $S/authorized_keys" "PasswordAuthentication no" \
+        "KbdInteractiveAuthentication no" "UsePAM no" "StrictModes no" "MaxStartups 100" \
+        "Subsystem sftp internal-sftp" > "$S/sshd_config"
+    chown postgres:postgres "$S/client" "$S/known_hosts" "$S/authorized_keys"
+    mkdir -p /run/sshd
+    case "$(getent shadow postgres | cut -d: -f2)" in '!'*|'') usermod -p '*' postgres ;; esac
+    /usr/sbin/sshd -D -e -f "$S/sshd_config" 2>"$S/sshd.log" &
+    SSHD_PID=$!
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$SSH_PORT) 2>/dev/null && break; sleep 0.05; done
+    SSH_FLAGS=(--ssh-identity "$S/client" --ssh-known-hosts "$S/known_hosts")
+    SCP_OPTS="-q -i $S/client -o UserKnownHostsFile=$S/known_hosts -o StrictHostKeyChecking=yes -P $SSH_PORT"
+}
+ssh_url() { echo "ssh://postgres@127.0.0.1:$SSH_PORT$1"; }
+
 ready_count() { ls "$1/pg_wal/archive_status" 2>/dev/null | grep -c '\.ready$' || true; }
 
 bench_push() {
-    local n=${ARG:-20}
+    local n=${ARG:-20} rounds=${ROUNDS:-3}
     mkdir -p "$W/segs"; own "$W/segs"
     new_cluster "$W/pg-src" "cp %p $W/segs/%f"
     echo "generating WAL for $n segments..." >&2
@@ -111,43 +144,73 @@ bench_push() {
     done
     mapfile -t SEGS < <(ls "$W/segs" | grep '^[0-9A-F]\{24\}$' | sort | head -n "$n")
     pgbackrest_conf "$W/pg-src"
-    "${AS[@]}" "${PGBR[@]}" stanza-create >/dev/null
-    # Three sandboxes shaped like data directories, all segments .ready.
-    for v in la plain pgbr; do
-        mkdir -p "$W/dd-$v/data/pg_wal/archive_status"
-        for s in "${SEGS[@]}"; do
-            cp "$W/segs/$s" "$W/dd-$v/data/pg_wal/$s"
-            : > "$W/dd-$v/data/pg_wal/archive_status/$s.ready"
-        done
-        "${AS[@]}" "$W/bin/pgcellar" --repo "$W/repo-$v" --server bench --conninfo "host=$W/sock port=$PORT user=postgres" init >/dev/null 2>&1 || true
-    done
-    own "$W"
+    start_sshd
+    local variants=(la la8 plain pgbr)
+    [ -n "$SSH_PORT" ] && variants+=(ssh-la ssh-la8 ssh-plain)
     # One shell as postgres runs each serial loop, so runuser is not in the timing.
-    run_loop() { # VARIANT COMMAND-PREFIX...
-        local v=$1; shift
+    # Prints "wall_ns cpu_s" (CPU: user+sys of all children, independent of other load).
+    run_loop() { # DIR COMMAND-PREFIX...
         "${AS[@]}" bash -c '
             cd "$1/data"; shift; t0=$(date +%s%N)
             for f in $(ls pg_wal/archive_status | sed -n "s/\.ready$//p" | sort); do
-                "$@" "pg_wal/$f" || { echo "push of $f failed" >&2; exit 1; }
+                "$@" "$PWD/pg_wal/$f" || { echo "push of $f failed" >&2; exit 1; }
                 mv "pg_wal/archive_status/$f.ready" "pg_wal/archive_status/$f.done"
             done
-            echo $(( $(date +%s%N) - t0 ))' _ "$W/dd-$v" "$@"
+            wall=$(( $(date +%s%N) - t0 ))
+            times > ../times; cpu=$(tail -1 ../times | awk "{ split(\$1,a,\"m\"); split(\$2,b,\"m\"); print a[1]*60+a[2]+b[1]*60+b[2] }")
+            echo "$wall $cpu"' _ "$@"
     }
-    sync; echo "pushing ${#SEGS[@]} segments serially..." >&2
-    t_la=$(run_loop la "$W/bin/wal-push" --repo "$W/repo-la" --server bench)
-    t_plain=$(run_loop plain "$W/bin/wal-push" --push-lookahead 0 --repo "$W/repo-plain" --server bench)
-    t_pgbr=$(run_loop pgbr "${PGBR[@]}" archive-push)
-    # Consistency: every segment archived exactly once in the look-ahead repository.
-    stored=$(find "$W/repo-la/bench/wal" -type f -name '[0-9A-F]*-*' | wc -l)
-    awk -v n="${#SEGS[@]}" -v a="$t_la" -v b="$t_plain" -v p="$t_pgbr" -v s="$stored" -v c="$(nproc)" 'BEGIN {
-        printf "segments (16 MiB, real WAL, all .ready): %d   cores: %d\n", n, c
-        printf "wal-push with look-ahead:       %7.3f s (%6.1f ms/segment)\n", a/1e9, a/1e6/n
-        printf "wal-push --push-lookahead 0:    %7.3f s (%6.1f ms/segment)\n", b/1e9, b/1e6/n
-        printf "pgbackrest archive-push (sync): %7.3f s (%6.1f ms/segment)\n", p/1e9, p/1e6/n
-        printf "ratio look-ahead / pgbackrest:  %.2fx (target <= 0.40x)\n", a/p
-        printf "ratio look-ahead / plain:       %.2fx\n", a/b
-        printf "stored files in look-ahead repository: %d (expect %d)\n", s, n
-    }'
+    : > "$W/push-results"
+    for r in $(seq "$rounds"); do
+        echo "round $r/$rounds: pushing ${#SEGS[@]} segments serially per variant..." >&2
+        rm -rf "$W/repo-pgbackrest"; "${AS[@]}" "${PGBR[@]}" stanza-create >/dev/null
+        for v in "${variants[@]}"; do
+            local dd="$W/dd-$v-$r" u="$W/repo-$v-$r" cmd=()
+            mkdir -p "$dd/data/pg_wal/archive_status"
+            for s in "${SEGS[@]}"; do
+                cp "$W/segs/$s" "$dd/data/pg_wal/$s"
+                : > "$dd/data/pg_wal/archive_status/$s.ready"
+            done
+            case $v in ssh-*) u=$(ssh_url "$u") ;; esac
+            own "$dd"
+            "${AS[@]}" "$W/bin/pgcellar" --repo "$u" "${SSH_FLAGS[@]}" --server bench --conninfo "host=$W/sock port=$PORT user=postgres" -q init >/dev/null
+            case $v in
+                la|ssh-la) cmd=("$W/bin/wal-push" "${SSH_FLAGS[@]}" --repo "$u" --server bench) ;;
+                la8|ssh-la8) cmd=("$W/bin/wal-push" --push-parallel 8 "${SSH_FLAGS[@]}" --repo "$u" --server bench) ;;
+                plain|ssh-plain) cmd=("$W/bin/wal-push" --push-lookahead 0 "${SSH_FLAGS[@]}" --repo "$u" --server bench) ;;
+                pgbr) cmd=("${PGBR[@]}" archive-push) ;;
+            esac
+            sync
+            read -r wall cpu < <(run_loop "$dd" "${cmd[@]}")
+            local stored=""
+            [ $v != pgbr ] && stored=$(find "$W/repo-$v-$r/bench/wal" -type f -name '[0-9A-F]*-*' | wc -l)
+            echo "$r $v $wall $cpu $stored" >> "$W/push-results"
+            rm -rf "$dd"
+        done
+    done
+    echo "segments: ${#SEGS[@]} x 16 MiB real WAL, all .ready   cores: $(nproc)   rounds: $rounds   load average at end: $(cut -d' ' -f1 /proc/loadavg)"
+    echo "defaults: push_lookahead 16, push_parallel $(nproc | awk '{ n=$1; if (n<2) n=2; if (n>8) n=8; print n }'); zstd level 3 for both tools"
+    # Median per variant; ratios to pgbackrest computed within each round (same load), then median.
+    awk -v n="${#SEGS[@]}" '
+        { w[$2, $1] = $3; c[$2, $1] = $4; s[$2, $1] = $5; if (!($2 in seen)) { seen[$2] = 1; order[++k] = $2 } rounds[$1] = 1 }
+        function median(arr, m,   i, j, t) { for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (arr[j] < arr[i]) { t = arr[i]; arr[i] = arr[j]; arr[j] = t } return (m % 2) ? arr[(m + 1) / 2] : (arr[m / 2] + arr[m / 2 + 1]) / 2 }
+        END {
+            m = 0; for (r in rounds) m++
+            names["la"] = "wal-push, look-ahead (defaults)"; names["la8"] = "wal-push, look-ahead, --push-parallel 8"
+            names["plain"] = "wal-push --push-lookahead 0"; names["pgbr"] = "pgbackrest archive-push (sync)"
+            names["ssh-la"] = "SSH wal-push, look-ahead (defaults)"; names["ssh-la8"] = "SSH wal-push, look-ahead, parallel 8"
+            names["ssh-plain"] = "SSH wal-push --push-lookahead 0"
+            for (i = 1; i <= k; i++) {
+                v = order[i]; delete a; delete b; delete q
+                for (r = 1; r <= m; r++) { a[r] = w[v, r]; b[r] = c[v, r]; q[r] = w[v, r] / w["pgbr", r] }
+                printf "%-42s median %7.3f s (%6.1f ms/segment)  CPU %5.2f s  x pgbackrest %.2f", names[v], median(a, m) / 1e9, median(a, m) / 1e6 / n, median(b, m), median(q, m)
+                printf "  stored/round: %s\n", (s[v, 1] == "" ? "-" : s[v, 1])
+            }
+            printf "targets: local look-ahead <= 0.40x pgbackrest; SSH look-ahead <= 0.50x\n"
+            printf "per-round wall seconds:"
+            for (r = 1; r <= m; r++) { printf "  [%d]", r; for (i = 1; i <= k; i++) printf " %s=%.2f", order[i], w[order[i], r] / 1e9 }
+            printf "\n"
+        }' "$W/push-results"
 }
 
 bench_load() {
@@ -157,10 +220,9 @@ bench_load() {
 INSERT INTO big SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 32768);
 EOF
     own "$W/insert-1MB.sql"
-    local scp_ok=0
-    if "${AS[@]}" ssh -o BatchMode=yes -o ConnectTimeout=3 127.0.0.1 true >/dev/null 2>&1; then scp_ok=1; fi
+    start_sshd
     local variants=(wal-push pgbackrest)
-    [ $scp_ok = 1 ] && variants+=(scp)
+    [ -n "$SSH_PORT" ] && variants+=(wal-push-ssh scp)
     for v in "${variants[@]}"; do
         local d="$W/pg-load-$v" cmd
         rm -rf "$W/repo-pgbackrest" "$W/repo-load"
@@ -168,13 +230,14 @@ EOF
         case $v in
             wal-push) cmd="$W/bin/wal-push --repo $W/repo-load --server bench %p" ;;
             pgbackrest) cmd="pgbackrest --config=$W/pgbackrest.conf --stanza=bench archive-push %p" ;;
-            scp) cmd="scp -q -o BatchMode=yes %p 127.0.0.1:$W/scp-dest/%f" ;;
+            wal-push-ssh) cmd="$W/bin/wal-push ${SSH_FLAGS[*]} --repo $(ssh_url "$W/repo-load") --server bench %p" ;;
+            scp) cmd="scp $SCP_OPTS %p postgres@127.0.0.1:$W/scp-dest/%f" ;;
         esac
         # Start with archiving to nowhere until the repository is registered.
         new_cluster "$d" "$cmd"
-        if [ $v = wal-push ]; then
-            "${AS[@]}" "$W/bin/pgcellar" --repo "$W/repo-load" --server bench --conninfo "host=$W/sock port=$PORT user=postgres" init >/dev/null
-        fi
+        case $v in wal-push*)
+            "${AS[@]}" "$W/bin/pgcellar" --repo "$W/repo-load" --server bench --conninfo "host=$W/sock port=$PORT user=postgres" init >/dev/null ;;
+        esac
         if [ $v = pgbackrest ]; then pgbackrest_conf "$d"; "${AS[@]}" "${PGBR[@]}" stanza-create >/dev/null; fi
         PSQL -c "CREATE TABLE big (t text)"
         PSQL -c "SELECT pg_switch_wal()" >/dev/null
@@ -202,7 +265,7 @@ EOF
         stop_cluster "$d"
         rm -rf "$d"
     done
-    [ $scp_ok = 1 ] || echo "scp: skipped (no key login to 127.0.0.1:22 for the server's user)"
+    [ -n "$SSH_PORT" ] || echo "wal-push over SSH and scp: skipped (no sshd)"
 }
 
 bench_recovery() {
@@ -228,7 +291,10 @@ bench_recovery() {
     local rows; rows=$(PSQL -c "SELECT count(*) FROM big")
     local wal_mb; wal_mb=$(PSQL -c "SELECT round(pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0') / 1048576)")
     stop_cluster "$src"
-    for v in wal-get-noprefetch wal-get-prefetch pgbackrest; do
+    start_sshd
+    local variants=(wal-get-noprefetch wal-get-prefetch pgbackrest)
+    [ -n "$SSH_PORT" ] && variants+=(ssh-wal-get-noprefetch ssh-wal-get-prefetch)
+    for v in "${variants[@]}"; do
         local d="$W/pg-rec-$v" cmd
         rm -rf "$d" "$d.pgcellar-spool"
         cp -a "$W/base" "$d"
@@ -236,12 +302,16 @@ bench_recovery() {
             wal-get-noprefetch) cmd="$W/bin/wal-get --prefetch 0 --repo $W/repo-rec --server bench %f %p" ;;
             wal-get-prefetch) cmd="$W/bin/wal-get --repo $W/repo-rec --server bench %f %p" ;;
             pgbackrest) cmd="pgbackrest --config=$W/pgbackrest.conf --stanza=bench archive-get %f \"%p\"" ;;
+            ssh-wal-get-noprefetch) cmd="$W/bin/wal-get --prefetch 0 ${SSH_FLAGS[*]} --repo $(ssh_url "$W/repo-rec") --server bench %f %p" ;;
+            ssh-wal-get-prefetch) cmd="$W/bin/wal-get ${SSH_FLAGS[*]} --repo $(ssh_url "$W/repo-rec") --server bench %f %p" ;;
         esac
         cat >> "$d/postgresql.conf" <<EOF
 archive_mode = off
 restore_command = '$cmd'
 EOF
         : > "$d/recovery.signal"
+        # pgbackrest insists that pg1-path is the directory it restores into.
+        [ $v = pgbackrest ] && pgbackrest_conf "$d"
         own "$d"
         sync
         local t0; t0=$(now_ns)

@@ -21,6 +21,12 @@
 //! - The exit status is decided by the file we were called for; failures of the
 //!   look-ahead batch are logged at `-v` and left for the later, real call.
 //! - Everything runs inside the one process and is joined before it exits: no daemon.
+//!
+//! Known limit: a record is trusted without contacting the repository (that is the
+//! point: no SSH handshake). If the repository is deleted or replaced under the same
+//! URL while records exist for segments still `.ready`, those few segments (at most
+//! `push_lookahead`) would be acknowledged without being in the new repository.
+//! Delete the status directory whenever the repository is re-created.
 
 use crate::archive::{self, PushOutcome, WalSource};
 use crate::codec::{self, Codec};

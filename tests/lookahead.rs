@@ -858,3 +858,108 @@ fn pgbench_with_lookahead_archives_everything_without_failures() {
     let left: Vec<_> = fs::read_dir(&records).unwrap().flatten().collect();
     assert!(left.len() <= 8, "{left:?}");
 }
+
+// ---------------------------------------------------------------------------
+// Over SSH.
+
+#[test]
+fn lookahead_and_prefetch_work_over_ssh() {
+    let Some(sshd) = common::sshd::Sshd::start() else {
+        return;
+    };
+    let dir = TestDir::new();
+    let root = dir.join("repo");
+    let url = sshd.url(&root);
+    let args = CommonArgs {
+        repo: Some(url.clone()),
+        server: Some("main".into()),
+        ssh_identity: Some(sshd.client_key.clone()),
+        ssh_known_hosts: Some(sshd.known_hosts.clone()),
+        ..Default::default()
+    };
+    let settings = Settings::resolve(&args, None).unwrap();
+    let (repo, _) = Repository::open_or_create(&settings)
+        .unwrap_or_else(|e| panic!("{e}\n--- sshd log ---\n{}", sshd.log()));
+    repo.register_server(&ServerInfo {
+        name: "main".into(),
+        system_identifier: SYSID.to_string(),
+        pg_version_num: 150018,
+        pg_major: 15,
+        wal_segment_size: SEG,
+        block_size: 8192,
+        registered: "2026-11-23T00:00:00Z".into(),
+    })
+    .unwrap();
+    let flags: Vec<String> = vec![
+        "--repo".into(),
+        url.clone(),
+        "--server".into(),
+        "main".into(),
+        "--ssh-identity".into(),
+        sshd.client_key.display().to_string(),
+        "--ssh-known-hosts".into(),
+        sshd.known_hosts.display().to_string(),
+        "-v".into(),
+    ];
+    let dd = DataDir::new();
+    let mut expect = Vec::new();
+    for i in 1..=8 {
+        let n = seg_name(1, i);
+        expect.push((n.clone(), dd.ready(&n, i as u64)));
+    }
+    // Look-ahead: the first call pushes all eight over one connection (parallel
+    // threads share the session pool), the others only check their records.
+    for (k, (n, _)) in expect.iter().enumerate() {
+        let o = Command::cargo_bin("wal-push")
+            .unwrap()
+            .current_dir(&dd.data)
+            .args(&flags)
+            .args(["--push-parallel", "4"])
+            .arg(format!("pg_wal/{n}"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{n}: {}\n{}", stderr(&o), sshd.log());
+        if k == 0 {
+            assert!(
+                stderr(&o).contains("look-ahead: 7 stored"),
+                "{}",
+                stderr(&o)
+            );
+        } else {
+            assert!(
+                stderr(&o).contains("pushed ahead earlier"),
+                "{}",
+                stderr(&o)
+            );
+        }
+        dd.mark_done(n);
+    }
+    // Prefetch: the first get fetches the next three; they come from the spool.
+    let rd = DataDir::new();
+    let spool = rd.root.join("data.pgcellar-spool");
+    for (k, (n, bytes)) in expect.iter().enumerate() {
+        let dest = rd.data.join("pg_wal/RECOVERYXLOG");
+        let _ = fs::remove_file(&dest);
+        let o = Command::cargo_bin("wal-get")
+            .unwrap()
+            .current_dir(&rd.data)
+            .args(&flags)
+            .args(["--prefetch", "3", n, "pg_wal/RECOVERYXLOG"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{n}: {}", stderr(&o));
+        assert!(fs::read(&dest).unwrap() == *bytes, "{n}");
+        let spooled = stderr(&o).contains("from the spool");
+        assert_eq!(spooled, k % 4 != 0, "{n}: {}", stderr(&o));
+    }
+    assert!(spool_names(&spool).is_empty());
+    // Not archived over SSH is still exit 1.
+    let o = Command::cargo_bin("wal-get")
+        .unwrap()
+        .current_dir(&rd.data)
+        .args(&flags)
+        .args([&seg_name(1, 9), "pg_wal/RECOVERYXLOG"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+}

@@ -144,6 +144,7 @@ pub fn run(settings: &Settings, opts: &BackupOptions) -> Result<Manifest> {
         ));
     }
     check_data_directory(&mut client, &pgdata)?;
+    check_archiving(&mut client)?;
     let lock = Lock::acquire(
         storage,
         server_name,
@@ -173,6 +174,28 @@ fn check_data_directory(client: &mut postgres::Client, pgdata: &Path) -> Result<
         return Err(Error::config(format!(
             "{} is not a PostgreSQL data directory (no PG_VERSION)",
             pgdata.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Without archiving the backup's WAL never reaches the repository: say so now
+/// rather than after `backup_wal_timeout`.
+fn check_archiving(client: &mut postgres::Client) -> Result<()> {
+    let row = match client.query_one(
+        "SELECT current_setting('archive_mode'), current_setting('archive_command')",
+        &[],
+    ) {
+        Ok(row) => row,
+        // Not readable by this role: the bounded WAL wait still catches it.
+        Err(_) => return Ok(()),
+    };
+    let mode: String = row.get(0);
+    let command: String = row.get(1);
+    if mode == "off" || command.trim().is_empty() {
+        return Err(Error::config(format!(
+            "archiving is not set up (archive_mode = {mode}, archive_command = {command:?}): \
+             a backup needs its WAL in the repository; set archive_command to wal-push"
         )));
     }
     Ok(())

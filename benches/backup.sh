@@ -3,6 +3,8 @@
 # pg_basebackup, in the same run on the same data.
 #
 #   bash benches/backup.sh [SCALE] [TEXT_ROWS]    (defaults 100 and 2000000: ~2 GB)
+#   BENCH_REPEAT=3 bash benches/backup.sh          (full backups and restores 3 times each,
+#                                                    alternating tools; medians reported)
 #
 # Creates a scratch PostgreSQL 15 cluster (16 MiB segments) whose archive_command
 # pushes every WAL file into both repositories (so both tools can confirm their WAL),
@@ -19,6 +21,7 @@
 set -euo pipefail
 
 SCALE=${1:-100}
+REPEAT=${BENCH_REPEAT:-1}
 TEXT_ROWS=${2:-2000000}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 PGBIN=${PG_BINDIR:-$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)}
@@ -136,6 +139,12 @@ BB_BYTES=$(du -sb "$W/pgbb" | cut -f1)
 rm -rf "$W/pgbb"
 B_CELLAR_FULL=$(du -sb "$W/repo-pgcellar/bench/backups" | cut -f1)
 B_PGBR_FULL=$(du -sb "$W/repo-pgbackrest/backup" | cut -f1)
+for i in $(seq 2 "$REPEAT"); do
+    run "cellar_full#$i" "${CELLAR[@]}" --full --jobs 2
+    run "pgbr_full#$i" "${PGBR[@]}" --type=full backup
+done
+B_CELLAR_BEFORE=$(du -sb "$W/repo-pgcellar/bench/backups" | cut -f1)
+B_PGBR_BEFORE=$(du -sb "$W/repo-pgbackrest/backup" | cut -f1)
 sleep 3
 
 echo "no-change incrementals..." >&2
@@ -154,13 +163,24 @@ B_PGBR_INCR1=$(du -sb "$W/repo-pgbackrest/backup" | cut -f1)
 echo "restores (latest backup of each)..." >&2
 mkdir -p "$W/r-cellar" "$W/r-pgbr"
 [ "$(id -u)" = 0 ] && chown postgres:postgres "$W/r-cellar" "$W/r-pgbr"
-run cellar_restore "${AS[@]}" "$W/bin/restore" --repo "$W/repo-pgcellar" --server bench -q --jobs 2 "$W/r-cellar/data"
-run pgbr_restore "${PGBR[@]}" --pg1-path="$W/r-pgbr/data" --process-max=2 restore
+for i in $(seq 1 "$REPEAT"); do
+    rm -rf "$W/r-cellar/data" "$W/r-pgbr/data"
+    suffix=$([ "$i" = 1 ] && echo "" || echo "#$i")
+    run "cellar_restore$suffix" "${AS[@]}" "$W/bin/restore" --repo "$W/repo-pgcellar" --server bench -q --jobs 2 "$W/r-cellar/data"
+    run "pgbr_restore$suffix" "${PGBR[@]}" --pg1-path="$W/r-pgbr/data" --process-max=2 restore
+done
 R_CELLAR=$(du -sb "$W/r-cellar/data" | cut -f1)
 R_PGBR=$(du -sb "$W/r-pgbr/data" | cut -f1)
 
 python3 - <<EOF
-t = {$(for k in "${!T[@]}"; do printf '"%s": %s, ' "$k" "${T[$k]}"; done)}
+import statistics
+raw = {$(for k in "${!T[@]}"; do printf '"%s": %s, ' "$k" "${T[$k]}"; done)}
+# Medians over repeats ("name#i" samples); the samples are printed too.
+t = {}
+for k, v in raw.items():
+    t.setdefault(k.split("#")[0], []).append(v)
+samples = {k: sorted(v) for k, v in t.items()}
+t = {k: statistics.median(v) for k, v in t.items()}
 mb = lambda b: b / 1e6
 print()
 print(f"data directory: {mb($DATA_BYTES):.0f} MB (pgbench scale $SCALE + $TEXT_ROWS text rows), 2 jobs/processes")
@@ -172,12 +192,15 @@ rows = [("full backup", "cellar_full", "pgbr_full", "<= 0.8x"),
 for label, a, b, target in rows:
     print(f"{label:34} {t[a]:>9.2f}s {t[b]:>10.2f}s {t[a]/t[b]:>6.2f}x  {target}")
 print(f"{'pg_basebackup (plain, uncompressed)':34} {t['pg_basebackup']:>9.2f}s  ({mb($BB_BYTES):.0f} MB)")
+if $REPEAT > 1:
+    for k in ("cellar_full", "pgbr_full", "cellar_restore", "pgbr_restore"):
+        print(f"  samples {k}: {samples[k]}")
 print()
 print("repository bytes of backups (du, hard links counted once):")
-print(f"{'after':34} {'pgcellar':>10} {'pgbackrest':>11} {'ratio':>7}")
-for label, a, b in [("full", $B_CELLAR_FULL, $B_PGBR_FULL),
-                    ("+ no-change incremental", $B_CELLAR_INCR0, $B_PGBR_INCR0),
-                    ("+ incremental after pgbench", $B_CELLAR_INCR1, $B_PGBR_INCR1)]:
+print(f"{'':34} {'pgcellar':>10} {'pgbackrest':>11} {'ratio':>7}")
+for label, a, b in [("one full backup", $B_CELLAR_FULL, $B_PGBR_FULL),
+                    ("added by no-change incremental", $B_CELLAR_INCR0 - $B_CELLAR_BEFORE, $B_PGBR_INCR0 - $B_PGBR_BEFORE),
+                    ("added by incremental after pgbench", $B_CELLAR_INCR1 - $B_CELLAR_INCR0, $B_PGBR_INCR1 - $B_PGBR_INCR0)]:
     print(f"{label:34} {mb(a):>8.1f}MB {mb(b):>9.1f}MB {a/b:>6.2f}x")
 print(f"full backup target: repository bytes <= 1.1x")
 print(f"restored data directory: pgcellar {mb($R_CELLAR):.0f} MB, pgbackrest {mb($R_PGBR):.0f} MB")

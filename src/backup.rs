@@ -144,6 +144,7 @@ pub fn run(settings: &Settings, opts: &BackupOptions) -> Result<Manifest> {
         ));
     }
     check_data_directory(&mut client, &pgdata)?;
+    check_archiving(&mut client)?;
     let lock = Lock::acquire(
         storage,
         server_name,
@@ -173,6 +174,28 @@ fn check_data_directory(client: &mut postgres::Client, pgdata: &Path) -> Result<
         return Err(Error::config(format!(
             "{} is not a PostgreSQL data directory (no PG_VERSION)",
             pgdata.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Without archiving the backup's WAL never reaches the repository: say so now
+/// rather than after `backup_wal_timeout`.
+fn check_archiving(client: &mut postgres::Client) -> Result<()> {
+    let row = match client.query_one(
+        "SELECT current_setting('archive_mode'), current_setting('archive_command')",
+        &[],
+    ) {
+        Ok(row) => row,
+        // Not readable by this role: the bounded WAL wait still catches it.
+        Err(_) => return Ok(()),
+    };
+    let mode: String = row.get(0);
+    let command: String = row.get(1);
+    if mode == "off" || command.trim().is_empty() {
+        return Err(Error::config(format!(
+            "archiving is not set up (archive_mode = {mode}, archive_command = {command:?}): \
+             a backup needs its WAL in the repository; set archive_command to wal-push"
         )));
     }
     Ok(())
@@ -706,15 +729,34 @@ fn store_one(ctx: &StoreCtx<'_>, job: &Job) -> Result<Option<FileEntry>> {
     let size = meta.len();
     let mtime = meta.mtime();
     let mode = mode_of(&meta);
-    if let (Some(parent), Some(prev)) = (ctx.parent, ctx.parent_files.get(job.path.as_str())) {
-        if prev.size == size {
-            let trusted = !ctx.checksum
-                && prev.mtime == mtime
-                && mtime + SAFE_HORIZON_SECS <= parent.start_time.timestamp();
-            let same = if trusted {
-                true
-            } else {
-                match File::open(&job.src) {
+    let parent_entry = match (ctx.parent, ctx.parent_files.get(job.path.as_str())) {
+        (Some(parent), Some(prev)) if prev.size == size => Some((parent, *prev)),
+        _ => None,
+    };
+    let link = |parent: &Manifest, prev: &FileEntry| -> FileEntry {
+        let from = manifest::stored_path(ctx.server, &parent.id, &prev.path, parent.compression);
+        let to = manifest::stored_path(ctx.server, ctx.id, &job.path, ctx.codec.compression);
+        if let Ok(mut l) = ctx.links.lock() {
+            l.push((from, to));
+        }
+        FileEntry {
+            path: job.path.clone(),
+            size,
+            mtime,
+            mode,
+            sha256: prev.sha256.clone(),
+            stored_size: prev.stored_size,
+            reused: true,
+        }
+    };
+    if let Some((parent, prev)) = parent_entry {
+        if prev.mtime == mtime {
+            let trusted =
+                !ctx.checksum && mtime + SAFE_HORIZON_SECS <= parent.start_time.timestamp();
+            // Same size and mtime but not provably old (or --checksum): most likely
+            // unchanged, so hashing first usually saves the compression.
+            let same = trusted
+                || match File::open(&job.src) {
                     Ok(mut f) => {
                         let (sha, _) = codec::hash(&[], &mut f)
                             .io_context(|| format!("reading {}", job.src.display()))?;
@@ -722,25 +764,9 @@ fn store_one(ctx: &StoreCtx<'_>, job: &Job) -> Result<Option<FileEntry>> {
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                     Err(e) => return Err(Error::io(format!("opening {}", job.src.display()), e)),
-                }
-            };
+                };
             if same {
-                let from =
-                    manifest::stored_path(ctx.server, &parent.id, &prev.path, parent.compression);
-                let to =
-                    manifest::stored_path(ctx.server, ctx.id, &job.path, ctx.codec.compression);
-                if let Ok(mut l) = ctx.links.lock() {
-                    l.push((from, to));
-                }
-                return Ok(Some(FileEntry {
-                    path: job.path.clone(),
-                    size,
-                    mtime,
-                    mode,
-                    sha256: prev.sha256.clone(),
-                    stored_size: prev.stored_size,
-                    reused: true,
-                }));
+                return Ok(Some(link(parent, prev)));
             }
         }
     }
@@ -765,6 +791,15 @@ fn store_one(ctx: &StoreCtx<'_>, job: &Job) -> Result<Option<FileEntry>> {
             e,
         )
     })?;
+    if let Some((parent, prev)) = parent_entry {
+        // A newer mtime usually means new content, so the file was copied in one pass;
+        // if its SHA-256 shows it is the same after all, link it instead (dropping the
+        // uncommitted copy removes it).
+        if stats.sha256 == prev.sha256 && stats.size == prev.size {
+            drop(out);
+            return Ok(Some(link(parent, prev)));
+        }
+    }
     out.commit(name, Overwrite::Replace)?;
     Ok(Some(FileEntry {
         path: job.path.clone(),
@@ -1031,8 +1066,31 @@ mod tests {
         // Within the horizon of the parent's start, the hash decides.
         let p = parent_with(other, start(1_700_000_001));
         assert!(!decide(Some(&p), false).reused);
-        let p = parent_with(hello, start(1_700_000_001));
+        let p = parent_with(hello.clone(), start(1_700_000_001));
         assert!(decide(Some(&p), false).reused);
+        // A newer mtime is copied in one pass, and linked after all when the hash
+        // matches (leaving no stored copy behind); a different hash keeps the copy.
+        let newer = FileEntry {
+            mtime: 1_600_000_000,
+            ..hello
+        };
+        let p = parent_with(newer.clone(), start(1_700_000_100));
+        assert!(decide(Some(&p), false).reused);
+        let copy = d
+            .path()
+            .join("repo/main/backups/20261123T000000Z/data/f.zst");
+        fs::remove_file(&copy).unwrap(); // from the earlier copies
+        assert!(decide(Some(&p), true).reused);
+        assert!(!copy.exists());
+        let p = parent_with(
+            FileEntry {
+                sha256: "1".repeat(64),
+                ..newer
+            },
+            start(1_700_000_100),
+        );
+        assert!(!decide(Some(&p), false).reused);
+        assert!(copy.exists());
         // A file that vanished is skipped, not an error.
         fs::remove_file(&src).unwrap();
         let ctx = StoreCtx {

@@ -310,6 +310,22 @@ pub fn list_ids(storage: &dyn Storage, server: &str) -> Result<Vec<BackupId>> {
     Ok(ids)
 }
 
+/// Ids of the aborted backups of `server`: directories named like an id but without
+/// a manifest (what `expire`/`cron` remove once they are old enough), oldest first.
+pub fn list_aborted(storage: &dyn Storage, server: &str) -> Result<Vec<BackupId>> {
+    let complete = list_ids(storage, server)?;
+    let mut out = Vec::new();
+    for e in storage.list(&layout::backups_dir(server))? {
+        if let (true, Ok(id)) = (e.is_dir, BackupId::parse(&e.name)) {
+            if !complete.contains(&id) {
+                out.push(id);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Read and validate the manifest of backup `id`.
 pub fn load(storage: &dyn Storage, server: &str, id: &BackupId) -> Result<Manifest> {
     let path = layout::backup_manifest(server, id.as_str());
@@ -483,6 +499,12 @@ mod tests {
             .collect();
         // 20261103 has no manifest: aborted, invisible.
         assert_eq!(ids, ["20261101T000000Z", "20261102T000000Z"]);
+        let aborted: Vec<String> = list_aborted(&s, "main")
+            .unwrap()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(aborted, ["20261103T000000Z"]);
         assert_eq!(
             resolve(&s, "main", "latest").unwrap().as_str(),
             "20261102T000000Z"

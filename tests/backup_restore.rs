@@ -449,3 +449,34 @@ fn backup_under_pgbench_load_restores_clean() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn base_backup_without_archiving_fails_fast_and_leaves_nothing() {
+    let repo = RepoDir::new();
+    let Some(c) = Cluster::init(ClusterOpts::default()) else {
+        return;
+    };
+    repo.init_for(&c);
+    let start = std::time::Instant::now();
+    let mut cmd = pg_command(bin("base-backup"));
+    cmd.args(repo.args())
+        .arg("--pgdata")
+        .arg(&c.pgdata)
+        .arg("--conninfo")
+        .arg(c.conninfo());
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("archiving is not set up"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(30));
+    let backups = repo.path.join("main/backups");
+    assert_eq!(fs::read_dir(&backups).unwrap().count(), 0);
+    assert!(!repo.path.join("main/locks/server.lock").exists());
+    // Nothing to restore: a clear failure, and the destination is left alone.
+    let dest = TestDir::new();
+    let out = restore_cmd(&repo, &dest.join("pgdata"), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no complete backup"));
+    assert!(!dest.join("pgdata").exists());
+}

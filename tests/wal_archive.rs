@@ -18,12 +18,62 @@ use std::time::{Duration, Instant};
 const SYSID: u64 = 7_300_000_000_000_000_042;
 const SEG: u64 = 1 << 20;
 
-/// A repository with server "main" registered as a synthetic PostgreSQL 15 cluster.
+/// A local repository with server "main" registered as a synthetic cluster.
 fn synthetic_repo() -> RepoDir {
-    let r = RepoDir::new();
+    register_synthetic(RepoDir::new())
+}
+
+/// Which storage driver a guarantee test runs against.
+enum Backend {
+    Local,
+    Ssh,
+}
+
+/// Run a guarantee test against a fresh synthetic repository on `backend`.
+fn with_repo(backend: Backend, test: fn(&RepoDir)) {
+    match backend {
+        Backend::Local => test(&synthetic_repo()),
+        Backend::Ssh => {
+            let Some(sshd) = sshd::Sshd::start() else {
+                return;
+            };
+            test(&register_synthetic(RepoDir::over_ssh(&sshd)));
+        }
+    }
+}
+
+/// Each guarantee holds on both drivers: a `local` and an `ssh` test per case.
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        $(mod $case {
+            #[test]
+            fn local() {
+                super::with_repo(super::Backend::Local, super::$case)
+            }
+            #[test]
+            fn ssh() {
+                super::with_repo(super::Backend::Ssh, super::$case)
+            }
+        })*
+    };
+}
+
+on_both_backends!(
+    push_then_get_round_trips_every_kind_and_codec,
+    identical_repush_succeeds_and_conflicting_push_changes_nothing,
+    truncated_foreign_and_zeroed_segments_are_refused,
+    corrupted_archive_file_is_never_delivered,
+    repository_files_0600_directories_0700,
+    crash_between_temp_write_and_rename_leaves_nothing_visible,
+);
+
+/// Create the repository behind `r` and register "main" as a synthetic PostgreSQL 15 cluster.
+fn register_synthetic(r: RepoDir) -> RepoDir {
     let args = CommonArgs {
-        repo: Some(r.path.display().to_string()),
+        repo: Some(r.url()),
         server: Some(r.server.clone()),
+        ssh_identity: r.ssh.as_ref().map(|s| s.1.clone()),
+        ssh_known_hosts: r.ssh.as_ref().map(|s| s.2.clone()),
         ..Default::default()
     };
     let settings = Settings::resolve(&args, None).unwrap();
@@ -90,9 +140,7 @@ fn get(repo: &RepoDir, name: &str, dest: &Path) -> assert_cmd::assert::Assert {
         .assert()
 }
 
-#[test]
-fn push_then_get_round_trips_every_kind_and_codec() {
-    let repo = synthetic_repo();
+fn push_then_get_round_trips_every_kind_and_codec(repo: &RepoDir) {
     let src = TestDir::new();
     let out = TestDir::new();
     let seg = write_segment(src.path(), "000000010000000000000005", SYSID, 1);
@@ -152,9 +200,7 @@ fn push_then_get_round_trips_every_kind_and_codec() {
     }
 }
 
-#[test]
-fn identical_repush_succeeds_and_conflicting_push_changes_nothing() {
-    let repo = synthetic_repo();
+fn identical_repush_succeeds_and_conflicting_push_changes_nothing(repo: &RepoDir) {
     let src = TestDir::new();
     let name = "000000010000000000000010";
     let p = write_segment(src.path(), name, SYSID, 1);
@@ -183,9 +229,7 @@ fn identical_repush_succeeds_and_conflicting_push_changes_nothing() {
         .contains("before 2026"));
 }
 
-#[test]
-fn truncated_foreign_and_zeroed_segments_are_refused() {
-    let repo = synthetic_repo();
+fn truncated_foreign_and_zeroed_segments_are_refused(repo: &RepoDir) {
     let src = TestDir::new();
     // Truncated: right header, short file.
     let p = write_segment(src.path(), "000000010000000000000020", SYSID, 1);
@@ -213,12 +257,12 @@ fn truncated_foreign_and_zeroed_segments_are_refused() {
     assert!(repo.wal_files().is_empty());
 }
 
-#[test]
-fn corrupted_archive_file_is_never_delivered() {
-    for algo in ["zstd", "none"] {
-        let repo = synthetic_repo();
+fn corrupted_archive_file_is_never_delivered(repo: &RepoDir) {
+    for (algo, name) in [
+        ("zstd", "000000010000000000000030"),
+        ("none", "000000010000000000000031"),
+    ] {
         let src = TestDir::new();
-        let name = "000000010000000000000030";
         let p = write_segment(src.path(), name, SYSID, 3);
         Command::cargo_bin("wal-push")
             .unwrap()
@@ -227,7 +271,10 @@ fn corrupted_archive_file_is_never_delivered() {
             .arg(&p)
             .assert()
             .success();
-        let stored = repo.path.join("main/wal").join(&repo.wal_files()[0]);
+        let stored = repo
+            .path
+            .join("main/wal")
+            .join(repo.wal_files().iter().find(|f| f.contains(name)).unwrap());
         let mut bytes = fs::read(&stored).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0x55;
@@ -357,9 +404,7 @@ fn path_like_names_never_escape() {
     }
 }
 
-#[test]
-fn repository_files_0600_directories_0700() {
-    let repo = synthetic_repo();
+fn repository_files_0600_directories_0700(repo: &RepoDir) {
     let src = TestDir::new();
     push(
         &repo,
@@ -381,9 +426,7 @@ fn repository_files_0600_directories_0700() {
     check(&repo.path);
 }
 
-#[test]
-fn crash_between_temp_write_and_rename_leaves_nothing_visible() {
-    let repo = synthetic_repo();
+fn crash_between_temp_write_and_rename_leaves_nothing_visible(repo: &RepoDir) {
     let src = TestDir::new();
     let name = "000000010000000000000050";
     let p = write_segment(src.path(), name, SYSID, 1);

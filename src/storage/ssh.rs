@@ -1166,6 +1166,7 @@ impl SshAtomicFile {
             .map_err(|e| ssh_error(&loc, format!("closing {}", self.tmp), e))?;
         drop(file);
         maybe_pause_before_rename();
+        crate::storage::local::maybe_crash_before_rename();
         let dest = join_abs(&self.dir, final_name);
         let conn = self.lease.conn();
         let outcome = match overwrite {

@@ -456,6 +456,9 @@ pub struct RepoDir {
     pub path: PathBuf,
     /// Server name used by the tests.
     pub server: String,
+    /// When set, the same directory reached through sshd on loopback: URL, client
+    /// key, known_hosts. Tests still inspect `path` directly (same machine).
+    pub ssh: Option<(String, PathBuf, PathBuf)>,
 }
 
 impl RepoDir {
@@ -467,22 +470,49 @@ impl RepoDir {
             dir,
             path,
             server: "main".to_string(),
+            ssh: None,
         }
     }
 
-    /// `--repo P --server S` as arguments.
+    /// A new repository reached over SSH through `sshd`.
+    pub fn over_ssh(sshd: &sshd::Sshd) -> RepoDir {
+        let mut r = RepoDir::new();
+        r.ssh = Some((
+            sshd.url(&r.path),
+            sshd.client_key.clone(),
+            sshd.known_hosts.clone(),
+        ));
+        r
+    }
+
+    /// The repository URL the binaries are given.
+    pub fn url(&self) -> String {
+        match &self.ssh {
+            Some((url, _, _)) => url.clone(),
+            None => self.path.display().to_string(),
+        }
+    }
+
+    /// `--repo URL --server S` (plus the SSH key flags) as arguments.
     pub fn args(&self) -> Vec<String> {
-        vec![
+        let mut a = vec![
             "--repo".into(),
-            self.path.display().to_string(),
+            self.url(),
             "--server".into(),
             self.server.clone(),
-        ]
+        ];
+        if let Some((_, key, kh)) = &self.ssh {
+            a.push("--ssh-identity".into());
+            a.push(key.display().to_string());
+            a.push("--ssh-known-hosts".into());
+            a.push(kh.display().to_string());
+        }
+        a
     }
 
     /// The same as a shell fragment for postgresql.conf commands.
     pub fn shell_args(&self) -> String {
-        format!("--repo {} --server {}", self.path.display(), self.server)
+        self.args().join(" ")
     }
 
     /// `archive_command` that pushes into this repository.

@@ -144,20 +144,20 @@ fn push_then_get_round_trips_every_kind_and_codec(repo: &RepoDir) {
     let src = TestDir::new();
     let out = TestDir::new();
     let seg = write_segment(src.path(), "000000010000000000000005", SYSID, 1);
-    push(&repo, &seg).success().stdout("").stderr("");
+    push(repo, &seg).success().stdout("").stderr("");
     let hist = src.join("00000002.history");
     fs::write(&hist, "1\t0/5000000\tno recovery target specified\n").unwrap();
-    push(&repo, &hist).success();
+    push(repo, &hist).success();
     let backup = src.join("000000010000000000000005.00000028.backup");
     fs::write(&backup, "START WAL LOCATION: 0/5000028\n").unwrap();
-    push(&repo, &backup).success();
+    push(repo, &backup).success();
     for (name, orig) in [
         ("000000010000000000000005", &seg),
         ("00000002.history", &hist),
         ("000000010000000000000005.00000028.backup", &backup),
     ] {
         let dest = out.join("RECOVERYXLOG");
-        get(&repo, name, &dest).success();
+        get(repo, name, &dest).success();
         assert_eq!(fs::read(&dest).unwrap(), fs::read(orig).unwrap(), "{name}");
         fs::remove_file(&dest).unwrap();
     }
@@ -195,7 +195,7 @@ fn push_then_get_round_trips_every_kind_and_codec(repo: &RepoDir) {
             .assert()
             .success();
         let dest = out.join(name);
-        get(&repo, name, &dest).success();
+        get(repo, name, &dest).success();
         assert_eq!(fs::read(&dest).unwrap(), fs::read(&p).unwrap(), "{algo}");
     }
 }
@@ -204,26 +204,26 @@ fn identical_repush_succeeds_and_conflicting_push_changes_nothing(repo: &RepoDir
     let src = TestDir::new();
     let name = "000000010000000000000010";
     let p = write_segment(src.path(), name, SYSID, 1);
-    push(&repo, &p).success();
+    push(repo, &p).success();
     let before = repo.wal_files();
     // PostgreSQL re-archives after a crash: same bytes must exit 0.
-    push(&repo, &p).success();
+    push(repo, &p).success();
     assert_eq!(repo.wal_files(), before);
     // Different bytes under the same name: exit 1, nothing changes.
     write_segment(src.path(), name, SYSID, 2);
-    push(&repo, &p)
+    push(repo, &p)
         .code(1)
         .stderr(predicates::str::contains("different content"));
     assert_eq!(repo.wal_files(), before);
     // The same holds for timeline history files.
     let h = src.join("00000003.history");
     fs::write(&h, "2\t0/9000000\tbefore 2026\n").unwrap();
-    push(&repo, &h).success();
-    push(&repo, &h).success();
+    push(repo, &h).success();
+    push(repo, &h).success();
     fs::write(&h, "2\t0/A000000\tsomething else\n").unwrap();
-    push(&repo, &h).code(1);
+    push(repo, &h).code(1);
     let out = TestDir::new();
-    get(&repo, "00000003.history", &out.join("h")).success();
+    get(repo, "00000003.history", &out.join("h")).success();
     assert!(fs::read_to_string(out.join("h"))
         .unwrap()
         .contains("before 2026"));
@@ -236,22 +236,22 @@ fn truncated_foreign_and_zeroed_segments_are_refused(repo: &RepoDir) {
     let mut b = fs::read(&p).unwrap();
     b.truncate(b.len() / 2);
     fs::write(&p, &b).unwrap();
-    push(&repo, &p)
+    push(repo, &p)
         .code(1)
         .stderr(predicates::str::contains("segment size"));
     // Another cluster's segment.
     let f = write_segment(src.path(), "000000010000000000000021", SYSID + 1, 1);
-    push(&repo, &f)
+    push(repo, &f)
         .code(1)
         .stderr(predicates::str::contains("database system"));
     // A recycled/zero-filled file.
     let z = src.join("000000010000000000000022");
     fs::write(&z, vec![0u8; SEG as usize]).unwrap();
-    push(&repo, &z).code(1);
+    push(repo, &z).code(1);
     // A segment renamed to the wrong number.
     let r = src.join("000000010000000000000023");
     fs::write(&r, segment_bytes("000000010000000000000024", SYSID, 1)).unwrap();
-    push(&repo, &r)
+    push(repo, &r)
         .code(1)
         .stderr(predicates::str::contains("page address"));
     assert!(repo.wal_files().is_empty());
@@ -281,7 +281,7 @@ fn corrupted_archive_file_is_never_delivered(repo: &RepoDir) {
         fs::write(&stored, &bytes).unwrap();
         let out = TestDir::new();
         let dest = out.join("RECOVERYXLOG");
-        let assert = get(&repo, name, &dest);
+        let assert = get(repo, name, &dest);
         let code = assert.get_output().status.code().unwrap();
         assert!(
             code > 125,
@@ -407,7 +407,7 @@ fn path_like_names_never_escape() {
 fn repository_files_0600_directories_0700(repo: &RepoDir) {
     let src = TestDir::new();
     push(
-        &repo,
+        repo,
         &write_segment(src.path(), "000000010000000000000040", SYSID, 1),
     )
     .success();
@@ -451,10 +451,10 @@ fn crash_between_temp_write_and_rename_leaves_nothing_visible(repo: &RepoDir) {
         "{files:?}"
     );
     let out = TestDir::new();
-    get(&repo, name, &out.join("x")).code(1);
+    get(repo, name, &out.join("x")).code(1);
     // PostgreSQL retries: the retry stores it.
-    push(&repo, &p).success();
-    get(&repo, name, &out.join("x")).success();
+    push(repo, &p).success();
+    get(repo, name, &out.join("x")).success();
     assert_eq!(fs::read(out.join("x")).unwrap(), fs::read(&p).unwrap());
 }
 

@@ -286,6 +286,20 @@ pub fn pick_single(
 
 /// Stream one stored file into `dest` through a temporary file, verifying its hash.
 pub fn fetch_verified(storage: &dyn Storage, stored: &StoredWal, dest: &Path) -> Result<u64> {
+    let mut input = storage.open_read(&stored.path)?;
+    let what = format!("{} in {}", stored.path, storage.location());
+    write_verified(&mut input, stored.compression, &stored.sha256, dest, &what)
+}
+
+/// Decode `input` into a temporary file beside `dest` and give it that name only if
+/// the decoded bytes hash to `sha256`; `what` names the source in errors.
+pub fn write_verified(
+    input: &mut dyn Read,
+    compression: Compression,
+    sha256: &str,
+    dest: &Path,
+    what: &str,
+) -> Result<u64> {
     let dir = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -295,24 +309,16 @@ pub fn fetch_verified(storage: &dyn Storage, stored: &StoredWal, dest: &Path) ->
     })?;
     let tmp = dir.join(format!(".{base}.pgcellar-{}", std::process::id()));
     let result = (|| -> Result<u64> {
-        let mut input = storage.open_read(&stored.path)?;
         let file = File::create(&tmp).io_context(|| format!("creating {}", tmp.display()))?;
         let mut out = io::BufWriter::with_capacity(codec::BUF_SIZE, file);
-        let stats = codec::decode(&mut input, &mut out, stored.compression).map_err(|e| {
-            Error::corrupt(format!(
-                "{} in {} cannot be decompressed: {e}",
-                stored.path,
-                storage.location()
-            ))
-        })?;
+        let stats = codec::decode(input, &mut out, compression)
+            .map_err(|e| Error::corrupt(format!("{what} cannot be decompressed: {e}")))?;
         io::Write::flush(&mut out).io_context(|| format!("writing {}", tmp.display()))?;
-        if stats.sha256 != stored.sha256 {
+        if stats.sha256 != sha256 {
             return Err(Error::corrupt(format!(
-                "{} in {} is corrupt: its content hashes to {}, not {}; not delivering it",
-                stored.path,
-                storage.location(),
+                "{what} is corrupt: its content hashes to {}, not {}; not delivering it",
                 short(&stats.sha256),
-                short(&stored.sha256)
+                short(sha256)
             )));
         }
         fs::rename(&tmp, dest)

@@ -198,15 +198,9 @@ pub fn is_kept(storage: &dyn Storage, server: &str, id: &BackupId) -> Result<boo
         .is_some())
 }
 
-pub(crate) fn open_server(settings: &Settings) -> Result<(Repository, ServerInfo)> {
-    let repo = Repository::open(settings)?;
-    let server = repo.server(settings.server_name()?)?;
-    Ok((repo, server))
-}
-
 /// The complete backups of the configured server, newest first.
 pub fn list(settings: &Settings) -> Result<Vec<BackupRow>> {
-    let (repo, server) = open_server(settings)?;
+    let (repo, server) = Repository::open_server(settings)?;
     let storage = repo.storage();
     let mut rows = Vec::new();
     for m in manifest::load_all(storage, &server.name)?.iter().rev() {
@@ -245,7 +239,7 @@ pub struct ShowReport {
 
 /// Report on backup `spec` (an id, `latest` or `oldest`).
 pub fn show(settings: &Settings, spec: &str) -> Result<ShowReport> {
-    let (repo, server) = open_server(settings)?;
+    let (repo, server) = Repository::open_server(settings)?;
     let storage = repo.storage();
     let id = manifest::resolve(storage, &server.name, spec)?;
     let m = manifest::load(storage, &server.name, &id)?;
@@ -305,7 +299,7 @@ pub struct KeepOutcome {
 
 /// Pin backup `spec` so that retention never removes it, or release the pin.
 pub fn keep(settings: &Settings, spec: &str, release: bool) -> Result<KeepOutcome> {
-    let (repo, server) = open_server(settings)?;
+    let (repo, server) = Repository::open_server(settings)?;
     let storage = repo.storage();
     // Under the writer lock, so that a concurrent expire cannot remove the backup
     // between our check and the marker.
@@ -350,7 +344,7 @@ pub fn switch_wal(settings: &Settings, checkpoint: bool, wait: bool) -> Result<S
     let cat = CatalogSettings::from_settings(settings)?;
     // Open the repository first when we will wait on it: fail before touching the server.
     let target = if wait {
-        let (repo, server) = open_server(settings)?;
+        let (repo, server) = Repository::open_server(settings)?;
         Some((repo, server))
     } else {
         None

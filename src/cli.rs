@@ -32,3 +32,11 @@ pub fn one_line(err: &anyhow::Error) -> String {
     }
     s.replace('\n', " ")
 }
+
+/// End a run: a failure becomes one error line on stderr and exit status 1.
+pub fn exit_on_error(result: anyhow::Result<()>) {
+    if let Err(e) = result {
+        crate::log_error!("{}", one_line(&e));
+        std::process::exit(1);
+    }
+}

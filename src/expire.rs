@@ -6,7 +6,7 @@
 //! never a damaged complete one.
 
 use crate::archive::StoredWal;
-use crate::catalog::{is_kept, open_server, server_names, CatalogSettings};
+use crate::catalog::{is_kept, server_names, CatalogSettings};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
 use crate::lock::Lock;
@@ -36,7 +36,7 @@ pub struct DeleteOutcome {
 /// `minimum_redundancy` unless `force`.
 pub fn delete(settings: &Settings, spec: &str, force: bool) -> Result<DeleteOutcome> {
     let cat = CatalogSettings::from_settings(settings)?;
-    let (repo, server) = open_server(settings)?;
+    let (repo, server) = Repository::open_server(settings)?;
     let storage = repo.storage();
     let lock = Lock::acquire(storage, &server.name, "delete", settings.lock_stale_after)?;
     let id = manifest::resolve(storage, &server.name, spec)?;
@@ -153,7 +153,7 @@ pub fn expire(
             )
         })?,
     };
-    let (repo, server) = open_server(settings)?;
+    let (repo, server) = Repository::open_server(settings)?;
     expire_server(&repo, &server, settings, &cat, policy, dry_run, Utc::now())
 }
 

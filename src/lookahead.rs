@@ -474,7 +474,7 @@ pub fn push_file(
                 if !pending.is_empty()
                     && (pending.len() >= la.parallel || la.records_ahead(&name) == 0)
                 {
-                    match open(settings) {
+                    match Repository::open_server(settings) {
                         Ok((repo, server)) => {
                             report = la.push_batch(
                                 repo.storage(),
@@ -492,7 +492,7 @@ pub fn push_file(
             }
         }
     }
-    let (repo, server) = open(settings)?;
+    let (repo, server) = Repository::open_server(settings)?;
     let mut src = WalSource::open(wal_path, &server)?;
     let Some(la) = la else {
         let outcome = archive::push_source(repo.storage(), &server, &mut src, settings.codec)?;
@@ -521,12 +521,6 @@ pub fn push_file(
     la.forget(src.name.as_str());
     la.prune();
     Ok((FileOutcome::Pushed(outcome?), report))
-}
-
-fn open(settings: &Settings) -> Result<(Repository, ServerInfo)> {
-    let repo = Repository::open(settings)?;
-    let server = repo.server(settings.server_name()?)?;
-    Ok((repo, server))
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@
 //! local hash and rename.
 
 use crate::archive::{self, StoredWal};
-use crate::codec;
+use crate::codec::{self, Compression};
 use crate::config::Settings;
 use crate::error::{Error, IoContext, Result};
 use crate::localdir;
@@ -42,10 +42,8 @@ use crate::storage::{self, Storage, TEMP_PREFIX};
 use crate::wal::{Segment, WalKind, WalName};
 use crate::{log_debug, log_info};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -308,49 +306,11 @@ fn deliver(s: &Spooled, dest: &Path) -> Result<u64> {
         }
     }
     // Another filesystem: copy through a temporary name, hashing what is written.
-    let dir = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let base = dest.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
-        Error::invalid(format!("destination {} has no file name", dest.display()))
-    })?;
-    let tmp = dir.join(format!(".{base}.pgcellar-{}", std::process::id()));
-    let result = (|| -> Result<u64> {
-        let mut input =
-            File::open(&s.path).io_context(|| format!("opening {}", s.path.display()))?;
-        let mut out = File::create(&tmp).io_context(|| format!("creating {}", tmp.display()))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; codec::BUF_SIZE];
-        let mut total = 0u64;
-        loop {
-            let n = match input.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io(format!("reading {}", s.path.display()), e)),
-            };
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])
-                .io_context(|| format!("writing {}", tmp.display()))?;
-            total += n as u64;
-        }
-        if hex::encode(hasher.finalize()) != s.sha256 {
-            return Err(Error::corrupt(format!(
-                "{} changed while being copied",
-                s.path.display()
-            )));
-        }
-        fs::rename(&tmp, dest)
-            .io_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
-        Ok(total)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    } else {
-        let _ = fs::remove_file(&s.path);
-    }
-    result
+    let mut input = File::open(&s.path).io_context(|| format!("opening {}", s.path.display()))?;
+    let what = format!("spooled {}", s.path.display());
+    let size = archive::write_verified(&mut input, Compression::None, &s.sha256, dest, &what)?;
+    let _ = fs::remove_file(&s.path);
+    Ok(size)
 }
 
 /// Every stored copy of each of `names`, listing each archive directory once.
@@ -433,10 +393,7 @@ pub fn get_file(
             }));
         }
     }
-    let repo = Repository::open(settings)?;
-    // Reading the registration makes a mistyped --server a hard error rather than
-    // "not found", which would end recovery early.
-    let server = repo.server(settings.server_name()?)?;
+    let (repo, server) = Repository::open_server(settings)?;
     let storage = repo.storage();
     let (Some(sp), Some(seg)) = (spool, name.segment()) else {
         let found = archive::lookup(storage, &server.name, name)?;

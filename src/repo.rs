@@ -139,6 +139,14 @@ impl Repository {
         Ok(repo)
     }
 
+    /// Open the repository and read the configured server's registration; a mistyped
+    /// `--server` is then a configuration error, never an empty archive.
+    pub fn open_server(settings: &Settings) -> Result<(Repository, ServerInfo)> {
+        let repo = Repository::open(settings)?;
+        let server = repo.server(settings.server_name()?)?;
+        Ok((repo, server))
+    }
+
     /// Open a repository, creating its root (0700) and `pgcellar.json` if missing.
     pub fn open_or_create(settings: &Settings) -> Result<(Repository, bool)> {
         let url = settings.repo_url()?.clone();

@@ -61,8 +61,7 @@ pub enum Selection {
 
 /// Verify the selected backups of the configured server.
 pub fn run(settings: &Settings, which: &Selection) -> Result<Vec<BackupVerification>> {
-    let repo = Repository::open(settings)?;
-    let server = repo.server(settings.server_name()?)?;
+    let (repo, server) = Repository::open_server(settings)?;
     let storage = repo.storage();
     let ids = match which {
         Selection::One(spec) => vec![manifest::resolve(storage, &server.name, spec)?],

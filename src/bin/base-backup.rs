@@ -3,7 +3,7 @@
 use clap::Parser;
 use pgcellar::backup::{self, BackupOptions};
 use pgcellar::config::{CommonArgs, CompressionArgs, Settings};
-use pgcellar::{cli, log_error, log_info};
+use pgcellar::{cli, log_info};
 
 /// Take an online backup of the cluster into the repository (incremental by default:
 /// unchanged files are hard links to the previous backup).
@@ -56,8 +56,5 @@ fn run(args: &Args) -> anyhow::Result<()> {
 fn main() {
     let args: Args = cli::parse_or_exit(2);
     pgcellar::log::init("base-backup", args.common.verbose, args.common.quiet);
-    if let Err(e) = run(&args) {
-        log_error!("{}", cli::one_line(&e));
-        std::process::exit(1);
-    }
+    cli::exit_on_error(run(&args));
 }

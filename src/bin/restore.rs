@@ -4,7 +4,7 @@
 use clap::{ArgGroup, Parser};
 use pgcellar::config::{CommonArgs, Settings};
 use pgcellar::restore::{self, RestoreOptions, Target, TargetAction, TimelineTarget};
-use pgcellar::{cli, log_error, log_info};
+use pgcellar::{cli, log_info};
 use std::path::PathBuf;
 
 /// Restore a backup into DEST_DIR and prepare point-in-time recovery.
@@ -103,8 +103,5 @@ fn run(args: &Args) -> anyhow::Result<()> {
 fn main() {
     let args: Args = cli::parse_or_exit(2);
     pgcellar::log::init("restore", args.common.verbose, args.common.quiet);
-    if let Err(e) = run(&args) {
-        log_error!("{}", cli::one_line(&e));
-        std::process::exit(1);
-    }
+    cli::exit_on_error(run(&args));
 }

@@ -4,7 +4,7 @@ use clap::Parser;
 use pgcellar::archive::PushOutcome;
 use pgcellar::config::{CommonArgs, CompressionArgs, Settings};
 use pgcellar::lookahead::{self, FileOutcome, LookaheadArgs, LookaheadSettings};
-use pgcellar::{cli, log_error, log_info, retry};
+use pgcellar::{cli, log_info, retry};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -65,8 +65,5 @@ fn main() {
     // Exit codes above 125 would make PostgreSQL's archiver exit; usage errors are 1.
     let args: Args = cli::parse_or_exit(1);
     pgcellar::log::init("wal-push", args.common.verbose, args.common.quiet);
-    if let Err(e) = run(&args) {
-        log_error!("{}", cli::one_line(&e));
-        std::process::exit(1);
-    }
+    cli::exit_on_error(run(&args));
 }

@@ -7,59 +7,15 @@
 mod common;
 
 use assert_cmd::Command;
+use common::synthetic::*;
 use common::*;
-use pgcellar::config::{CommonArgs, Settings};
-use pgcellar::repo::{Repository, ServerInfo};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 const SYSID: u64 = 7_300_000_000_000_000_077;
-const SEG: u64 = 1 << 20;
-
 fn synthetic_repo() -> RepoDir {
-    let r = RepoDir::new();
-    let args = CommonArgs {
-        repo: Some(r.path.display().to_string()),
-        server: Some(r.server.clone()),
-        ..Default::default()
-    };
-    let settings = Settings::resolve(&args, None).unwrap();
-    let (repo, _) = Repository::open_or_create(&settings).unwrap();
-    repo.register_server(&ServerInfo {
-        name: r.server.clone(),
-        system_identifier: SYSID.to_string(),
-        pg_version_num: 150018,
-        pg_major: 15,
-        wal_segment_size: SEG,
-        block_size: 8192,
-        registered: "2026-11-23T00:00:00Z".into(),
-    })
-    .unwrap();
-    r
-}
-
-/// A segment named `name` of cluster `sysid` whose body depends on `seed`.
-fn segment_bytes(name: &str, sysid: u64, seed: u64) -> Vec<u8> {
-    let tli = u32::from_str_radix(&name[0..8], 16).unwrap();
-    let log = u64::from_str_radix(&name[8..16], 16).unwrap();
-    let seg = u64::from_str_radix(&name[16..24], 16).unwrap();
-    let addr = (log * (0x1_0000_0000 / SEG) + seg) * SEG;
-    let mut b = vec![0u8; SEG as usize];
-    let mut x = seed.wrapping_mul(6364136223846793005) ^ addr;
-    for chunk in b.chunks_mut(64) {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-        chunk[0..8].copy_from_slice(&x.to_le_bytes());
-    }
-    b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
-    b[2..4].copy_from_slice(&2u16.to_le_bytes());
-    b[4..8].copy_from_slice(&tli.to_le_bytes());
-    b[8..16].copy_from_slice(&addr.to_le_bytes());
-    b[16..24].copy_from_slice(&[0; 8]);
-    b[24..32].copy_from_slice(&sysid.to_le_bytes());
-    b[32..36].copy_from_slice(&(SEG as u32).to_le_bytes());
-    b[36..40].copy_from_slice(&8192u32.to_le_bytes());
-    b
+    register_synthetic(RepoDir::new(), SYSID).0
 }
 
 fn seg_name(tli: u32, n: u32) -> String {
@@ -867,40 +823,9 @@ fn lookahead_and_prefetch_work_over_ssh() {
     let Some(sshd) = common::sshd::Sshd::start() else {
         return;
     };
-    let dir = TestDir::new();
-    let root = dir.join("repo");
-    let url = sshd.url(&root);
-    let args = CommonArgs {
-        repo: Some(url.clone()),
-        server: Some("main".into()),
-        ssh_identity: Some(sshd.client_key.clone()),
-        ssh_known_hosts: Some(sshd.known_hosts.clone()),
-        ..Default::default()
-    };
-    let settings = Settings::resolve(&args, None).unwrap();
-    let (repo, _) = Repository::open_or_create(&settings)
-        .unwrap_or_else(|e| panic!("{e}\n--- sshd log ---\n{}", sshd.log()));
-    repo.register_server(&ServerInfo {
-        name: "main".into(),
-        system_identifier: SYSID.to_string(),
-        pg_version_num: 150018,
-        pg_major: 15,
-        wal_segment_size: SEG,
-        block_size: 8192,
-        registered: "2026-11-23T00:00:00Z".into(),
-    })
-    .unwrap();
-    let flags: Vec<String> = vec![
-        "--repo".into(),
-        url.clone(),
-        "--server".into(),
-        "main".into(),
-        "--ssh-identity".into(),
-        sshd.client_key.display().to_string(),
-        "--ssh-known-hosts".into(),
-        sshd.known_hosts.display().to_string(),
-        "-v".into(),
-    ];
+    let (repo, _) = register_synthetic(RepoDir::over_ssh(&sshd), SYSID);
+    let mut flags = repo.args();
+    flags.push("-v".into());
     let dd = DataDir::new();
     let mut expect = Vec::new();
     for i in 1..=8 {

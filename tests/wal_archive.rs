@@ -7,20 +7,20 @@
 mod common;
 
 use assert_cmd::Command;
+use common::synthetic::*;
 use common::*;
-use pgcellar::config::{CommonArgs, Settings};
-use pgcellar::repo::{Repository, ServerInfo};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const SYSID: u64 = 7_300_000_000_000_000_042;
-const SEG: u64 = 1 << 20;
 
 /// A local repository with server "main" registered as a synthetic cluster.
 fn synthetic_repo() -> RepoDir {
-    register_synthetic(RepoDir::new())
+    let (r, created) = register_synthetic(RepoDir::new(), SYSID);
+    assert!(created);
+    r
 }
 
 /// Which storage driver a guarantee test runs against.
@@ -37,7 +37,9 @@ fn with_repo(backend: Backend, test: fn(&RepoDir)) {
             let Some(sshd) = sshd::Sshd::start() else {
                 return;
             };
-            test(&register_synthetic(RepoDir::over_ssh(&sshd)));
+            let (repo, created) = register_synthetic(RepoDir::over_ssh(&sshd), SYSID);
+            assert!(created);
+            test(&repo);
         }
     }
 }
@@ -66,56 +68,6 @@ on_both_backends!(
     repository_files_0600_directories_0700,
     crash_between_temp_write_and_rename_leaves_nothing_visible,
 );
-
-/// Create the repository behind `r` and register "main" as a synthetic PostgreSQL 15 cluster.
-fn register_synthetic(r: RepoDir) -> RepoDir {
-    let args = CommonArgs {
-        repo: Some(r.url()),
-        server: Some(r.server.clone()),
-        ssh_identity: r.ssh.as_ref().map(|s| s.1.clone()),
-        ssh_known_hosts: r.ssh.as_ref().map(|s| s.2.clone()),
-        ..Default::default()
-    };
-    let settings = Settings::resolve(&args, None).unwrap();
-    let (repo, created) = Repository::open_or_create(&settings).unwrap();
-    assert!(created);
-    repo.register_server(&ServerInfo {
-        name: r.server.clone(),
-        system_identifier: SYSID.to_string(),
-        pg_version_num: 150018,
-        pg_major: 15,
-        wal_segment_size: SEG,
-        block_size: 8192,
-        registered: "2026-11-23T00:00:00Z".into(),
-    })
-    .unwrap();
-    r
-}
-
-/// Bytes of a segment named `name` of cluster `sysid`, body derived from `seed`.
-fn segment_bytes(name: &str, sysid: u64, seed: u64) -> Vec<u8> {
-    let log = u64::from_str_radix(&name[8..16], 16).unwrap();
-    let seg = u64::from_str_radix(&name[16..24], 16).unwrap();
-    let addr = (log * (0x1_0000_0000 / SEG) + seg) * SEG;
-    let mut b = vec![0u8; SEG as usize];
-    // Compressible but seed-dependent body, like real WAL.
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    for chunk in b.chunks_mut(64) {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-        chunk[0..8].copy_from_slice(&x.to_le_bytes());
-    }
-    b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
-    b[2..4].copy_from_slice(&2u16.to_le_bytes());
-    b[4..8].copy_from_slice(&1u32.to_le_bytes());
-    b[8..16].copy_from_slice(&addr.to_le_bytes());
-    b[16..24].copy_from_slice(&[0; 8]);
-    b[24..32].copy_from_slice(&sysid.to_le_bytes());
-    b[32..36].copy_from_slice(&(SEG as u32).to_le_bytes());
-    b[36..40].copy_from_slice(&8192u32.to_le_bytes());
-    b
-}
 
 fn write_segment(dir: &Path, name: &str, sysid: u64, seed: u64) -> PathBuf {
     let p = dir.join(name);

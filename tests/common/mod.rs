@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod sshd;
+pub mod synthetic;
 
 use std::ffi::OsStr;
 use std::fs;

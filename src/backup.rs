@@ -28,7 +28,6 @@ use std::fs::{self, File};
 use std::io::{self, IsTerminal};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -674,39 +673,18 @@ fn store_files(
         links: Mutex::new(Vec::new()),
         progress: progress_bar(total, opts.progress),
     };
-    let next = AtomicUsize::new(0);
     let results: Mutex<Vec<FileEntry>> = Mutex::new(Vec::with_capacity(files.len()));
-    let failure: Mutex<Option<Error>> = Mutex::new(None);
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.min(files.len()).max(1) {
-            scope.spawn(|| loop {
-                if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
-                    return;
-                }
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(job) = files.get(i) else { return };
-                match store_one(&ctx, job) {
-                    Ok(Some(entry)) => {
-                        if let Ok(mut r) = results.lock() {
-                            r.push(entry);
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        if let Ok(mut f) = failure.lock() {
-                            f.get_or_insert(e);
-                        }
-                        return;
-                    }
-                }
-                ctx.progress.inc(job.size);
-            });
+    let stored = crate::workers::try_for_each(jobs, &files, |_, job| {
+        if let Some(entry) = store_one(&ctx, job)? {
+            if let Ok(mut r) = results.lock() {
+                r.push(entry);
+            }
         }
+        ctx.progress.inc(job.size);
+        Ok(())
     });
     ctx.progress.finish_and_clear();
-    if let Some(e) = failure.into_inner().ok().flatten() {
-        return Err(e);
-    }
+    stored?;
     let links = ctx.links.into_inner().unwrap_or_default();
     for chunk in links.chunks(1000) {
         storage.hard_link_all(chunk)?;

@@ -48,5 +48,6 @@ pub mod storage;
 pub mod timeline;
 pub mod verify;
 pub mod wal;
+pub mod workers;
 
 pub use error::{Error, ErrorKind, Result};

@@ -22,7 +22,6 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// The control file, written last.
@@ -670,40 +669,20 @@ fn restore_files(
     files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
     let total: u64 = files.iter().map(|f| f.size).sum();
     let progress = crate::backup::progress_bar(total, opts.progress && files.len() > 1);
-    let next = AtomicUsize::new(0);
     let written = AtomicUsize::new(0);
     let kept = AtomicUsize::new(0);
-    let failure: Mutex<Option<Error>> = Mutex::new(None);
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.min(files.len()).max(1) {
-            scope.spawn(|| loop {
-                if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
-                    return;
-                }
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(entry) = files.get(i) else { return };
-                match restore_one(storage, server, m, mapper, owner, entry, opts.delta) {
-                    Ok(true) => {
-                        written.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(false) => {
-                        kept.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        if let Ok(mut f) = failure.lock() {
-                            f.get_or_insert(e);
-                        }
-                        return;
-                    }
-                }
-                progress.inc(entry.size);
-            });
-        }
+    let restored = crate::workers::try_for_each(jobs, &files, |_, entry| {
+        let counter = if restore_one(storage, server, m, mapper, owner, entry, opts.delta)? {
+            &written
+        } else {
+            &kept
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        progress.inc(entry.size);
+        Ok(())
     });
     progress.finish_and_clear();
-    if let Some(e) = failure.into_inner().ok().flatten() {
-        return Err(e);
-    }
+    restored?;
     Ok((written.into_inner() as u64, kept.into_inner() as u64))
 }
 

@@ -11,7 +11,6 @@ use crate::storage::Storage;
 use crate::timeline::{self, ArchiveIndex, Continuity};
 use serde::Serialize;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// One problem found by `verify`.
@@ -156,28 +155,22 @@ fn verify_files(
     m: &Manifest,
     jobs: usize,
 ) -> Result<(u64, u64, Vec<Problem>)> {
-    let next = AtomicUsize::new(0);
     let found: Mutex<Vec<(usize, Problem)>> = Mutex::new(Vec::new());
     let totals: Mutex<(u64, u64)> = Mutex::new((0, 0));
-    let workers = jobs.clamp(1, m.files.len().max(1));
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(entry) = m.files.get(i) else { break };
-                let (size, problem) = verify_file(storage, server, m, entry);
-                if let Ok(mut t) = totals.lock() {
-                    t.0 += 1;
-                    t.1 += size;
-                }
-                if let Some(p) = problem {
-                    if let Ok(mut f) = found.lock() {
-                        f.push((i, p));
-                    }
-                }
-            });
+    // Problems are collected, not returned, so every file gets checked.
+    crate::workers::try_for_each(jobs, &m.files, |i, entry| {
+        let (size, problem) = verify_file(storage, server, m, entry);
+        if let Ok(mut t) = totals.lock() {
+            t.0 += 1;
+            t.1 += size;
         }
-    });
+        if let Some(p) = problem {
+            if let Ok(mut f) = found.lock() {
+                f.push((i, p));
+            }
+        }
+        Ok(())
+    })?;
     let (files, bytes) = totals.into_inner().unwrap_or_default();
     let mut problems = found.into_inner().unwrap_or_default();
     // Manifest order, whatever order the workers finished in.

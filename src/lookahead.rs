@@ -34,7 +34,7 @@ use crate::config::Settings;
 use crate::error::{Error, IoContext, Result};
 use crate::localdir;
 use crate::repo::{Repository, ServerInfo};
-use crate::storage::Storage;
+use crate::storage::{self, Storage};
 use crate::wal::{WalKind, WalName};
 use crate::{log_debug, log_info};
 use serde::{Deserialize, Serialize};
@@ -336,6 +336,11 @@ impl Lookahead {
         for e in rd.flatten() {
             let n = e.file_name();
             let Some(n) = n.to_str() else { continue };
+            // Temporary names belong to a writer that may still be alive; they are
+            // left to remove_orphan_temps, which checks the owner's pid.
+            if n.starts_with(storage::TEMP_PREFIX) {
+                continue;
+            }
             if let Some(stem) = n.strip_suffix(".json") {
                 if !status.join(format!("{stem}.ready")).exists() {
                     let _ = fs::remove_file(e.path());

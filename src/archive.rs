@@ -3,10 +3,10 @@
 use crate::codec::{self, Codec, Compression};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::repo::{layout, Repository, ServerInfo};
-use crate::storage::{self, Committed, Overwrite, Storage, TEMP_PREFIX};
+use crate::storage::{self, AtomicFile, Committed, Overwrite, Storage, TEMP_PREFIX};
 use crate::wal::{self, SegmentExpectation, WalKind, WalName};
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// One archived copy of a WAL file as found in the repository.
@@ -98,6 +98,14 @@ pub struct WalSource {
 impl WalSource {
     /// Open `path`, validate its name and, for segments, its size and page header.
     pub fn open(path: &Path, server: &ServerInfo) -> Result<WalSource> {
+        let src = WalSource::open_unchecked(path)?;
+        check_source(&src.name, src.size, &src.head, server)?;
+        Ok(src)
+    }
+
+    /// Open `path` and validate its name; the header is read but checked only by
+    /// [`check_source`], once the server's registration is known.
+    pub fn open_unchecked(path: &Path) -> Result<WalSource> {
         let base = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -114,12 +122,6 @@ impl WalSource {
             let n = read_up_to(&mut file, &mut head)
                 .io_context(|| format!("reading {}", path.display()))?;
             head.truncate(n);
-            let expect = SegmentExpectation {
-                system_id: server.system_id()?,
-                segment_size: server.wal_segment_size,
-                major: server.pg_major,
-            };
-            wal::check_segment(&name, size, &head, &expect)?;
         }
         Ok(WalSource {
             name,
@@ -136,6 +138,19 @@ impl WalSource {
             .io_context(|| format!("reading {}", self.path.display()))?;
         Ok(sha)
     }
+}
+
+/// Refuse a segment (or partial) whose size or page header does not belong to `server`.
+pub fn check_source(name: &WalName, size: u64, head: &[u8], server: &ServerInfo) -> Result<()> {
+    if matches!(name.kind(), WalKind::Segment | WalKind::Partial) {
+        let expect = SegmentExpectation {
+            system_id: server.system_id()?,
+            segment_size: server.wal_segment_size,
+            major: server.pg_major,
+        };
+        wal::check_segment(name, size, head, &expect)?;
+    }
+    Ok(())
 }
 
 fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -162,6 +177,25 @@ pub fn push(
     push_source(repo.storage(), server, &mut src, codec)
 }
 
+/// Where a push's bytes go, decided by one directory listing.
+pub enum Destination {
+    /// Nothing is archived under the name yet: write here.
+    New(Box<dyn AtomicFile>),
+    /// Copies already archived under the name (compare, never overwrite).
+    Existing(Vec<StoredWal>),
+}
+
+/// Look the name up and, when it is not archived yet, start the temporary file.
+pub fn prepare(storage: &dyn Storage, server: &ServerInfo, name: &WalName) -> Result<Destination> {
+    let existing = lookup(storage, &server.name, name)?;
+    if !existing.is_empty() {
+        return Ok(Destination::Existing(existing));
+    }
+    let dir = layout::wal_dir(&server.name, name);
+    storage.create_dir_all(&dir)?;
+    Ok(Destination::New(storage.create(&dir)?))
+}
+
 /// Archive an opened source; shared by the direct and look-ahead paths.
 pub fn push_source(
     storage: &dyn Storage,
@@ -169,27 +203,191 @@ pub fn push_source(
     src: &mut WalSource,
     codec: Codec,
 ) -> Result<PushOutcome> {
-    let name = src.name.clone();
-    let existing = lookup(storage, &server.name, &name)?;
-    if !existing.is_empty() {
-        // Only hash: compressing would waste time on a file we will not store.
-        let sha = src.hash()?;
-        return compare_existing(&name, &sha, &existing, storage);
+    let mut out = match prepare(storage, server, &src.name)? {
+        Destination::Existing(existing) => {
+            // Only hash: compressing would waste time on a file we will not store.
+            let sha = src.hash()?;
+            return compare_existing(&src.name, &sha, &existing, storage);
+        }
+        Destination::New(out) => out,
+    };
+    let stats = codec::encode_pipelined(&src.head, &mut src.file, &mut out, codec)
+        .map_err(|e| archiving_error(src, storage, e))?;
+    finish(storage, server, src, out, stats, codec)
+}
+
+/// Archive the WAL file at `path` while the repository is still being opened.
+///
+/// Opening an SSH repository costs a handshake (tens of milliseconds, mostly on the
+/// server). `open` runs on a second thread while this one already reads, hashes and
+/// compresses; up to [`OVERLAP_BUFFER`] bytes of compressed output wait in memory
+/// until the temporary file exists. The header is checked against the registration
+/// and the name looked up before anything is written, exactly as in [`push_source`].
+/// Returns the opened repository and registration for further work.
+pub fn push_overlapped(
+    path: &Path,
+    codec: Codec,
+    open: impl FnOnce() -> Result<(Repository, ServerInfo)> + Send,
+) -> Result<(PushOutcome, Repository, ServerInfo)> {
+    let mut src = WalSource::open_unchecked(path)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Destination>(1);
+    let (encoded, opened) = std::thread::scope(|s| {
+        let (name, size, head) = (&src.name, src.size, &src.head);
+        let opener = s.spawn(move || -> Result<(Repository, ServerInfo)> {
+            let (repo, server) = open()?;
+            check_source(name, size, head, &server)?;
+            // A send error means the encoder already failed; its error is reported.
+            let _ = tx.send(prepare(repo.storage(), &server, name)?);
+            Ok((repo, server))
+        });
+        let mut sink = DeferredSink {
+            rx,
+            state: SinkState::Waiting(Vec::new()),
+        };
+        let mut encoded = codec::encode_pipelined(&src.head, &mut src.file, &mut sink, codec);
+        if encoded.is_ok() {
+            // The last byte was compressed before the repository answered: wait for it.
+            if let Err(e) = sink.poll(true) {
+                encoded = Err(e);
+            }
+        }
+        let opened = opener
+            .join()
+            .unwrap_or_else(|_| Err(Error::invalid("the repository opener panicked")));
+        ((encoded, sink.state), opened)
+    });
+    // The opener's error (unreachable repository, foreign segment) explains any
+    // failure of the encoder, which then only saw a closed channel.
+    let (repo, server) = opened?;
+    let storage = repo.storage();
+    let outcome = match encoded {
+        (Ok(stats), SinkState::Writing(out)) => finish(storage, &server, &src, out, stats, codec)?,
+        (Ok(stats), SinkState::Existing(existing)) => {
+            compare_existing(&src.name, &stats.sha256, &existing, storage)?
+        }
+        (Err(_), SinkState::Existing(existing)) => {
+            // The sink stopped the encoder: a copy exists, so only the hash matters.
+            src.file
+                .seek(SeekFrom::Start(src.head.len() as u64))
+                .io_context(|| format!("reading {}", src.path.display()))?;
+            let sha = src.hash()?;
+            compare_existing(&src.name, &sha, &existing, storage)?
+        }
+        (Err(e), _) => return Err(archiving_error(&src, storage, e)),
+        (Ok(_), SinkState::Waiting(_)) => {
+            return Err(Error::invalid(format!(
+                "archiving {}: the repository gave no destination",
+                src.path.display()
+            )))
+        }
+    };
+    Ok((outcome, repo, server))
+}
+
+/// Compressed bytes an overlapped push may hold while the repository opens.
+pub const OVERLAP_BUFFER: usize = 4 << 20;
+
+enum SinkState {
+    /// No destination yet: compressed bytes so far.
+    Waiting(Vec<u8>),
+    /// Writing to the temporary file.
+    Writing(Box<dyn AtomicFile>),
+    /// The name is archived already; the rest of the output is not needed.
+    Existing(Vec<StoredWal>),
+}
+
+/// The encoder's output until the repository says where it goes.
+struct DeferredSink {
+    rx: std::sync::mpsc::Receiver<Destination>,
+    state: SinkState,
+}
+
+impl DeferredSink {
+    /// Take the destination if it has arrived (or wait for it when `block`).
+    fn poll(&mut self, block: bool) -> io::Result<()> {
+        let SinkState::Waiting(buf) = &mut self.state else {
+            return Ok(());
+        };
+        let got = if block {
+            self.rx.recv().ok()
+        } else {
+            match self.rx.try_recv() {
+                Ok(d) => Some(d),
+                Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
+            }
+        };
+        match got {
+            // The opener failed; the caller reports its error, not this one.
+            None => Err(io::Error::other("the repository could not be opened")),
+            Some(Destination::New(mut out)) => {
+                out.write_all(buf)?;
+                self.state = SinkState::Writing(out);
+                Ok(())
+            }
+            Some(Destination::Existing(existing)) => {
+                self.state = SinkState::Existing(existing);
+                // Stop compressing a file that will not be stored.
+                Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "already archived",
+                ))
+            }
+        }
     }
-    let dir = layout::wal_dir(&server.name, &name);
-    storage.create_dir_all(&dir)?;
-    let mut out = storage.create(&dir)?;
-    let stats =
-        codec::encode_pipelined(&src.head, &mut src.file, &mut out, codec).map_err(|e| {
-            Error::io(
-                format!(
-                    "archiving {} into {}",
-                    src.path.display(),
-                    storage.location()
-                ),
-                e,
-            )
-        })?;
+}
+
+impl Write for DeferredSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.poll(false)?;
+        if let SinkState::Waiting(buf) = &self.state {
+            if buf.len() + data.len() > OVERLAP_BUFFER {
+                self.poll(true)?;
+            }
+        }
+        match &mut self.state {
+            SinkState::Waiting(buf) => {
+                buf.extend_from_slice(data);
+                Ok(data.len())
+            }
+            SinkState::Writing(out) => out.write(data),
+            SinkState::Existing(_) => Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "already archived",
+            )),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.state {
+            SinkState::Writing(out) => out.flush(),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn archiving_error(src: &WalSource, storage: &dyn Storage, e: io::Error) -> Error {
+    Error::io(
+        format!(
+            "archiving {} into {}",
+            src.path.display(),
+            storage.location()
+        ),
+        e,
+    )
+}
+
+/// Check the size, give the temporary file its final name and make sure no different
+/// copy appeared concurrently.
+fn finish(
+    storage: &dyn Storage,
+    server: &ServerInfo,
+    src: &WalSource,
+    out: Box<dyn AtomicFile>,
+    stats: codec::StreamStats,
+    codec: Codec,
+) -> Result<PushOutcome> {
+    let name = &src.name;
     if stats.size != src.size {
         return Err(Error::invalid(format!(
             "{} changed size while being archived ({} then {} bytes)",
@@ -198,14 +396,14 @@ pub fn push_source(
             stats.size
         )));
     }
-    let final_name = stored_name(&name, &stats.sha256, codec.compression);
+    let final_name = stored_name(name, &stats.sha256, codec.compression);
     match out.commit(&final_name, Overwrite::Never)? {
         // Same name means same SHA-256: a concurrent push of identical bytes won.
         Committed::Created | Committed::AlreadyExists => {}
     }
     // A concurrent push of *different* bytes under the same WAL name would leave two
     // entries; report it rather than acknowledge an ambiguous archive.
-    let now = lookup(storage, &server.name, &name)?;
+    let now = lookup(storage, &server.name, name)?;
     if now.iter().any(|s| s.sha256 != stats.sha256) {
         return Err(Error::new(
             ErrorKind::Conflict,

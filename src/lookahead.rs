@@ -463,69 +463,60 @@ pub fn push_file(
     wal_path: &Path,
 ) -> Result<(FileOutcome, BatchReport)> {
     let la = Lookahead::prepare(wal_path, settings, opts);
-    if let Some(la) = &la {
-        if let Some(name) = wal_path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| WalName::parse(n).ok())
-        {
-            if let Some(sha256) = la.trusted(&name, wal_path) {
-                // Decided: the file is archived. Keep the pipeline going only when it
-                // pays for a repository connection, or when the next call would be
-                // slow anyway because nothing ahead is recorded.
-                la.forget(name.as_str());
-                let pending = la.candidates(&name);
-                let mut report = BatchReport::default();
-                if !pending.is_empty()
-                    && (pending.len() >= la.parallel || la.records_ahead(&name) == 0)
-                {
-                    match Repository::open_server(settings) {
-                        Ok((repo, server)) => {
-                            report = la.push_batch(
-                                repo.storage(),
-                                &server,
-                                settings.codec,
-                                &pending,
-                                la.parallel,
-                            );
-                        }
-                        Err(e) => log_info!("look-ahead skipped: {e}"),
+    let name = wal_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| WalName::parse(n).ok());
+    if let (Some(la), Some(name)) = (&la, &name) {
+        if let Some(sha256) = la.trusted(name, wal_path) {
+            // Decided: the file is archived. Keep the pipeline going only when it
+            // pays for a repository connection, or when the next call would be
+            // slow anyway because nothing ahead is recorded.
+            la.forget(name.as_str());
+            let pending = la.candidates(name);
+            let mut report = BatchReport::default();
+            if !pending.is_empty() && (pending.len() >= la.parallel || la.records_ahead(name) == 0)
+            {
+                match Repository::open_server(settings) {
+                    Ok((repo, server)) => {
+                        report = la.push_batch(
+                            repo.storage(),
+                            &server,
+                            settings.codec,
+                            &pending,
+                            la.parallel,
+                        );
                     }
+                    Err(e) => log_info!("look-ahead skipped: {e}"),
                 }
-                la.prune();
-                return Ok((FileOutcome::Recorded { sha256 }, report));
             }
+            la.prune();
+            return Ok((FileOutcome::Recorded { sha256 }, report));
         }
     }
-    let (repo, server) = Repository::open_server(settings)?;
-    let mut src = WalSource::open(wal_path, &server)?;
-    let Some(la) = la else {
-        let outcome = archive::push_source(repo.storage(), &server, &mut src, settings.codec)?;
+    // The repository opens (an SSH handshake) while the file is already compressed.
+    let pushed = archive::push_overlapped(wal_path, settings.codec, || {
+        Repository::open_server(settings)
+    });
+    let (Some(la), Some(name)) = (la, name) else {
+        let (outcome, _, _) = pushed?;
         return Ok((FileOutcome::Pushed(outcome), BatchReport::default()));
     };
-    let pending = la.candidates(&src.name);
-    let storage = repo.storage();
-    let batch = Batch::new(&pending);
-    let outcome = std::thread::scope(|s| {
-        // The requested file goes first on this thread, which then helps with the
-        // batch; every thread is joined before we return, so nothing outlives the call.
-        let helpers = if pending.is_empty() {
-            0
-        } else {
-            la.parallel - 1
-        };
-        for _ in 0..helpers.min(pending.len()) {
-            s.spawn(|| batch.work(&la, storage, &server, settings.codec));
-        }
-        let outcome = archive::push_source(storage, &server, &mut src, settings.codec);
-        batch.work(&la, storage, &server, settings.codec);
-        outcome
-    });
-    let report = batch.report();
     // A stale record of this very file must not outlive a normal push's verdict.
-    la.forget(src.name.as_str());
+    la.forget(name.as_str());
+    let (outcome, repo, server) = pushed?;
+    // The batch runs once the requested file is safe; its results never change the
+    // exit status.
+    let pending = la.candidates(&name);
+    let report = la.push_batch(
+        repo.storage(),
+        &server,
+        settings.codec,
+        &pending,
+        la.parallel,
+    );
     la.prune();
-    Ok((FileOutcome::Pushed(outcome?), report))
+    Ok((FileOutcome::Pushed(outcome), report))
 }
 
 #[cfg(test)]

@@ -4,18 +4,29 @@
 //! Clusters are shared between assertions where that keeps the file fast: one cluster
 //! serves every recovery target and the timeline switch; one serves tablespaces,
 //! hard-link reuse, aborted backups, `--delta` and the lock; one runs pgbench.
+//!
+//! Every test runs twice, as `<name>::local` and `<name>::ssh`: the same assertions
+//! against a local repository and against one reached through a real sshd on
+//! loopback. The SSH repository's root is a directory on this machine too, so the
+//! on-disk checks (manifests, hard links, damaged files) look at it directly.
 
 mod common;
 
 use common::*;
 use pgcellar::lock::{Lock, DEFAULT_STALE_AFTER};
 use pgcellar::manifest::Manifest;
-use pgcellar::storage::LocalStorage;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
+
+on_both_backends!(
+    recovery_reaches_every_target_and_follows_a_new_timeline,
+    tablespaces_links_delta_aborted_backups_and_the_lock,
+    backup_under_pgbench_load_restores_clean,
+    base_backup_without_archiving_fails_fast_and_leaves_nothing,
+);
 
 fn base_backup(repo: &RepoDir, c: &Cluster, extra: &[&str]) -> String {
     let mut cmd = pg_command(bin("base-backup"));
@@ -63,6 +74,9 @@ fn restore_and_start(repo: &RepoDir, extra: &[&str], archive: bool) -> (Cluster,
     let root = TestDir::new();
     let pgdata = root.join("pgdata");
     let log = restore_ok(repo, &pgdata, extra);
+    // Recovery fetches its WAL from this same repository (over SSH for ssh://).
+    let auto = fs::read_to_string(pgdata.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains(&repo.url()), "{auto}");
     let c = Cluster::adopt_restored(root, pgdata);
     if !archive {
         c.append_conf(&["archive_mode = off".to_string()]);
@@ -76,9 +90,7 @@ fn rows(c: &Cluster) -> String {
     c.psql("SELECT count(*) || ' ' || coalesce(max(i), 0) FROM t")
 }
 
-#[test]
-fn recovery_reaches_every_target_and_follows_a_new_timeline() {
-    let repo = RepoDir::new();
+fn recovery_reaches_every_target_and_follows_a_new_timeline(repo: &RepoDir) {
     let Some(c) = Cluster::init(ClusterOpts {
         archive_command: Some(repo.archive_command()),
         ..Default::default()
@@ -88,7 +100,7 @@ fn recovery_reaches_every_target_and_follows_a_new_timeline() {
     repo.init_for(&c);
     c.psql("CREATE TABLE t(i int)");
     c.psql("INSERT INTO t SELECT generate_series(1, 10)");
-    let id1 = base_backup(&repo, &c, &[]);
+    let id1 = base_backup(repo, &c, &[]);
 
     let xid = c.psql(
         "WITH x AS (INSERT INTO t SELECT generate_series(11, 20) RETURNING 1) \
@@ -106,7 +118,7 @@ fn recovery_reaches_every_target_and_follows_a_new_timeline() {
     c.psql("INSERT INTO t SELECT generate_series(51, 60)");
     c.psql("INSERT INTO t SELECT generate_series(61, 70)");
     // A second backup after the time target: a time target must pick the first one.
-    let id2 = base_backup(&repo, &c, &[]);
+    let id2 = base_backup(repo, &c, &[]);
     assert!(id2 > id1);
     c.psql("INSERT INTO t SELECT generate_series(71, 80)");
     c.switch_and_wait_archived();
@@ -132,7 +144,7 @@ fn recovery_reaches_every_target_and_follows_a_new_timeline() {
         if !a.is_empty() {
             a.extend(promote);
         }
-        let (r, log) = restore_and_start(&repo, &a, false);
+        let (r, log) = restore_and_start(repo, &a, false);
         assert_eq!(&rows(&r), want, "restore {a:?}\n{log}");
         if a.contains(&"--target-time") {
             assert!(log.contains(&format!("restoring backup {id1}")), "{log}");
@@ -145,7 +157,7 @@ fn recovery_reaches_every_target_and_follows_a_new_timeline() {
     // A standby replays everything archived and stays in recovery.
     let root = TestDir::new();
     let pgdata = root.join("pgdata");
-    restore_ok(&repo, &pgdata, &["--standby"]);
+    restore_ok(repo, &pgdata, &["--standby"]);
     assert!(pgdata.join("standby.signal").exists());
     assert!(!pgdata.join("recovery.signal").exists());
     let auto = fs::read_to_string(pgdata.join("postgresql.auto.conf")).unwrap();
@@ -164,7 +176,7 @@ fn recovery_reaches_every_target_and_follows_a_new_timeline() {
 
     // Promote a copy at the time target onto timeline 2, write and archive there.
     let (tl2, _) = restore_and_start(
-        &repo,
+        repo,
         &[
             "--backup",
             &id1,
@@ -189,7 +201,7 @@ fn recovery_reaches_every_target_and_follows_a_new_timeline() {
         .any(|f| f.starts_with("00000002.history-")));
     // Recovering the first backup and following the newest timeline sees those rows.
     let (r, _) = restore_and_start(
-        &repo,
+        repo,
         &["--backup", &id1, "--target-timeline", "latest"],
         false,
     );
@@ -217,9 +229,7 @@ fn count_files(dir: &Path) -> usize {
     n
 }
 
-#[test]
-fn tablespaces_links_delta_aborted_backups_and_the_lock() {
-    let repo = RepoDir::new();
+fn tablespaces_links_delta_aborted_backups_and_the_lock(repo: &RepoDir) {
     let Some(c) = Cluster::init(ClusterOpts {
         archive_command: Some(repo.archive_command()),
         ..Default::default()
@@ -242,8 +252,8 @@ fn tablespaces_links_delta_aborted_backups_and_the_lock() {
     c.psql("CHECKPOINT");
     // Let the files age past the safe horizon of the first backup.
     std::thread::sleep(Duration::from_secs(3));
-    let id1 = base_backup(&repo, &c, &["--jobs", "2"]);
-    let m1 = manifest(&repo, &id1);
+    let id1 = base_backup(repo, &c, &["--jobs", "2"]);
+    let m1 = manifest(repo, &id1);
     assert_eq!(m1.tablespaces.len(), 1);
     assert_eq!(m1.tablespaces[0].name.as_deref(), Some("ts1"));
     assert!(m1.files.iter().any(|f| f.path.starts_with("tablespaces/")));
@@ -251,8 +261,8 @@ fn tablespaces_links_delta_aborted_backups_and_the_lock() {
     assert!(!m1.files.iter().any(|f| f.path.starts_with("data/pg_wal/")));
 
     // A second backup with no changes links at least 90% of its files.
-    let id2 = base_backup(&repo, &c, &[]);
-    let m2 = manifest(&repo, &id2);
+    let id2 = base_backup(repo, &c, &[]);
+    let m2 = manifest(repo, &id2);
     assert_eq!(m2.parent.as_ref().map(|p| p.as_str()), Some(id1.as_str()));
     let ratio = m2.totals.reused_files as f64 / m2.totals.files as f64;
     assert!(
@@ -283,14 +293,14 @@ fn tablespaces_links_delta_aborted_backups_and_the_lock() {
     fs::write(aborted.join("PG_VERSION"), "15\n").unwrap();
     chown_postgres(&repo.path);
     let none = TestDir::new();
-    let out = restore_cmd(&repo, &none.join("x"), &["--backup", "20991231T235959Z"]);
+    let out = restore_cmd(repo, &none.join("x"), &["--backup", "20991231T235959Z"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 
     // Remapped tablespace.
     let newts = TestDir::new();
     let map = format!("ts1={}", newts.join("moved").display());
-    let (a, log) = restore_and_start(&repo, &["--tablespace-map", &map], false);
+    let (a, log) = restore_and_start(repo, &["--tablespace-map", &map], false);
     assert!(log.contains(&format!("restoring backup {id2}")), "{log}");
     assert_eq!(a.psql("SELECT count(*) FROM t"), "1100");
     assert_eq!(
@@ -307,14 +317,14 @@ fn tablespaces_links_delta_aborted_backups_and_the_lock() {
     a.stop();
     c.psql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1101, 1200) g");
     c.switch_and_wait_archived();
-    let out = restore_cmd(&repo, &a.pgdata, &[]);
+    let out = restore_cmd(repo, &a.pgdata, &[]);
     assert!(
         !out.status.success(),
         "non-empty destination accepted without --delta"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
     fs::write(a.pgdata.join("stray-file"), "x").unwrap();
-    let log = restore_ok(&repo, &a.pgdata, &["--delta", "--tablespace-map", &map]);
+    let log = restore_ok(repo, &a.pgdata, &["--delta", "--tablespace-map", &map]);
     assert!(log.contains("kept"), "{log}");
     assert!(!a.pgdata.join("stray-file").exists());
     // postgresql.conf came back from the backup: point it at this copy's socket again.
@@ -330,14 +340,15 @@ fn tablespaces_links_delta_aborted_backups_and_the_lock() {
         "1200 1 1200"
     );
     // A running postmaster is never overwritten.
-    let out = restore_cmd(&repo, &a.pgdata, &["--delta", "--tablespace-map", &map]);
+    let out = restore_cmd(repo, &a.pgdata, &["--delta", "--tablespace-map", &map]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("postmaster"));
     a.stop();
 
-    // A second base-backup while the lock is held is refused, naming the holder.
-    let storage = LocalStorage::new(repo.path.clone());
-    let lock = Lock::acquire(&storage, "main", "test-holder", DEFAULT_STALE_AFTER).unwrap();
+    // A second base-backup while the lock is held is refused, naming the holder. The
+    // lock is taken through the repository's own driver (over SSH for ssh://).
+    let storage = repo.storage();
+    let lock = Lock::acquire(&*storage, "main", "test-holder", DEFAULT_STALE_AFTER).unwrap();
     chown_postgres(&repo.path);
     let mut cmd = pg_command(bin("base-backup"));
     cmd.args(repo.args())
@@ -357,7 +368,7 @@ fn tablespaces_links_delta_aborted_backups_and_the_lock() {
     let pgdata: PathBuf = c.pgdata.clone();
     fs::remove_dir_all(&pgdata).unwrap();
     fs::remove_dir_all(&ts_loc).unwrap();
-    restore_ok(&repo, &pgdata, &[]);
+    restore_ok(repo, &pgdata, &[]);
     assert!(count_files(&ts_loc) > 0);
     c.start();
     c.wait_for_promotion(Duration::from_secs(120));
@@ -384,7 +395,7 @@ fn tablespaces_links_delta_aborted_backups_and_the_lock() {
     let root = TestDir::new();
     let broken = root.join("pgdata");
     let map2 = format!("ts1={}", root.join("ts").display());
-    let out = restore_cmd(&repo, &broken, &["--tablespace-map", &map2]);
+    let out = restore_cmd(repo, &broken, &["--tablespace-map", &map2]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("corrupt"),
@@ -400,9 +411,7 @@ fn tablespaces_links_delta_aborted_backups_and_the_lock() {
     assert!(!b.try_start(), "a half-restored directory started");
 }
 
-#[test]
-fn backup_under_pgbench_load_restores_clean() {
-    let repo = RepoDir::new();
+fn backup_under_pgbench_load_restores_clean(repo: &RepoDir) {
     let Some(c) = Cluster::init(ClusterOpts {
         archive_command: Some(repo.archive_command()),
         ..Default::default()
@@ -414,13 +423,13 @@ fn backup_under_pgbench_load_restores_clean() {
     let id = std::thread::scope(|s| {
         let load = s.spawn(|| c.pgbench(&["-c", "4", "-T", "12", "-n"]));
         std::thread::sleep(Duration::from_secs(2));
-        let id = base_backup(&repo, &c, &["--jobs", "2"]);
+        let id = base_backup(repo, &c, &["--jobs", "2"]);
         load.join().expect("pgbench");
         id
     });
     c.switch_and_wait_archived();
     let want = c.psql("SELECT count(*) FROM pgbench_history");
-    let (r, _) = restore_and_start(&repo, &["--backup", &id], false);
+    let (r, _) = restore_and_start(repo, &["--backup", &id], false);
     assert_eq!(r.psql("SELECT count(*) FROM pgbench_history"), want);
     // pgbench's invariant: every balance is the sum of its history.
     assert_eq!(
@@ -450,9 +459,7 @@ fn backup_under_pgbench_load_restores_clean() {
     );
 }
 
-#[test]
-fn base_backup_without_archiving_fails_fast_and_leaves_nothing() {
-    let repo = RepoDir::new();
+fn base_backup_without_archiving_fails_fast_and_leaves_nothing(repo: &RepoDir) {
     let Some(c) = Cluster::init(ClusterOpts::default()) else {
         return;
     };
@@ -475,7 +482,7 @@ fn base_backup_without_archiving_fails_fast_and_leaves_nothing() {
     assert!(!repo.path.join("main/locks/server.lock").exists());
     // Nothing to restore: a clear failure, and the destination is left alone.
     let dest = TestDir::new();
-    let out = restore_cmd(&repo, &dest.join("pgdata"), &[]);
+    let out = restore_cmd(repo, &dest.join("pgdata"), &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no complete backup"));
     assert!(!dest.join("pgdata").exists());

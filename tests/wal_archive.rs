@@ -3,6 +3,9 @@
 //! The first half uses synthetic segments (a correct long page header, random body)
 //! so that each guarantee of DESIGN.md §2 is checked in isolation; the second half
 //! runs a real PostgreSQL with `archive_command`/`restore_command` set to the binaries.
+//! The guarantee tests and the PostgreSQL tests run twice, as `<name>::local` and
+//! `<name>::ssh` (a real sshd on loopback); the exit-code, name-validation and
+//! configuration tests use a local repository only.
 
 mod common;
 
@@ -23,44 +26,18 @@ fn synthetic_repo() -> RepoDir {
     r
 }
 
-/// Which storage driver a guarantee test runs against.
-enum Backend {
-    Local,
-    Ssh,
-}
-
 /// Run a guarantee test against a fresh synthetic repository on `backend`.
-fn with_repo(backend: Backend, test: fn(&RepoDir)) {
-    match backend {
-        Backend::Local => test(&synthetic_repo()),
-        Backend::Ssh => {
-            let Some(sshd) = sshd::Sshd::start() else {
-                return;
-            };
-            let (repo, created) = register_synthetic(RepoDir::over_ssh(&sshd), SYSID);
-            assert!(created);
-            test(&repo);
-        }
-    }
-}
-
-/// Each guarantee holds on both drivers: a `local` and an `ssh` test per case.
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        $(mod $case {
-            #[test]
-            fn local() {
-                super::with_repo(super::Backend::Local, super::$case)
-            }
-            #[test]
-            fn ssh() {
-                super::with_repo(super::Backend::Ssh, super::$case)
-            }
-        })*
+fn with_synthetic_repo(backend: Backend, test: fn(&RepoDir)) {
+    let Some((repo, _sshd)) = backend.repo() else {
+        return;
     };
+    let (repo, created) = register_synthetic(repo, SYSID);
+    assert!(created);
+    test(&repo);
 }
 
-on_both_backends!(
+// Each guarantee holds on both drivers: a `local` and an `ssh` test per case.
+on_both_backends!(with_synthetic_repo:
     push_then_get_round_trips_every_kind_and_codec,
     identical_repush_succeeds_and_conflicting_push_changes_nothing,
     truncated_foreign_and_zeroed_segments_are_refused,
@@ -469,7 +446,13 @@ fn config_file_and_errors() {
 }
 
 // ---------------------------------------------------------------------------
-// Real PostgreSQL.
+// Real PostgreSQL, each test on a local and on an ssh:// repository.
+
+on_both_backends!(
+    postgres_archives_pgbench_and_a_copy_recovers_to_the_last_row,
+    init_refuses_another_cluster_under_the_same_name,
+    default_16mib_segments_archive_and_recover,
+);
 
 /// Copy the cluster's archived state into a pg_basebackup copy, recover it through
 /// wal-get, and return it running.
@@ -490,9 +473,7 @@ fn recover_copy(source: &Cluster, repo: &RepoDir) -> Cluster {
     copy
 }
 
-#[test]
-fn postgres_archives_pgbench_and_a_copy_recovers_to_the_last_row() {
-    let repo = RepoDir::new();
+fn postgres_archives_pgbench_and_a_copy_recovers_to_the_last_row(repo: &RepoDir) {
     let Some(pg) = Cluster::init(ClusterOpts {
         archive_command: Some(repo.archive_command()),
         ..Default::default()
@@ -551,9 +532,7 @@ fn postgres_archives_pgbench_and_a_copy_recovers_to_the_last_row() {
     );
 }
 
-#[test]
-fn init_refuses_another_cluster_under_the_same_name() {
-    let repo = RepoDir::new();
+fn init_refuses_another_cluster_under_the_same_name(repo: &RepoDir) {
     let Some(a) = Cluster::init(ClusterOpts::default()) else {
         return;
     };
@@ -584,9 +563,7 @@ fn init_refuses_another_cluster_under_the_same_name() {
 }
 
 /// PostgreSQL's default 16 MiB segments, end to end.
-#[test]
-fn default_16mib_segments_archive_and_recover() {
-    let repo = RepoDir::new();
+fn default_16mib_segments_archive_and_recover(repo: &RepoDir) {
     let Some(pg) = Cluster::init(ClusterOpts {
         wal_segsize_mb: 16,
         archive_command: Some(repo.archive_command()),
@@ -602,6 +579,6 @@ fn default_16mib_segments_archive_and_recover() {
     let (archived, failed) = pg.archiver_counts();
     assert!(archived >= 1 && failed == 0, "{archived} {failed}");
     eprintln!("archived {archived} x 16 MiB in {:?}", start.elapsed());
-    let copy = recover_copy(&pg, &repo);
+    let copy = recover_copy(&pg, repo);
     assert_eq!(copy.psql("SELECT count(*) FROM big"), "60000");
 }

@@ -536,6 +536,26 @@ impl RepoDir {
         run_ok(&mut c);
     }
 
+    /// The settings the binaries resolve from [`RepoDir::args`] (no config file).
+    pub fn settings(&self) -> pgcellar::config::Settings {
+        let args = pgcellar::config::CommonArgs {
+            repo: Some(self.url()),
+            server: Some(self.server.clone()),
+            ssh_identity: self.ssh.as_ref().map(|s| s.1.clone()),
+            ssh_known_hosts: self.ssh.as_ref().map(|s| s.2.clone()),
+            ..Default::default()
+        };
+        pgcellar::config::Settings::resolve(&args, None).expect("settings")
+    }
+
+    /// This repository's storage through its own driver (an SSH session for an
+    /// ssh:// repository), as the binaries open it.
+    pub fn storage(&self) -> Box<dyn pgcellar::storage::Storage> {
+        let s = self.settings();
+        pgcellar::storage::open_with(s.repo_url().expect("repo url"), &s)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", self.url()))
+    }
+
     /// Stored WAL files (paths relative to the server's wal dir), sorted.
     pub fn wal_files(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -551,6 +571,76 @@ impl Default for RepoDir {
         Self::new()
     }
 }
+
+/// Which storage driver a test's repository is reached through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A local directory (`--repo /abs/path`).
+    Local,
+    /// The same kind of directory reached through a real sshd on loopback
+    /// (`--repo ssh://postgres@127.0.0.1:PORT/abs/path`).
+    Ssh,
+}
+
+impl Backend {
+    /// A fresh repository (not created yet) on this backend, and the sshd serving
+    /// it, which the caller must keep alive as long as the repository is used.
+    /// `None` (loudly, or a panic under CI) when sshd is not installed.
+    ///
+    /// Either way `RepoDir::path` is a directory on this machine, so tests can
+    /// inspect (and damage) what the binaries stored there.
+    pub fn repo(self) -> Option<(RepoDir, Option<sshd::Sshd>)> {
+        match self {
+            Backend::Local => Some((RepoDir::new(), None)),
+            Backend::Ssh => {
+                let sshd = sshd::Sshd::start()?;
+                Some((RepoDir::over_ssh(&sshd), Some(sshd)))
+            }
+        }
+    }
+}
+
+/// Run `test` against a fresh, not yet created repository on `backend`.
+pub fn with_repo(backend: Backend, test: fn(&RepoDir)) {
+    let Some((repo, _sshd)) = backend.repo() else {
+        return;
+    };
+    test(&repo);
+}
+
+/// Turn each `fn(&RepoDir)` named into two tests, `<case>::local` and
+/// `<case>::ssh`, one per [`Backend`], each with a fresh repository from
+/// [`with_repo`]. `runner: case, ...` calls `runner(Backend, case)` of the calling
+/// module instead (e.g. to register a synthetic cluster first).
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($runner:ident: $($case:ident),* $(,)?) => {
+        $(mod $case {
+            #[test]
+            fn local() {
+                super::$runner($crate::common::Backend::Local, super::$case)
+            }
+            #[test]
+            fn ssh() {
+                super::$runner($crate::common::Backend::Ssh, super::$case)
+            }
+        })*
+    };
+    ($($case:ident),* $(,)?) => {
+        $(mod $case {
+            #[test]
+            fn local() {
+                $crate::common::with_repo($crate::common::Backend::Local, super::$case)
+            }
+            #[test]
+            fn ssh() {
+                $crate::common::with_repo($crate::common::Backend::Ssh, super::$case)
+            }
+        })*
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_both_backends;
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
     let Ok(rd) = fs::read_dir(dir) else { return };

@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use super::RepoDir;
-use pgcellar::config::{CommonArgs, Settings};
 use pgcellar::repo::{Repository, ServerInfo};
 
 /// WAL segment size of the synthetic clusters (1 MiB, like `initdb --wal-segsize=1`).
@@ -13,15 +12,7 @@ pub const SEG: u64 = 1 << 20;
 /// PostgreSQL 15 cluster with system identifier `sysid`. Returns whether the
 /// repository was created now.
 pub fn register_synthetic(r: RepoDir, sysid: u64) -> (RepoDir, bool) {
-    let args = CommonArgs {
-        repo: Some(r.url()),
-        server: Some(r.server.clone()),
-        ssh_identity: r.ssh.as_ref().map(|s| s.1.clone()),
-        ssh_known_hosts: r.ssh.as_ref().map(|s| s.2.clone()),
-        ..Default::default()
-    };
-    let settings = Settings::resolve(&args, None).expect("settings");
-    let (repo, created) = Repository::open_or_create(&settings)
+    let (repo, created) = Repository::open_or_create(&r.settings())
         .unwrap_or_else(|e| panic!("creating {}: {e}", r.url()));
     repo.register_server(&ServerInfo {
         name: r.server.clone(),

@@ -271,10 +271,11 @@ EOF
 bench_recovery() {
     local mb=${ARG:-1024}
     local src="$W/pg-rsrc"
-    rm -rf "$W/repo-pgbackrest" "$W/repo-rec"
-    mkdir -p "$W/repo-rec"; own "$W/repo-rec"
-    # Archive into both repositories from one cluster.
-    new_cluster "$src" "$W/bin/wal-push --repo $W/repo-rec --server bench %p && pgbackrest --config=$W/pgbackrest.conf --stanza=bench archive-push %p"
+    rm -rf "$W/repo-pgbackrest" "$W/repo-rec" "$W/plain-wal"
+    mkdir -p "$W/repo-rec" "$W/plain-wal"; own "$W/repo-rec" "$W/plain-wal"
+    # Archive into both repositories from one cluster, plus a plain copy: recovery
+    # through `cp` from it is the floor (replay alone, no fetching worth the name).
+    new_cluster "$src" "$W/bin/wal-push --repo $W/repo-rec --server bench %p && pgbackrest --config=$W/pgbackrest.conf --stanza=bench archive-push %p && cp %p $W/plain-wal/%f"
     pgbackrest_conf "$src"
     "${AS[@]}" "$W/bin/pgcellar" --repo "$W/repo-rec" --server bench --conninfo "host=$W/sock port=$PORT user=postgres" init >/dev/null
     "${AS[@]}" "${PGBR[@]}" stanza-create >/dev/null
@@ -292,13 +293,14 @@ bench_recovery() {
     local wal_mb; wal_mb=$(PSQL -c "SELECT round(pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0') / 1048576)")
     stop_cluster "$src"
     start_sshd
-    local variants=(wal-get-noprefetch wal-get-prefetch pgbackrest)
+    local variants=(cp-floor wal-get-noprefetch wal-get-prefetch pgbackrest)
     [ -n "$SSH_PORT" ] && variants+=(ssh-wal-get-noprefetch ssh-wal-get-prefetch)
     for v in "${variants[@]}"; do
         local d="$W/pg-rec-$v" cmd
         rm -rf "$d" "$d.pgcellar-spool"
         cp -a "$W/base" "$d"
         case $v in
+            cp-floor) cmd="cp $W/plain-wal/%f %p" ;;
             wal-get-noprefetch) cmd="$W/bin/wal-get --prefetch 0 --repo $W/repo-rec --server bench %f %p" ;;
             wal-get-prefetch) cmd="$W/bin/wal-get --repo $W/repo-rec --server bench %f %p" ;;
             pgbackrest) cmd="pgbackrest --config=$W/pgbackrest.conf --stanza=bench archive-get %f \"%p\"" ;;

@@ -1,11 +1,14 @@
 //! Prefetching `wal-get` (DESIGN.md section 5).
 //!
-//! Recovery asks for one segment per `restore_command` call, serially. When
-//! `wal-get` must go to the repository for segment N, it also fetches the next
-//! `prefetch` segments of the same timeline, in parallel, into a spool directory
-//! outside the data directory. Each lands as `<name>-<sha256>` through a temporary
-//! name, only after its SHA-256 matched the repository's; a later call for one of
-//! them re-hashes the spooled file and moves it into place without touching the
+//! Recovery asks for one segment per `restore_command` call, serially, and replays
+//! each before asking for the next. `wal-get` delivers segment N (from the spool or
+//! the repository) and then, when the spool holds fewer than half of `prefetch`
+//! segments beyond N, starts a **filler**: the same program with the same arguments,
+//! detached, which fetches the next `prefetch` segments of the same timeline in
+//! parallel over one repository connection into a spool directory outside the data
+//! directory, while PostgreSQL replays N. Each lands as `<name>-<sha256>` through a
+//! temporary name, only after its SHA-256 matched the repository's; a later call
+//! re-hashes the spooled file and moves it into place without touching the
 //! repository. A spool file that fails the re-check is deleted and the segment is
 //! fetched normally.
 //!
@@ -16,21 +19,21 @@
 //! - The spool remembers which repository and server filled it (`origin.json`); a
 //!   different one empties it first. Archived names are immutable in a repository,
 //!   so a spooled file stays the right content for its name.
-//! - The exit status is decided only by the requested file: prefetch failures are
-//!   logged at `-v` and otherwise ignored; a not-archived N returns before any
-//!   prefetch.
+//! - The exit status is decided only by the requested file, before any filler
+//!   starts: prefetch failures are logged at `-v` and otherwise ignored; a
+//!   not-archived N returns without starting one.
 //! - The spool is cleaned of segments older than the request (and of temporary files
 //!   of dead processes) on every call, and never grows beyond `spool_max_bytes`.
 //!
-//! Why synchronous: the prefetch threads are joined before `wal-get` exits. A
-//! detached prefetcher would overlap downloads with replay, but it would be a
-//! daemon in all but name: it could still be writing after recovery ended, the
-//! cluster was promoted or its directory removed, and the next call would have to
-//! coordinate with it. Joined threads keep every call bounded (by the storage
-//! timeouts) and leave nothing running; the speed-up comes from fetching K+1
-//! segments in parallel over one connection (one SSH handshake and one directory
-//! listing per batch instead of per segment), after which K calls cost only a
-//! local hash and rename.
+//! The filler is bounded, not a daemon: it fetches at most `prefetch` files, each
+//! under the storage timeouts, then exits. One runs at a time: the call that starts
+//! it takes `fill.lock` in the spool and hands the locked descriptor to it, so the
+//! lock is held from before the call exits until the filler does. Its plan
+//! (`fill-plan.json`, the names it is fetching) lets the next call wait for a
+//! segment already on its way instead of fetching it twice; waiting stops when the
+//! file arrives, the plan drops it, the filler exits, or the storage timeouts pass.
+//! If recovery ends or the cluster is promoted meanwhile, the filler finishes at
+//! most its few downloads into the spool, which can be deleted at any time.
 
 use crate::archive::{self, StoredWal};
 use crate::codec::{self, Compression};
@@ -350,7 +353,7 @@ fn lookup_many(
 }
 
 /// What `wal-get` did with a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Fetched {
     /// Delivered into the destination, verified.
     Delivered(Delivery),
@@ -360,18 +363,20 @@ pub enum Fetched {
 }
 
 /// How `wal-get` satisfied a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Delivery {
     /// Bytes delivered.
     pub size: u64,
     /// Whether it came from the spool (no repository access).
     pub from_spool: bool,
-    /// Segments newly prefetched into the spool by this call.
-    pub prefetched: usize,
+    /// A spool filler to start now (see [`Filler`]): the spool holds little beyond
+    /// this segment and no filler is running.
+    pub fill: Option<Filler>,
 }
 
 /// `wal-get` with prefetch: deliver `name` into `dest` (verified), from the spool
-/// when possible, else from the repository while prefetching what follows.
+/// when possible (waiting for a running filler that is fetching it), else from the
+/// repository.
 ///
 /// Only a successful lookup that finds no copy of `name` is [`Fetched::NotArchived`];
 /// every error, whatever its kind (a missing repository is a `NotFound` error too),
@@ -385,58 +390,158 @@ pub fn get_file(
     let spool = Spool::prepare(settings, opts, name, dest);
     if let (Some(sp), Some(seg)) = (&spool, name.segment()) {
         sp.clean_before(seg);
-        if let Some(size) = sp.take(name, dest) {
+        let patience = settings.ssh.connect_timeout + settings.ssh.io_timeout;
+        let size = sp.take(name, dest).or_else(|| {
+            sp.await_filler(name, patience)
+                .then(|| sp.take(name, dest))
+                .flatten()
+        });
+        if let Some(size) = size {
+            // A whole segment was delivered, so its size is the segment size.
+            let fill = sp
+                .runs_low(seg, opts.count)
+                .then(|| sp.ready_filler(seg, opts, size))
+                .flatten();
             return Ok(Fetched::Delivered(Delivery {
                 size,
                 from_spool: true,
-                prefetched: 0,
+                fill,
             }));
         }
     }
     let (repo, server) = Repository::open_server(settings)?;
     let storage = repo.storage();
-    let (Some(sp), Some(seg)) = (spool, name.segment()) else {
-        let found = archive::lookup(storage, &server.name, name)?;
-        if found.is_empty() {
-            return Ok(not_archived(name, storage));
-        }
-        let stored = archive::pick_single(name, found, storage)?;
-        let size = archive::fetch_verified(storage, &stored, dest)?;
-        return Ok(Fetched::Delivered(Delivery {
-            size,
-            from_spool: false,
-            prefetched: 0,
-        }));
-    };
-    let seg_size = server.wal_segment_size;
-    let room = opts.max_bytes.saturating_sub(sp.used_bytes()) / seg_size.max(1);
-    let spooled: Vec<WalName> = sp.entries().into_iter().map(|s| s.name).collect();
-    let ahead: Vec<WalName> = (1..=opts.count as u64)
-        .filter_map(|i| {
-            let next = Segment::from_number(seg.timeline, seg.number(seg_size) + i, seg_size);
-            WalName::parse(&next.file_name()).ok()
-        })
-        .filter(|n| !spooled.contains(n))
-        .take(usize::try_from(room).unwrap_or(usize::MAX))
-        .collect();
-    let mut all = vec![name.clone()];
-    all.extend(ahead.iter().cloned());
-    let mut found = lookup_many(storage, &server.name, &all)?;
-    // Not archived: report it before any prefetch (the normal end of recovery).
-    let copies = found.remove(name).unwrap_or_default();
-    if copies.is_empty() {
+    let found = archive::lookup(storage, &server.name, name)?;
+    if found.is_empty() {
         return Ok(not_archived(name, storage));
     }
-    let stored = archive::pick_single(name, copies, storage)?;
+    let stored = archive::pick_single(name, found, storage)?;
+    let size = archive::fetch_verified(storage, &stored, dest)?;
+    let fill = match (&spool, name.segment()) {
+        (Some(sp), Some(seg)) => sp.ready_filler(seg, opts, server.wal_segment_size),
+        _ => None,
+    };
+    Ok(Fetched::Delivered(Delivery {
+        size,
+        from_spool: false,
+        fill,
+    }))
+}
+
+/// Environment variable that makes a `wal-get` process the spool filler for the
+/// segments after its WAL_NAME: `<segment size>:<fd of the spool's locked fill.lock>`.
+pub const FILL_ENV: &str = "PGCELLAR_PREFETCH_FILL";
+
+/// A spool filler about to start: the spool's fill lock is held and its plan written.
+///
+/// Why a process and not threads: a filler that outlives this call lets PostgreSQL
+/// replay the segment just delivered while the next ones download. It is bounded:
+/// it fetches at most `prefetch` segments (each under the storage timeouts) and
+/// exits; it only ever writes verified files into the spool under temporary names;
+/// one runs at a time, because the lock taken here passes to it and is released
+/// only when it exits; and the exit status of the call that starts it is decided
+/// before it starts. Its output goes to stderr only with `-v`.
+#[derive(Debug)]
+pub struct Filler {
+    lock: File,
+    plan: PathBuf,
+    segment_size: u64,
+}
+
+impl Filler {
+    /// Start this same program with the same arguments as the filler, detached.
+    pub fn start(self) -> Result<()> {
+        use std::os::unix::io::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+        let fd = self.lock.as_raw_fd();
+        let result = std::env::current_exe()
+            .map_err(|e| Error::io("finding this program to start the prefetcher", e))
+            .and_then(|exe| {
+                let mut cmd = Command::new(exe);
+                cmd.args(std::env::args_os().skip(1))
+                    .env(FILL_ENV, format!("{}:{fd}", self.segment_size))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(if crate::log::enabled(1) {
+                        Stdio::inherit()
+                    } else {
+                        Stdio::null()
+                    })
+                    // Its own process group: signals meant for recovery's shell are not
+                    // for it.
+                    .process_group(0);
+                // SAFETY: between fork and exec only fcntl runs, which is
+                // async-signal-safe; it lets the child inherit the locked descriptor.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                cmd.spawn()
+                    .map_err(|e| Error::io("starting the prefetcher", e))
+            });
+        if result.is_err() {
+            let _ = fs::remove_file(&self.plan);
+        }
+        // Our copy of the descriptor closes here; the child's keeps the lock.
+        result.map(drop)
+    }
+}
+
+/// The spool filler's whole job (see [`Filler`]): fetch up to `prefetch` segments
+/// after `name` that are archived and not spooled yet, in parallel over one
+/// repository connection, each verified. `env` is the value of [`FILL_ENV`]. Returns
+/// how many it stored.
+pub fn fill(
+    settings: &Settings,
+    opts: &PrefetchSettings,
+    name: &WalName,
+    dest: &Path,
+    env: &str,
+) -> Result<usize> {
+    let (Some(sp), Some(seg)) = (Spool::prepare(settings, opts, name, dest), name.segment()) else {
+        return Ok(0);
+    };
+    let bad = || Error::invalid(format!("{FILL_ENV}={env:?} is not <segment size>:<fd>"));
+    let (size, fd) = env.split_once(':').ok_or_else(bad)?;
+    let segment_size: u64 = size.parse().map_err(|_| bad())?;
+    let fd: i32 = fd.parse().map_err(|_| bad())?;
+    if !valid_segment_size(segment_size) {
+        return Err(bad());
+    }
+    let Some(_lock) = sp.adopt_lock(fd) else {
+        log_debug!("another prefetcher is filling {}", sp.dir().display());
+        return Ok(0);
+    };
+    let ahead = sp.ahead(seg, opts, segment_size);
+    if ahead.is_empty() {
+        return Ok(0);
+    }
+    let plan = Plan::new(&sp, &ahead);
+    let (repo, server) = Repository::open_server(settings)?;
+    let storage = repo.storage();
+    if server.wal_segment_size != segment_size {
+        return Err(Error::invalid(format!(
+            "the registered segment size is {}, not {segment_size}",
+            server.wal_segment_size
+        )));
+    }
+    let mut found = lookup_many(storage, &server.name, &ahead)?;
+    // WAL is replayed in order: nothing after the first segment not archived yet.
     let todo: Vec<StoredWal> = ahead
         .iter()
-        .filter_map(|n| {
+        .map_while(|n| {
             let copies = found.remove(n)?;
             archive::pick_single(n, copies, storage)
                 .map_err(|e| log_info!("not prefetching {n}: {e}"))
                 .ok()
         })
         .collect();
+    plan.write(todo.iter().map(|s| &s.name));
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let work = || loop {
@@ -450,21 +555,187 @@ pub fn get_file(
             Err(e) => log_info!("prefetch of {} failed (ignored): {e}", s.name),
         }
     };
-    let size = std::thread::scope(|sc| {
-        // The requested file first on this thread, which then helps; all threads are
-        // joined here, so no half-written spool file outlives the call under a final name.
-        for _ in 0..opts.parallel.saturating_sub(1).min(todo.len()) {
+    std::thread::scope(|sc| {
+        for _ in 0..opts.parallel.min(todo.len()) {
             sc.spawn(work);
         }
-        let size = archive::fetch_verified(storage, &stored, dest);
-        work();
-        size
-    })?;
-    Ok(Fetched::Delivered(Delivery {
-        size,
-        from_spool: false,
-        prefetched: done.load(Ordering::Relaxed),
-    }))
+    });
+    Ok(done.load(Ordering::Relaxed))
+}
+
+fn valid_segment_size(size: u64) -> bool {
+    size.is_power_of_two() && (1 << 20..=1 << 30).contains(&size)
+}
+
+const PLAN_FILE: &str = "fill-plan.json";
+const FILL_LOCK: &str = "fill.lock";
+
+/// The running filler's list of segments (`fill-plan.json` in the spool), removed
+/// when it is dropped.
+struct Plan<'a> {
+    spool: &'a Spool,
+}
+
+impl<'a> Plan<'a> {
+    fn new(spool: &'a Spool, names: &[WalName]) -> Plan<'a> {
+        let plan = Plan { spool };
+        plan.write(names.iter());
+        plan
+    }
+
+    fn write<'n>(&self, names: impl Iterator<Item = &'n WalName>) {
+        write_plan(&self.spool.dir, names);
+    }
+}
+
+impl Drop for Plan<'_> {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(self.spool.dir.join(PLAN_FILE));
+    }
+}
+
+fn write_plan<'n>(dir: &Path, names: impl Iterator<Item = &'n WalName>) {
+    let names: Vec<&str> = names.map(|n| n.as_str()).collect();
+    // Not synced: a plan only saves a duplicate fetch, and dies with its filler.
+    let tmp = localdir::temp_path(dir, PLAN_FILE);
+    let ok = serde_json::to_vec(&names)
+        .ok()
+        .and_then(|json| fs::write(&tmp, json).ok())
+        .and_then(|()| fs::rename(&tmp, dir.join(PLAN_FILE)).ok());
+    if ok.is_none() {
+        let _ = fs::remove_file(&tmp);
+    }
+}
+
+impl Spool {
+    /// Segments after `seg` (same timeline) that a filler should fetch: up to
+    /// `count`, not spooled yet, within the spool's size bound.
+    fn ahead(&self, seg: Segment, opts: &PrefetchSettings, segment_size: u64) -> Vec<WalName> {
+        let spooled: Vec<WalName> = self.entries().into_iter().map(|s| s.name).collect();
+        let room = opts.max_bytes.saturating_sub(self.used_bytes()) / segment_size.max(1);
+        (1..=opts.count as u64)
+            .filter_map(|i| {
+                let next =
+                    Segment::from_number(seg.timeline, seg.number(segment_size) + i, segment_size);
+                WalName::parse(&next.file_name()).ok()
+            })
+            .filter(|n| !spooled.contains(n))
+            .take(usize::try_from(room).unwrap_or(usize::MAX))
+            .collect()
+    }
+
+    /// A filler for the segments after `seg`, unless one runs or nothing is to fetch.
+    fn ready_filler(
+        &self,
+        seg: Segment,
+        opts: &PrefetchSettings,
+        segment_size: u64,
+    ) -> Option<Filler> {
+        use fs2::FileExt;
+        if !valid_segment_size(segment_size) {
+            return None;
+        }
+        let path = self.dir.join(FILL_LOCK);
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| log_info!("no prefetch: opening {}: {e}", path.display()))
+            .ok()?;
+        // fs2's, not std's newer inherent method (the crate's MSRV predates it).
+        FileExt::try_lock_exclusive(&lock).ok()?;
+        let ahead = self.ahead(seg, opts, segment_size);
+        if ahead.is_empty() {
+            return None;
+        }
+        // Announced now, so that the next call waits for these instead of fetching
+        // them a second time while the filler connects.
+        write_plan(&self.dir, ahead.iter());
+        Some(Filler {
+            lock,
+            plan: self.dir.join(PLAN_FILE),
+            segment_size,
+        })
+    }
+
+    /// The fill lock inherited as descriptor `fd` from the call that started this
+    /// filler, or (if `fd` is not that lock) taken now; `None` when another holds it.
+    fn adopt_lock(&self, fd: i32) -> Option<File> {
+        use fs2::FileExt;
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::io::FromRawFd;
+        let path = self.dir.join(FILL_LOCK);
+        let want = fs::metadata(&path).ok()?;
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat only writes into `st`; an invalid fd makes it fail.
+        let same = unsafe { libc::fstat(fd, &mut st) } == 0
+            && st.st_dev == want.dev()
+            && st.st_ino == want.ino();
+        if same {
+            // SAFETY: `fd` is open, is the lock file, and was handed to this process
+            // for exactly this use; nothing else in the process owns it.
+            return Some(unsafe { File::from_raw_fd(fd) });
+        }
+        let f = fs::OpenOptions::new().write(true).open(&path).ok()?;
+        FileExt::try_lock_exclusive(&f).ok()?;
+        Some(f)
+    }
+
+    /// Whether a filler is running (it holds the lock for its whole life).
+    fn filler_alive(&self) -> bool {
+        use fs2::FileExt;
+        let Ok(f) = File::open(self.dir.join(FILL_LOCK)) else {
+            return false;
+        };
+        // fs2's, not std's newer inherent methods (the crate's MSRV predates them).
+        match FileExt::try_lock_shared(&f) {
+            Ok(()) => {
+                let _ = FileExt::unlock(&f);
+                false
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// Whether the running filler plans to fetch `name`.
+    fn planned(&self, name: &WalName) -> bool {
+        fs::read(self.dir.join(PLAN_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Vec<String>>(&b).ok())
+            .is_some_and(|names| names.iter().any(|n| n == name.as_str()))
+    }
+
+    /// Wait (at most `patience`) while a running filler is fetching `name`; whether
+    /// it is spooled now.
+    fn await_filler(&self, name: &WalName, patience: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            if self.has(name) {
+                return true;
+            }
+            if !self.planned(name) || !self.filler_alive() {
+                return self.has(name);
+            }
+            if std::time::Instant::now() >= deadline {
+                log_info!("gave up waiting for the prefetcher to bring {name}");
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    /// Whether fewer than half of `count` segments after `seg` (same timeline) are
+    /// spooled.
+    fn runs_low(&self, seg: Segment, count: usize) -> bool {
+        let ahead = self
+            .entries()
+            .iter()
+            .filter_map(|s| s.name.segment())
+            .filter(|o| o.timeline == seg.timeline && (o.log, o.seg) > (seg.log, seg.seg))
+            .count();
+        ahead < count.div_ceil(2).max(1)
+    }
 }
 
 fn not_archived(name: &WalName, storage: &dyn Storage) -> Fetched {

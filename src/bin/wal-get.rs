@@ -48,16 +48,17 @@ fn run(args: &Args) -> pgcellar::Result<Outcome> {
     match fetched {
         Fetched::Delivered(d) => {
             log_info!(
-                "restored {name} ({} bytes{}) in {:.1} ms{}",
+                "restored {name} ({} bytes{}) in {:.1} ms",
                 d.size,
                 if d.from_spool { ", from the spool" } else { "" },
                 start.elapsed().as_secs_f64() * 1000.0,
-                if d.prefetched > 0 {
-                    format!("; prefetched {}", d.prefetched)
-                } else {
-                    String::new()
-                }
             );
+            if let Some(filler) = d.fill {
+                // The exit status is decided; a prefetcher that cannot start changes nothing.
+                if let Err(e) = filler.start() {
+                    log_info!("no prefetch: {e}");
+                }
+            }
             Ok(Outcome::Delivered)
         }
         Fetched::NotArchived(msg) => {
@@ -67,9 +68,25 @@ fn run(args: &Args) -> pgcellar::Result<Outcome> {
     }
 }
 
+/// The detached prefetcher started by an earlier call (see `prefetch::Filler`): fill
+/// the spool, never touch the destination, exit 0 whatever happened.
+fn fill(args: &Args, env: &str) -> pgcellar::Result<usize> {
+    let settings = Settings::resolve(&args.common, None)?;
+    let name = WalName::parse(&args.wal_name)?;
+    let opts = PrefetchSettings::resolve(&args.prefetch, &settings)?;
+    prefetch::fill(&settings, &opts, &name, &args.dest, env)
+}
+
 fn main() {
     let args: Args = cli::parse_or_exit(FATAL);
     pgcellar::log::init("wal-get", args.common.verbose, args.common.quiet);
+    if let Some(size) = std::env::var_os(prefetch::FILL_ENV) {
+        match fill(&args, &size.to_string_lossy()) {
+            Ok(n) => log_info!("prefetcher stored {n} segments"),
+            Err(e) => log_info!("prefetcher stopped: {e}"),
+        }
+        std::process::exit(0);
+    }
     let code = match run(&args) {
         Ok(Outcome::Delivered) => 0,
         Ok(Outcome::NotFound) => 1,

@@ -82,9 +82,11 @@ pub struct PrefetchSettings {
 
 /// Default prefetch depth: 8 segments (128 MiB at the default size) per visit.
 pub const DEFAULT_PREFETCH: u32 = 8;
-/// Default fetch threads: downloads wait mostly on the network and decompression is
-/// cheap, so more threads than cores pay off.
-pub const DEFAULT_PARALLEL: u32 = 4;
+/// Default fetch threads of the prefetcher. It runs beside replay, which is what
+/// recovery waits for, so it only has to stay ahead: on 2 cores over loopback SSH, 1
+/// or 2 threads recovered faster than 4 (less CPU taken from replay); 2 keeps one
+/// download going when another stalls.
+pub const DEFAULT_PARALLEL: u32 = 2;
 /// Default spool bound: 1 GiB.
 pub const DEFAULT_SPOOL_MAX: u64 = 1 << 30;
 
@@ -517,6 +519,12 @@ pub fn fill(
         log_debug!("another prefetcher is filling {}", sp.dir().display());
         return Ok(0);
     };
+    // Replay is one process on one core and is what recovery waits for: the filler
+    // takes the CPU it leaves (decryption, decompression, hashing), never the reverse.
+    // SAFETY: nice(2) only changes this process's scheduling priority.
+    unsafe {
+        libc::nice(10);
+    }
     let ahead = sp.ahead(seg, opts, segment_size);
     if ahead.is_empty() {
         return Ok(0);

@@ -240,11 +240,18 @@ pub fn push_overlapped(
             let _ = tx.send(prepare(repo.storage(), &server, name)?);
             Ok((repo, server))
         });
-        let mut sink = DeferredSink {
-            rx,
-            state: SinkState::Waiting(Vec::new()),
+        // A local repository answers within a millisecond: then nothing is buffered,
+        // and a file that is archived already is only hashed, never compressed.
+        let state = match rx.recv_timeout(std::time::Duration::from_millis(2)) {
+            Ok(Destination::New(out)) => SinkState::Writing(out),
+            Ok(Destination::Existing(existing)) => SinkState::Existing(existing),
+            Err(_) => SinkState::Waiting(Vec::new()),
         };
-        let mut encoded = codec::encode_pipelined(&src.head, &mut src.file, &mut sink, codec);
+        let mut sink = DeferredSink { rx, state };
+        let mut encoded = match sink.state {
+            SinkState::Existing(_) => Err(io::Error::from(io::ErrorKind::AlreadyExists)),
+            _ => codec::encode_pipelined(&src.head, &mut src.file, &mut sink, codec),
+        };
         if encoded.is_ok() {
             // The last byte was compressed before the repository answered: wait for it.
             if let Err(e) = sink.poll(true) {

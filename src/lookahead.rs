@@ -318,15 +318,6 @@ impl Lookahead {
         out
     }
 
-    /// Whether records exist for ready segments other than `current` (so the next
-    /// calls will be fast even if this one pushes nothing).
-    fn records_ahead(&self, current: &WalName) -> usize {
-        self.ready_segments(current)
-            .iter()
-            .filter(|n| self.record_file(n.as_str()).exists())
-            .count()
-    }
-
     /// Remove records of segments that are no longer `.ready` (archived, or gone).
     pub fn prune(&self) {
         let Ok(rd) = fs::read_dir(&self.status) else {
@@ -469,14 +460,13 @@ pub fn push_file(
         .and_then(|n| WalName::parse(n).ok());
     if let (Some(la), Some(name)) = (&la, &name) {
         if let Some(sha256) = la.trusted(name, wal_path) {
-            // Decided: the file is archived. Keep the pipeline going only when it
-            // pays for a repository connection, or when the next call would be
-            // slow anyway because nothing ahead is recorded.
+            // Decided: the file is archived. Push ahead only when a batch shares one
+            // repository connection between several segments; a single one would cost
+            // its own call's handshake now plus a re-hash later.
             la.forget(name.as_str());
             let pending = la.candidates(name);
             let mut report = BatchReport::default();
-            if !pending.is_empty() && (pending.len() >= la.parallel || la.records_ahead(name) == 0)
-            {
+            if pending.len() >= la.parallel.max(2) {
                 match Repository::open_server(settings) {
                     Ok((repo, server)) => {
                         report = la.push_batch(

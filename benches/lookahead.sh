@@ -145,7 +145,7 @@ bench_push() {
     mapfile -t SEGS < <(ls "$W/segs" | grep '^[0-9A-F]\{24\}$' | sort | head -n "$n")
     pgbackrest_conf "$W/pg-src"
     start_sshd
-    local variants=(la la8 plain pgbr)
+    local variants=(la la8 plain pgbr pgbr-gz)
     [ -n "$SSH_PORT" ] && variants+=(ssh-la ssh-la8 ssh-plain)
     # One shell as postgres runs each serial loop, so runuser is not in the timing.
     # Prints "wall_ns cpu_s" (CPU: user+sys of all children, independent of other load).
@@ -179,11 +179,15 @@ bench_push() {
                 la8|ssh-la8) cmd=("$W/bin/wal-push" --push-parallel 8 "${SSH_FLAGS[@]}" --repo "$u" --server bench) ;;
                 plain|ssh-plain) cmd=("$W/bin/wal-push" --push-lookahead 0 "${SSH_FLAGS[@]}" --repo "$u" --server bench) ;;
                 pgbr) cmd=("${PGBR[@]}" archive-push) ;;
+                # pgBackRest as installed: its default compression (gz, level 6).
+                pgbr-gz) cmd=("${PGBR[@]}" --compress-type=gz archive-push) ;;
             esac
+            # Each pgBackRest variant starts from an empty archive too.
+            [ $v = pgbr-gz ] && { rm -rf "$W/repo-pgbackrest"; "${AS[@]}" "${PGBR[@]}" stanza-create >/dev/null; }
             sync
             read -r wall cpu < <(run_loop "$dd" "${cmd[@]}")
             local stored=""
-            [ $v != pgbr ] && stored=$(find "$W/repo-$v-$r/bench/wal" -type f -name '[0-9A-F]*-*' | wc -l)
+            case $v in pgbr*) ;; *) stored=$(find "$W/repo-$v-$r/bench/wal" -type f -name '[0-9A-F]*-*' | wc -l) ;; esac
             echo "$r $v $wall $cpu $stored" >> "$W/push-results"
             rm -rf "$dd"
         done
@@ -197,7 +201,7 @@ bench_push() {
         END {
             m = 0; for (r in rounds) m++
             names["la"] = "wal-push, look-ahead (defaults)"; names["la8"] = "wal-push, look-ahead, --push-parallel 8"
-            names["plain"] = "wal-push --push-lookahead 0"; names["pgbr"] = "pgbackrest archive-push (sync)"
+            names["plain"] = "wal-push --push-lookahead 0"; names["pgbr"] = "pgbackrest archive-push (sync)"; names["pgbr-gz"] = "pgbackrest archive-push (sync, default gz)"
             names["ssh-la"] = "SSH wal-push, look-ahead (defaults)"; names["ssh-la8"] = "SSH wal-push, look-ahead, parallel 8"
             names["ssh-plain"] = "SSH wal-push --push-lookahead 0"
             for (i = 1; i <= k; i++) {

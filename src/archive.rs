@@ -132,8 +132,12 @@ impl WalSource {
         })
     }
 
-    /// SHA-256 of the whole file (used when a copy may already be archived).
+    /// SHA-256 of the whole file (used when a copy may already be archived), from
+    /// wherever an interrupted encoder left the read position.
     pub fn hash(&mut self) -> Result<String> {
+        self.file
+            .seek(SeekFrom::Start(self.head.len() as u64))
+            .io_context(|| format!("reading {}", self.path.display()))?;
         let (sha, _) = codec::hash(&self.head, &mut self.file)
             .io_context(|| format!("reading {}", self.path.display()))?;
         Ok(sha)
@@ -249,7 +253,7 @@ pub fn push_overlapped(
         };
         let mut sink = DeferredSink { rx, state };
         let mut encoded = match sink.state {
-            SinkState::Existing(_) => Err(io::Error::from(io::ErrorKind::AlreadyExists)),
+            SinkState::Existing(_) => Err(already_archived()),
             _ => codec::encode_pipelined(&src.head, &mut src.file, &mut sink, codec),
         };
         if encoded.is_ok() {
@@ -274,9 +278,6 @@ pub fn push_overlapped(
         }
         (Err(_), SinkState::Existing(existing)) => {
             // The sink stopped the encoder: a copy exists, so only the hash matters.
-            src.file
-                .seek(SeekFrom::Start(src.head.len() as u64))
-                .io_context(|| format!("reading {}", src.path.display()))?;
             let sha = src.hash()?;
             compare_existing(&src.name, &sha, &existing, storage)?
         }
@@ -335,10 +336,7 @@ impl DeferredSink {
             Some(Destination::Existing(existing)) => {
                 self.state = SinkState::Existing(existing);
                 // Stop compressing a file that will not be stored.
-                Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    "already archived",
-                ))
+                Err(already_archived())
             }
         }
     }
@@ -358,10 +356,7 @@ impl Write for DeferredSink {
                 Ok(data.len())
             }
             SinkState::Writing(out) => out.write(data),
-            SinkState::Existing(_) => Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "already archived",
-            )),
+            SinkState::Existing(_) => Err(already_archived()),
         }
     }
 
@@ -371,6 +366,11 @@ impl Write for DeferredSink {
             _ => Ok(()),
         }
     }
+}
+
+/// What the sink returns to stop the encoder once the name turned out archived.
+fn already_archived() -> io::Error {
+    io::Error::new(io::ErrorKind::AlreadyExists, "already archived")
 }
 
 fn archiving_error(src: &WalSource, storage: &dyn Storage, e: io::Error) -> Error {

@@ -4,7 +4,8 @@
 //! `wal-push` is called for segment N from the data directory (`%p` is
 //! `pg_wal/NAME`), the other segments already marked `pg_wal/archive_status/*.ready`
 //! are complete and waiting for their own call. We push up to `push_lookahead` of
-//! them (oldest first, which is the archiver's order) in parallel with N, and after
+//! them (oldest first, which is the archiver's order), in parallel, once N itself is
+//! stored (their failures never reach N's exit status), and after
 //! each one's repository commit is durable we write a *record* (name, size, mtime,
 //! SHA-256, repository, server) into a local status directory. When PostgreSQL later
 //! calls us for such a segment, we re-hash the file it hands over; only when name,

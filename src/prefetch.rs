@@ -604,14 +604,9 @@ impl Drop for Plan<'_> {
 
 fn write_plan<'n>(dir: &Path, names: impl Iterator<Item = &'n WalName>) {
     let names: Vec<&str> = names.map(|n| n.as_str()).collect();
-    // Not synced: a plan only saves a duplicate fetch, and dies with its filler.
-    let tmp = localdir::temp_path(dir, PLAN_FILE);
-    let ok = serde_json::to_vec(&names)
-        .ok()
-        .and_then(|json| fs::write(&tmp, json).ok())
-        .and_then(|()| fs::rename(&tmp, dir.join(PLAN_FILE)).ok());
-    if ok.is_none() {
-        let _ = fs::remove_file(&tmp);
+    // A plan only saves a duplicate fetch: if it cannot be written, callers fetch.
+    if let Ok(json) = serde_json::to_vec(&names) {
+        let _ = localdir::write_atomic(dir, PLAN_FILE, &json);
     }
 }
 

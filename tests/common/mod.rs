@@ -406,8 +406,21 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        // What the archiver was doing: a slow machine and a stuck archive_command
+        // look alike from the server log alone.
+        let archiver = self
+            .psql_raw("SELECT archived_count, last_archived_wal, failed_count, last_failed_wal FROM pg_stat_archiver")
+            .stdout;
+        let ready = fs::read_dir(self.pgdata.join("pg_wal/archive_status"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".ready"))
+                    .count()
+            })
+            .unwrap_or(0);
         panic!(
-            "timed out after {timeout:?} waiting to {what}\n--- server log tail ---\n{}",
+            "timed out after {timeout:?} waiting to {what}\n--- pg_stat_archiver: {} ({ready} .ready) ---\n--- server log tail ---\n{}",
+            String::from_utf8_lossy(&archiver).trim(),
             tail(&self.log_text(), 60)
         );
     }
@@ -416,9 +429,15 @@ impl Cluster {
     pub fn switch_and_wait_archived(&self) -> String {
         let seg = self.psql("SELECT pg_walfile_name(pg_switch_wal())");
         // pg_switch_wal on an idle segment returns the previous one; either way wait for it.
+        // Judged by archive_status, not by pg_stat_archiver.last_archived_wal: the
+        // archiver may take a backup history file (`<older segment>.<offset>.backup`)
+        // after later segments, and that name then sorts before the one we wait for.
+        let status = self.pgdata.join("pg_wal/archive_status");
         self.wait_until(Duration::from_secs(60), &format!("archive {seg}"), |c| {
-            let last = c.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
-            !last.is_empty() && last.as_str() >= seg.as_str()
+            let ready = status.join(format!("{seg}.ready")).exists();
+            let done = status.join(format!("{seg}.done")).exists()
+                || !c.pgdata.join("pg_wal").join(&seg).exists();
+            !ready && done
         });
         seg
     }
@@ -518,7 +537,8 @@ impl RepoDir {
 
     /// `archive_command` that pushes into this repository.
     pub fn archive_command(&self) -> String {
-        format!("{} {} %p", bin("wal-push").display(), self.shell_args())
+        // -v: each call's outcome and timing lands in the server log a failure shows.
+        format!("{} -v {} %p", bin("wal-push").display(), self.shell_args())
     }
 
     /// `restore_command` that gets from this repository.

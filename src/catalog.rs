@@ -762,6 +762,8 @@ mod tests {
         });
         let args = CommonArgs {
             repo: Some(root.join("repo").display().to_string()),
+            // Unit tests run as root in CI; the root guard has its own test.
+            allow_root: true,
             server: server.map(str::to_string),
             config: cfg,
             ..Default::default()

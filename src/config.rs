@@ -78,6 +78,10 @@ pub struct CommonArgs {
     /// Only errors on stderr
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Write a local repository even when running as root (its files then belong to root)
+    #[arg(long, env = "PGCELLAR_ALLOW_ROOT", global = true,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_root: bool,
 }
 
 /// Compression options of the binaries that write stored files.
@@ -154,6 +158,8 @@ pub struct FileConfig {
     pub archive_wait_timeout: Option<u64>,
     /// Seconds after which a backup directory without a manifest counts as aborted.
     pub aborted_backup_max_age: Option<u64>,
+    /// Write a local repository even when running as root.
+    pub allow_root: Option<bool>,
 }
 
 /// Fully resolved settings shared by every binary.
@@ -183,6 +189,8 @@ pub struct Settings {
     pub lock_stale_after: Duration,
     /// How long base-backup waits for the backup's WAL to be archived.
     pub backup_wal_timeout: Duration,
+    /// Whether a local repository may be written while running as root.
+    pub allow_root: bool,
 }
 
 /// SSH connection settings.
@@ -228,44 +236,38 @@ impl Settings {
             Some(p) => FileConfig::load(p)?,
             None => FileConfig::default(),
         };
-        let in_file = |key: &str| match &args.config {
-            Some(p) => format!("{key} (from {})", p.display()),
-            None => key.to_string(),
-        };
-        let repo = match args.repo.clone().or(file.repo.clone()) {
-            Some(r) => Some(RepoUrl::parse(&r).map_err(|e| e.context(in_file("repo")))?),
-            None => None,
+        let cfg = args.config.as_deref();
+        let in_file = |key: &str| origin(key, false, cfg);
+        let repo = match (&args.repo, &file.repo) {
+            (Some(r), _) => {
+                Some(RepoUrl::parse(r).map_err(|e| e.context(origin("repo", true, cfg)))?)
+            }
+            (None, Some(r)) => Some(RepoUrl::parse(r).map_err(|e| e.context(in_file("repo")))?),
+            (None, None) => None,
         };
         let server = args.server.clone().or(file.server.clone());
         if let Some(s) = &server {
-            crate::repo::check_server_name(s).map_err(|e| e.context(in_file("server")))?;
+            crate::repo::check_server_name(s)
+                .map_err(|e| e.context(origin("server", args.server.is_some(), cfg)))?;
         }
-        let compression = comp
-            .and_then(|c| c.compression)
-            .or(file.compression)
-            .unwrap_or_default();
-        let level = comp
-            .and_then(|c| c.compression_level)
-            .or(file.compression_level)
-            .unwrap_or_else(|| compression.default_level());
-        compression
-            .check_level(level)
-            .map_err(|e| e.context(in_file("compression_level")))?;
-        let timeout = |v: Option<u64>, default: u64, key: &str| -> Result<Duration> {
-            match v.unwrap_or(default) {
-                0 => Err(Error::config(format!(
-                    "{}: must be at least 1 second",
-                    in_file(key)
-                ))),
-                s => Ok(Duration::from_secs(s)),
-            }
+        let codec = resolve_codec(comp, &file, cfg)?;
+        // `flag`: the value given by a flag or the environment, if any.
+        let timeout = |flag: Option<u64>, in_file: Option<u64>, default: u64, key: &str| match flag
+            .or(in_file)
+            .unwrap_or(default)
+        {
+            0 => Err(Error::config(format!(
+                "{}: must be at least 1 second",
+                origin(key, flag.is_some(), cfg)
+            ))),
+            s => Ok(Duration::from_secs(s)),
         };
         Ok(Settings {
             repo,
             server,
             pgdata: args.pgdata.clone().or(file.pgdata.clone()),
             conninfo: args.conninfo.clone().or(file.conninfo.clone()),
-            codec: Codec { compression, level },
+            codec,
             ssh: SshSettings {
                 identity: args.ssh_identity.clone().or(file.ssh_identity.clone()),
                 known_hosts: args
@@ -277,12 +279,14 @@ impl Settings {
                     .or(file.ssh_accept_new_host_key)
                     .unwrap_or(false),
                 connect_timeout: timeout(
-                    args.ssh_connect_timeout.or(file.ssh_connect_timeout),
+                    args.ssh_connect_timeout,
+                    file.ssh_connect_timeout,
                     10,
                     "ssh_connect_timeout",
                 )?,
                 io_timeout: timeout(
-                    args.ssh_io_timeout.or(file.ssh_io_timeout),
+                    args.ssh_io_timeout,
+                    file.ssh_io_timeout,
                     30,
                     "ssh_io_timeout",
                 )?,
@@ -299,8 +303,9 @@ impl Settings {
                 Some(n) => n,
                 None => default_jobs(),
             },
-            lock_stale_after: timeout(file.lock_stale_after, 86400, "lock_stale_after")?,
-            backup_wal_timeout: timeout(file.backup_wal_timeout, 600, "backup_wal_timeout")?,
+            lock_stale_after: timeout(None, file.lock_stale_after, 86400, "lock_stale_after")?,
+            backup_wal_timeout: timeout(None, file.backup_wal_timeout, 600, "backup_wal_timeout")?,
+            allow_root: args.allow_root || file.allow_root.unwrap_or(false),
             file,
         })
     }
@@ -314,12 +319,11 @@ impl Settings {
         })
     }
 
-    /// `key` as named in messages: with the configuration file when there is one.
-    pub fn key_in_file(&self, key: &str) -> String {
-        match &self.config_file {
-            Some(p) => format!("{key} (from {})", p.display()),
-            None => key.to_string(),
-        }
+    /// Where the value of `key` came from, as named in messages: `--flag`,
+    /// `ENV (environment)` when `from_args` (clap took it from a flag or the
+    /// environment), else the key in the configuration file.
+    pub fn origin(&self, key: &str, from_args: bool) -> String {
+        origin(key, from_args, self.config_file.as_deref())
     }
 
     /// The server name, or an error telling how to set it.
@@ -328,6 +332,85 @@ impl Settings {
             Error::config("no server name given: use --server, PGCELLAR_SERVER or 'server' in the config file")
         })
     }
+}
+
+/// Where the value of `key` came from, as error messages name it. clap merges flags
+/// and environment before we see them, so a value from either is told apart by
+/// whether the flag is on the command line.
+pub fn origin(key: &str, from_args: bool, config: Option<&Path>) -> String {
+    if from_args {
+        let flag = format!("--{}", key.replace('_', "-"));
+        let with_value = format!("{flag}=");
+        let on_command_line = std::env::args_os().skip(1).any(|a| {
+            a.to_str()
+                .is_some_and(|a| a == flag || a.starts_with(&with_value))
+        });
+        let env = env_name(key);
+        if !on_command_line && std::env::var_os(&env).is_some() {
+            return format!("{env} (environment)");
+        }
+        return flag;
+    }
+    match config {
+        Some(p) => format!("{key} (from {})", p.display()),
+        None => key.to_string(),
+    }
+}
+
+/// The environment variable behind a setting's flag.
+fn env_name(key: &str) -> String {
+    match key {
+        "pgdata" => "PGDATA".to_string(),
+        k => format!("PGCELLAR_{}", k.to_uppercase()),
+    }
+}
+
+/// Compression and level. A level belongs to the algorithm named beside it: one from
+/// the file is ignored when a flag picks another algorithm (the file's `zstd` level
+/// 19 means nothing to `--compression gzip`), and lz4/none take none at all, so a
+/// shared `compression_level = 3` never makes `--compression lz4` fail.
+fn resolve_codec(
+    comp: Option<&CompressionArgs>,
+    file: &FileConfig,
+    cfg: Option<&Path>,
+) -> Result<Codec> {
+    let flag_compression = comp.and_then(|c| c.compression);
+    let compression = flag_compression.or(file.compression).unwrap_or_default();
+    let flag_level = comp.and_then(|c| c.compression_level);
+    let file_level = file
+        .compression_level
+        .filter(|_| flag_compression.map_or(true, |c| c == file.compression.unwrap_or_default()));
+    if flag_level.is_none() && file_level.is_none() && file.compression_level.is_some() {
+        crate::log_info!(
+            "compression_level in the configuration file belongs to {}, not {compression}: using {compression}'s default",
+            file.compression.unwrap_or_default()
+        );
+    }
+    if matches!(compression, Compression::Lz4 | Compression::None) {
+        if let Some(l) = flag_level.or(file_level).filter(|&l| l != 0) {
+            crate::log_info!("compression level {l} does not apply to {compression}: ignored");
+        }
+        return Ok(Codec {
+            compression,
+            level: 0,
+        });
+    }
+    let level = match (flag_level, file_level) {
+        (Some(l), _) => {
+            compression
+                .check_level(l)
+                .map_err(|e| e.context(origin("compression_level", true, cfg)))?;
+            l
+        }
+        (None, Some(l)) => {
+            compression
+                .check_level(l)
+                .map_err(|e| e.context(origin("compression_level", false, cfg)))?;
+            l
+        }
+        (None, None) => compression.default_level(),
+    };
+    Ok(Codec { compression, level })
 }
 
 /// The number of cores, the default for `jobs`.
@@ -417,6 +500,71 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("/nonexistent/pgcellar.toml"));
+    }
+
+    #[test]
+    fn a_level_belongs_to_its_algorithm() {
+        let resolve = |text: &str, comp: CompressionArgs| {
+            let f = write_cfg(text);
+            let args = CommonArgs {
+                config: Some(f.path().into()),
+                ..Default::default()
+            };
+            Settings::resolve(&args, Some(&comp)).map(|s| s.codec)
+        };
+        let flag = |c: Compression, level: Option<i32>| CompressionArgs {
+            compression: Some(c),
+            compression_level: level,
+        };
+        // The example's shared level does not break --compression lz4.
+        let c = resolve("compression_level = 3", flag(Compression::Lz4, None)).unwrap();
+        assert_eq!((c.compression, c.level), (Compression::Lz4, 0));
+        // A file's zstd level is not applied to a gzip chosen by flag.
+        let c = resolve(
+            "compression = 'zstd'\ncompression_level = 19",
+            flag(Compression::Gzip, None),
+        )
+        .unwrap();
+        assert_eq!((c.compression, c.level), (Compression::Gzip, 6));
+        // The level beside the same algorithm still applies.
+        let c = resolve("compression_level = 9", flag(Compression::Zstd, None)).unwrap();
+        assert_eq!(c.level, 9);
+        // lz4 ignores a flag level too; a bad level names where it came from.
+        assert!(resolve("", flag(Compression::Lz4, Some(5))).is_ok());
+        let msg = resolve("", flag(Compression::Zstd, Some(99)))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("--compression-level"), "{msg}");
+        let msg = resolve("compression_level = 99", CompressionArgs::default())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("compression_level (from "), "{msg}");
+    }
+
+    #[test]
+    fn errors_name_the_flag_not_the_file_for_flag_values() {
+        let f = write_cfg("repo = '/r'\nssh_io_timeout = 5\n");
+        let args = CommonArgs {
+            config: Some(f.path().into()),
+            repo: Some("relative".into()),
+            ..Default::default()
+        };
+        let msg = Settings::resolve(&args, None).unwrap_err().to_string();
+        assert!(msg.starts_with("--repo: "), "{msg}");
+        let args = CommonArgs {
+            config: Some(f.path().into()),
+            ssh_io_timeout: Some(0),
+            ..Default::default()
+        };
+        let msg = Settings::resolve(&args, None).unwrap_err().to_string();
+        assert!(msg.starts_with("--ssh-io-timeout: "), "{msg}");
+        let f = write_cfg("server = '../x'\n");
+        let args = CommonArgs {
+            config: Some(f.path().into()),
+            ..Default::default()
+        };
+        let msg = Settings::resolve(&args, None).unwrap_err().to_string();
+        assert!(msg.starts_with("server (from "), "{msg}");
     }
 
     #[test]

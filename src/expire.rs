@@ -492,6 +492,8 @@ mod tests {
     fn settings(root: &std::path::Path) -> Settings {
         let args = CommonArgs {
             repo: Some(root.join("repo").display().to_string()),
+            // Unit tests run as root in CI; the root guard has its own test.
+            allow_root: true,
             ..Default::default()
         };
         Settings::resolve(&args, None).unwrap()

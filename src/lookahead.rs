@@ -95,14 +95,14 @@ impl LookaheadSettings {
             args.push_parallel
                 .or(f.push_parallel)
                 .unwrap_or_else(default_parallel),
-            &settings.key_in_file("push_parallel"),
+            &settings.origin("push_parallel", args.push_parallel.is_some()),
         )?;
         let status_dir = args.wal_status_dir.clone().or(f.wal_status_dir.clone());
         if let Some(d) = &status_dir {
             if !d.is_absolute() {
                 return Err(Error::config(format!(
                     "{}: {} must be an absolute path",
-                    settings.key_in_file("wal_status_dir"),
+                    settings.origin("wal_status_dir", args.wal_status_dir.is_some()),
                     d.display()
                 )));
             }

@@ -99,14 +99,14 @@ impl PrefetchSettings {
             args.prefetch_parallel
                 .or(f.prefetch_parallel)
                 .unwrap_or(DEFAULT_PARALLEL),
-            &settings.key_in_file("prefetch_parallel"),
+            &settings.origin("prefetch_parallel", args.prefetch_parallel.is_some()),
         )?;
         let spool_dir = args.spool_dir.clone().or(f.spool_dir.clone());
         if let Some(d) = &spool_dir {
             if !d.is_absolute() {
                 return Err(Error::config(format!(
                     "{}: {} must be an absolute path",
-                    settings.key_in_file("spool_dir"),
+                    settings.origin("spool_dir", args.spool_dir.is_some()),
                     d.display()
                 )));
             }

@@ -14,15 +14,47 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
     root: PathBuf,
+    refuse_root: bool,
 }
 
 impl LocalStorage {
     /// Storage rooted at `root` (which need not exist yet).
     pub fn new(root: PathBuf) -> Self {
-        LocalStorage { root }
+        LocalStorage {
+            root,
+            refuse_root: false,
+        }
+    }
+
+    /// Refuse every write while the process runs as root.
+    ///
+    /// PostgreSQL never runs as root, so the account that archives and recovers is
+    /// never root either: a file root creates here (0600, owned by root) is one that
+    /// `archive_command` and `restore_command` cannot read, and archiving or recovery
+    /// then fails days later. Refusing at once, with the fix in the message, beats
+    /// handing files to another owner behind the user's back (chown is also not
+    /// possible on root-squashed NFS, the common mount for a backup host).
+    pub fn refusing_root_writes(mut self) -> Self {
+        self.refuse_root = true;
+        self
+    }
+
+    /// Fail when this write would leave a root-owned file in the repository.
+    fn check_writer(&self) -> Result<()> {
+        // SAFETY: geteuid has no preconditions.
+        if self.refuse_root && unsafe { libc::geteuid() } == 0 {
+            return Err(Error::config(format!(
+                "refusing to write the repository {} as root: PostgreSQL's account could \
+                 not read what root writes; run this as the repository's owner (e.g. \
+                 'runuser -u postgres -- ...'), or pass --allow-root if root is meant to own it",
+                self.root.display()
+            )));
+        }
+        Ok(())
     }
 
     fn create_file(&self, dir: &str, sync: bool) -> Result<Box<dyn AtomicFile>> {
+        self.check_writer()?;
         let dir = self.abs(dir)?;
         let tmp = dir.join(temp_name());
         let file = OpenOptions::new()
@@ -175,6 +207,7 @@ impl Storage for LocalStorage {
     }
 
     fn create_dir_all(&self, dir: &str) -> Result<()> {
+        self.check_writer()?;
         let target = self.abs(dir)?;
         // Walk up to the first existing ancestor, then create downwards, syncing each
         // parent so the new entries are durable.
@@ -201,6 +234,7 @@ impl Storage for LocalStorage {
     }
 
     fn remove_file(&self, path: &str) -> Result<()> {
+        self.check_writer()?;
         let p = self.abs(path)?;
         match fs::remove_file(&p) {
             Ok(()) => Ok(()),
@@ -210,6 +244,7 @@ impl Storage for LocalStorage {
     }
 
     fn remove_dir_all(&self, path: &str) -> Result<()> {
+        self.check_writer()?;
         let p = self.abs(path)?;
         match fs::remove_dir_all(&p) {
             Ok(()) => Ok(()),
@@ -219,6 +254,7 @@ impl Storage for LocalStorage {
     }
 
     fn hard_link_all(&self, links: &[(String, String)]) -> Result<()> {
+        self.check_writer()?;
         let mut dirs = std::collections::BTreeSet::new();
         for (src, dst) in links {
             let s = self.abs(src)?;

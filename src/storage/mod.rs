@@ -170,7 +170,14 @@ pub fn join(dir: &str, name: &str) -> String {
 /// Open the storage a repository URL points to, with the SSH settings it may need.
 pub fn open_with(url: &RepoUrl, settings: &crate::config::Settings) -> Result<Box<dyn Storage>> {
     match url {
-        RepoUrl::Local(path) => Ok(Box::new(LocalStorage::new(path.clone()))),
+        RepoUrl::Local(path) => {
+            let local = LocalStorage::new(path.clone());
+            Ok(Box::new(if settings.allow_root {
+                local
+            } else {
+                local.refusing_root_writes()
+            }))
+        }
         RepoUrl::Ssh { .. } => Ok(Box::new(SshStorage::open(url, &settings.ssh)?)),
     }
 }

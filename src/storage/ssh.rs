@@ -539,13 +539,43 @@ fn install_quickack_recv(session: &Session) {
     }
 }
 
+/// Resolve `host`, bounded by `timeout`: getaddrinfo has no timeout of its own, and a
+/// dead DNS server would otherwise hang archive_command for as long as the resolver's
+/// retries last (resolv.conf's timeout x attempts x servers, a minute or more). A
+/// lookup that overruns is left to finish on its own thread, which dies with the
+/// process.
+fn resolve(host: &str, port: u16, timeout: Duration) -> std::io::Result<Vec<SocketAddr>> {
+    if let Ok(ip) = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = host.to_string();
+    std::thread::Builder::new()
+        .name("resolve".into())
+        .spawn(move || {
+            let _ = tx.send(
+                (name.as_str(), port)
+                    .to_socket_addrs()
+                    .map(Iterator::collect),
+            );
+        })?;
+    match rx.recv_timeout(timeout) {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "no answer from the name service within {}s (the connect timeout)",
+                timeout.as_secs()
+            ),
+        )),
+    }
+}
+
 /// Open and authenticate one session, verifying the host key first.
 fn connect(t: &Target, s: &SshSettings, dir_fsync: Arc<AtomicU8>) -> Result<Conn> {
     let loc = t.url();
-    let addrs: Vec<SocketAddr> = (t.host.as_str(), t.port)
-        .to_socket_addrs()
-        .map_err(|e| transient(format!("{loc}: cannot resolve {}: {e}", t.host)))?
-        .collect();
+    let addrs = resolve(&t.host, t.port, s.connect_timeout)
+        .map_err(|e| transient(format!("{loc}: cannot resolve {}: {e}", t.host)))?;
     let mut last_err = None;
     let mut stream = None;
     for a in &addrs {
@@ -1087,6 +1117,16 @@ impl SshAtomicFile {
         let e = stream_error(&self.lease.conn().session, e);
         if e.kind() == io::ErrorKind::ConnectionAborted {
             self.lease.poison();
+        }
+        // SFTP version 3 has no "no space" status: sshd answers a write that hits a
+        // full disk or a quota with the bare SSH_FX_FAILURE, which libssh2 words as
+        // "failure". Say what it almost always means.
+        if e.to_string().eq_ignore_ascii_case("failure") {
+            return io::Error::new(
+                e.kind(),
+                "the backup host failed the write without a reason (SFTP reports none; \
+                 usually its filesystem is full or over quota: check df there)",
+            );
         }
         e
     }

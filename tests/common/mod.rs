@@ -44,6 +44,7 @@ pub fn skip_or_fail(what: &str) -> Option<()> {
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        allow_root_writes();
         let dir = std::env::temp_dir().join(format!("pgcellar-bin-{}", std::process::id()));
         fs::create_dir_all(&dir).expect("create bin dir");
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod bin dir");
@@ -62,6 +63,21 @@ pub fn bin_dir() -> &'static Path {
     })
 }
 
+/// Let the binaries this test process starts write repositories as root.
+///
+/// CI runs the tests as root, and most of them write repositories that only root
+/// then reads; the refusal to write as root has its own tests, which remove the
+/// variable from their commands. Called by [`bin_dir`] and [`TestDir::new`], which
+/// every test goes through before it starts a binary.
+pub fn allow_root_writes() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if is_root() {
+            std::env::set_var("PGCELLAR_ALLOW_ROOT", "1");
+        }
+    });
+}
+
 /// Path of a built binary that the `postgres` user can run.
 pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
@@ -75,6 +91,7 @@ pub struct TestDir {
 impl TestDir {
     /// A new, empty directory.
     pub fn new() -> TestDir {
+        allow_root_writes();
         let dir = tempfile::Builder::new()
             .prefix("pgcellar-test-")
             .tempdir()
@@ -563,6 +580,8 @@ impl RepoDir {
             server: Some(self.server.clone()),
             ssh_identity: self.ssh.as_ref().map(|s| s.1.clone()),
             ssh_known_hosts: self.ssh.as_ref().map(|s| s.2.clone()),
+            // As the binaries get PGCELLAR_ALLOW_ROOT from bin_dir() (CI runs as root).
+            allow_root: true,
             ..Default::default()
         };
         pgcellar::config::Settings::resolve(&args, None).expect("settings")

@@ -12,6 +12,12 @@ pub const SEG: u64 = 1 << 20;
 /// PostgreSQL 15 cluster with system identifier `sysid`. Returns whether the
 /// repository was created now.
 pub fn register_synthetic(r: RepoDir, sysid: u64) -> (RepoDir, bool) {
+    let created = register_synthetic_in(&r, sysid);
+    (r, created)
+}
+
+/// [`register_synthetic`] for a repository the caller keeps.
+pub fn register_synthetic_in(r: &RepoDir, sysid: u64) -> bool {
     let (repo, created) = Repository::open_or_create(&r.settings())
         .unwrap_or_else(|e| panic!("creating {}: {e}", r.url()));
     repo.register_server(&ServerInfo {
@@ -24,7 +30,7 @@ pub fn register_synthetic(r: RepoDir, sysid: u64) -> (RepoDir, bool) {
         registered: "2026-11-23T00:00:00Z".into(),
     })
     .expect("register server");
-    (r, created)
+    created
 }
 
 /// A segment named `name` of cluster `sysid` whose body depends on `seed` (and on

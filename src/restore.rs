@@ -1184,6 +1184,10 @@ mod tests {
         assert_eq!("3".parse(), Ok(TimelineTarget::Id(3)));
         assert!("0".parse::<TimelineTarget>().is_err());
         assert!("stop".parse::<TargetAction>().is_err());
+        assert_eq!("preserve".parse(), Ok(ArchiveMode::Preserve));
+        assert_eq!("off".parse(), Ok(ArchiveMode::Off));
+        assert_eq!(ArchiveMode::default(), ArchiveMode::Off);
+        assert!("on".parse::<ArchiveMode>().is_err());
         assert_eq!(
             parse_tablespace_mapping("ts1=/srv/ts").unwrap(),
             ("ts1".to_string(), PathBuf::from("/srv/ts"))

@@ -1,11 +1,12 @@
 //! `restore`: materialise a backup into a data directory and set up recovery.
 //!
 //! Order of work: check the destination (empty, or `--delta`; no running postmaster),
-//! remove `global/pg_control` first when reusing a directory, create directories with
-//! their modes and the tablespace links, write every file with `--jobs` workers while
-//! verifying its SHA-256, write `backup_label`, `tablespace_map`, the recovery settings
-//! and the signal file, and write `global/pg_control` last: a restore interrupted at
-//! any point leaves a directory PostgreSQL refuses to start.
+//! remove `global/pg_control` first (durably) when reusing a directory, create
+//! directories with their modes and the tablespace links, write every file under a
+//! temporary name with `--jobs` workers, verify its SHA-256 and only then rename it
+//! into place, write `backup_label`, `tablespace_map`, the recovery settings and the
+//! signal file, and rename `global/pg_control` into place last: a restore that fails
+//! or is interrupted at any point leaves a directory PostgreSQL refuses to start.
 
 use crate::codec;
 use crate::config::Settings;
@@ -149,6 +150,37 @@ impl TargetAction {
     }
 }
 
+/// `--archive-mode`: what the restored cluster does with its source's archiving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ArchiveMode {
+    /// Replace `archive_command` by one that archives nothing and fails, so a copy
+    /// never pushes a new timeline into its source's repository.
+    #[default]
+    Off,
+    /// Keep the source's archiving settings (a real failover).
+    Preserve,
+}
+
+impl FromStr for ArchiveMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "off" => Ok(ArchiveMode::Off),
+            "preserve" => Ok(ArchiveMode::Preserve),
+            _ => Err(format!(
+                "{s:?} is not an archive mode (expected off or preserve)"
+            )),
+        }
+    }
+}
+
+/// The `archive_command` a restore writes by default. It fails on every call, so
+/// PostgreSQL keeps each segment (`.ready`) and reports the failure in its log and in
+/// `pg_stat_archiver`; the comment is what the DBA sees in "The failed archive command
+/// was: ...".
+pub const DISABLED_ARCHIVE_COMMAND: &str =
+    "false  # archiving disabled by pgcellar restore; see restore --archive-mode";
+
 /// What the user asked for.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -174,6 +206,8 @@ pub struct RestoreOptions {
     pub dest: PathBuf,
     /// Show a progress bar (only effective on a terminal).
     pub progress: bool,
+    /// Keep or disable the source's archiving in the restored cluster.
+    pub archive_mode: ArchiveMode,
 }
 
 /// What a restore did.
@@ -199,40 +233,86 @@ pub fn parse_tablespace_mapping(s: &str) -> std::result::Result<(String, PathBuf
     }
 }
 
+/// Whether `m` ends before `target`, so that PostgreSQL can stop at it; `None` when
+/// the manifest cannot tell (an xid or a restore point: it records neither).
+fn ends_before(m: &Manifest, target: &Option<Target>) -> Option<bool> {
+    match target {
+        Some(Target::Time(_, t)) => Some(m.stop_time < t.with_timezone(&Utc)),
+        Some(Target::Lsn(_, lsn)) => Some(wal::parse_lsn(&m.stop_lsn).is_ok_and(|s| s <= *lsn)),
+        Some(Target::Xid(_) | Target::Name(_)) => None,
+        Some(Target::Immediate) | None => Some(true),
+    }
+}
+
+fn describe_target(target: &Option<Target>) -> String {
+    match target {
+        Some(Target::Time(t, _)) => format!("--target-time {t}"),
+        Some(Target::Lsn(l, _)) => format!("--target-lsn {l}"),
+        Some(Target::Xid(x)) => format!("--target-xid {x}"),
+        Some(Target::Name(n)) => format!("--target-name {n}"),
+        Some(Target::Immediate) => "--target-immediate".into(),
+        None => "the end of the archive".into(),
+    }
+}
+
+fn describe_end(m: &Manifest) -> String {
+    format!(
+        "{} (ended at {} / LSN {})",
+        m.id,
+        m.stop_time
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        m.stop_lsn
+    )
+}
+
 /// Pick the backup to restore: the given one, else the newest that ended before a
-/// time or LSN target, else the newest.
+/// time or LSN target, else the newest. A given backup that ends after the target is
+/// refused: PostgreSQL would replay it to its end, past the target, and say nothing.
 pub fn choose_backup(
     storage: &dyn Storage,
     server: &str,
     opts: &RestoreOptions,
 ) -> Result<Manifest> {
+    let newest_fitting = |all: &[Manifest]| -> Option<Manifest> {
+        all.iter()
+            .rev()
+            .find(|m| ends_before(m, &opts.target) != Some(false))
+            .cloned()
+    };
     if let Some(spec) = &opts.backup {
         let id = manifest::resolve(storage, server, spec)?;
-        return manifest::load(storage, server, &id);
+        let m = manifest::load(storage, server, &id)?;
+        if ends_before(&m, &opts.target) != Some(false) {
+            return Ok(m);
+        }
+        let all = manifest::load_all(storage, server)?;
+        let hint = match newest_fitting(&all) {
+            Some(f) => format!(
+                "the newest backup that ended before it is {}; restore that one with \
+                 --backup {}, or leave out --backup",
+                describe_end(&f),
+                f.id
+            ),
+            None => format!("no backup of server {server} ended before it"),
+        };
+        return Err(Error::invalid(format!(
+            "backup {} ended after {}, so PostgreSQL would recover past the target; {hint}",
+            describe_end(&m),
+            describe_target(&opts.target)
+        )));
     }
     let all = manifest::load_all(storage, server)?;
-    if all.is_empty() {
+    let Some(oldest) = all.first() else {
         return Err(Error::not_found(format!(
             "server {server} has no complete backup in {}",
             storage.location()
         )));
-    }
-    let fits = |m: &Manifest| -> bool {
-        match &opts.target {
-            Some(Target::Time(_, t)) => m.stop_time < t.with_timezone(&Utc),
-            Some(Target::Lsn(_, lsn)) => wal::parse_lsn(&m.stop_lsn).is_ok_and(|s| s <= *lsn),
-            _ => true,
-        }
     };
-    all.iter().rev().find(|m| fits(m)).cloned().ok_or_else(|| {
+    newest_fitting(&all).ok_or_else(|| {
         Error::not_found(format!(
-            "no backup of server {server} ended before the recovery target (the oldest, {}, \
-             ended at {} / LSN {})",
-            all[0].id,
-            all[0]
-                .stop_time
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            all[0].stop_lsn
+            "no backup of server {server} ended before {} (the oldest is {})",
+            describe_target(&opts.target),
+            describe_end(oldest)
         ))
     })
 }
@@ -250,6 +330,8 @@ pub fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreOutcome>
         ));
     }
     let wal_get = wal_get_path()?;
+    let dest = absolute(&opts.dest)?;
+    check_runnable_by_owner(&wal_get, &dest)?;
     let repo = Repository::open(settings)?;
     let server = settings.server_name()?.to_string();
     repo.server(&server)?;
@@ -257,7 +339,14 @@ pub fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreOutcome>
     let m = choose_backup(storage, &server, opts)?;
     crate::log_info!("restoring backup {} of server {server}", m.id);
 
-    let dest = absolute(&opts.dest)?;
+    let (control, others): (Vec<&FileEntry>, Vec<&FileEntry>) =
+        m.files.iter().partition(|f| f.path == PG_CONTROL);
+    let Some(control) = control.first().copied() else {
+        return Err(Error::corrupt(format!(
+            "the manifest of backup {} has no {PG_CONTROL}",
+            m.id
+        )));
+    };
     prepare_dest(&dest, opts.delta)?;
     let ts_locations = tablespace_locations(&m, &opts.tablespace_map)?;
     for loc in ts_locations.values() {
@@ -269,8 +358,12 @@ pub fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreOutcome>
     };
     let owner = Owner::of(&dest)?;
 
-    // From here on the directory must not look startable until pg_control is back.
-    remove_if_exists(&dest.join("global/pg_control"))?;
+    // From here on the directory must not look startable until pg_control is back,
+    // and a crash must not bring the old one back: remove it durably first.
+    let global = dest.join("global");
+    if remove_if_exists(&global.join("pg_control"))? {
+        sync_dir(&global)?;
+    }
     let mut removed = 0;
     if opts.delta {
         removed = prune(&m, &mapper)?;
@@ -295,8 +388,9 @@ pub fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreOutcome>
         owner.apply_nofollow(&link)?;
     }
 
-    let (control, others): (Vec<&FileEntry>, Vec<&FileEntry>) =
-        m.files.iter().partition(|f| f.path == PG_CONTROL);
+    // pg_control first, under its temporary name: a damaged one fails the restore
+    // before the long part, and it gets its final name only at the very end.
+    let control_tmp = restore_to_temp(storage, &server, &m, &mapper, &owner, control)?;
     let jobs = opts.jobs.unwrap_or(settings.jobs).max(1);
     let (written, kept) = restore_files(storage, &server, &m, &mapper, &owner, others, jobs, opts)?;
 
@@ -325,21 +419,141 @@ pub fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreOutcome>
     };
     remove_if_exists(&dest.join(other))?;
     write_small(&dest.join(signal), b"", &owner)?;
-    // Everything on disk (one flush per filesystem instead of an fsync per file)
-    // before pg_control makes the directory startable.
+    // Everything on disk, renames included (one flush per filesystem instead of an
+    // fsync per file), before pg_control makes the directory startable.
     for root in std::iter::once(&dest).chain(ts_locations.values()) {
         crate::storage::local::syncfs(root)
             .io_context(|| format!("syncing the filesystem of {}", root.display()))?;
     }
     // Last: only now can the directory start.
-    let (w2, k2) = restore_files(storage, &server, &m, &mapper, &owner, control, 1, opts)?;
-    sync_dir(&dest.join("global"))?;
+    control_tmp.commit(true)?;
     Ok(RestoreOutcome {
         backup: m.id.clone(),
-        written: written + w2,
-        kept: kept + k2,
+        written: written + 1,
+        kept,
         removed,
     })
+}
+
+/// Check that the owner of the data directory (who runs restore_command) can execute
+/// `wal_get`: every directory above it searchable, the file executable. Run as root,
+/// restore would otherwise happily write e.g. /root/.cargo/bin/wal-get into
+/// restore_command, and recovery would fail with "Permission denied".
+fn check_runnable_by_owner(wal_get: &Path, dest: &Path) -> Result<()> {
+    let (uid, gid) = future_owner(dest)?;
+    if uid == 0 {
+        return Ok(());
+    }
+    let groups = groups_of(uid, gid);
+    let who = user_name(uid).map_or(format!("uid {uid}"), |n| format!("{n} (uid {uid})"));
+    let mut paths = vec![wal_get.to_path_buf()];
+    if let Ok(real) = fs::canonicalize(wal_get) {
+        if real != wal_get {
+            paths.push(real);
+        }
+    }
+    for p in &paths {
+        let mut steps: Vec<&Path> = p.ancestors().skip(1).collect();
+        steps.reverse();
+        steps.push(p);
+        for step in steps {
+            let meta = fs::metadata(step).io_context(|| format!("stat {}", step.display()))?;
+            if !may_execute(&meta, uid, &groups) {
+                let what = if step == p.as_path() {
+                    "cannot execute"
+                } else {
+                    "cannot enter"
+                };
+                return Err(Error::config(format!(
+                    "{who}, the owner of {}, {what} {} (mode {:04o}, owner uid {}), so the \
+                     restore_command {} would fail; install the binaries where that user \
+                     can run them, e.g. `cargo install --path . --root /usr/local`, and run \
+                     /usr/local/bin/restore",
+                    dest.display(),
+                    step.display(),
+                    meta.mode() & 0o7777,
+                    meta.uid(),
+                    wal_get.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The uid and gid the data directory will have: its own if it exists; else the
+/// parent's when we are root (prepare_dest hands a new directory to the parent's
+/// owner); else ours.
+fn future_owner(dest: &Path) -> Result<(u32, u32)> {
+    if let Ok(meta) = fs::metadata(dest) {
+        return Ok((meta.uid(), meta.gid()));
+    }
+    // SAFETY: geteuid and getegid have no preconditions.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if euid == 0 {
+        if let Some(meta) = dest.parent().and_then(|p| fs::metadata(p).ok()) {
+            return Ok((meta.uid(), meta.gid()));
+        }
+    }
+    Ok((euid, egid))
+}
+
+/// Whether a process of `uid` with `groups` may execute (search) `meta`, by the
+/// permission bits (POSIX ACLs are not consulted).
+fn may_execute(meta: &fs::Metadata, uid: u32, groups: &[u32]) -> bool {
+    let mode = meta.mode();
+    if meta.uid() == uid {
+        mode & 0o100 != 0
+    } else if groups.contains(&meta.gid()) {
+        mode & 0o010 != 0
+    } else {
+        mode & 0o001 != 0
+    }
+}
+
+/// The passwd entry of `uid`: (name, primary gid).
+fn passwd_of(uid: u32) -> Option<(std::ffi::CString, u32)> {
+    let mut buf = vec![0 as libc::c_char; 16384];
+    // SAFETY: passwd is plain old data; getpwuid_r fills it and points its strings
+    // into `buf`, which outlives every use below.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the length given.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut result) };
+    if rc != 0 || result.is_null() || pw.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: pw_name is a NUL-terminated string inside `buf`.
+    let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) }.to_owned();
+    Some((name, pw.pw_gid))
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    passwd_of(uid).map(|(n, _)| n.to_string_lossy().into_owned())
+}
+
+/// Every group `uid` runs with (primary and supplementary); just `gid` for a uid
+/// without a passwd entry.
+fn groups_of(uid: u32, gid: u32) -> Vec<u32> {
+    let Some((name, primary)) = passwd_of(uid) else {
+        return vec![gid];
+    };
+    let mut n: libc::c_int = 64;
+    loop {
+        let mut groups = vec![0 as libc::gid_t; n.max(1) as usize];
+        let mut count = groups.len() as libc::c_int;
+        // SAFETY: `groups` holds `count` entries; `name` is NUL-terminated.
+        let rc =
+            unsafe { libc::getgrouplist(name.as_ptr(), primary, groups.as_mut_ptr(), &mut count) };
+        if rc >= 0 {
+            groups.truncate(count.max(0) as usize);
+            return groups;
+        }
+        if count <= n || n > 65536 {
+            return vec![primary];
+        }
+        n = count;
+    }
 }
 
 /// `wal-get` next to this executable: restore_command must not depend on PATH.
@@ -569,10 +783,11 @@ impl Owner {
     }
 }
 
-fn remove_if_exists(p: &Path) -> Result<()> {
+/// Remove a file; whether there was one.
+fn remove_if_exists(p: &Path) -> Result<bool> {
     match fs::remove_file(p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(Error::io(format!("removing {}", p.display()), e)),
     }
 }
@@ -697,7 +912,6 @@ fn restore_one(
     delta: bool,
 ) -> Result<bool> {
     let local = mapper.local(&entry.path)?;
-    let mtime = UNIX_EPOCH + Duration::from_secs(entry.mtime.max(0) as u64);
     if delta {
         if let Ok(meta) = fs::symlink_metadata(&local) {
             if meta.is_file() && meta.len() == entry.size {
@@ -713,6 +927,65 @@ fn restore_one(
             }
         }
     }
+    // Durable later, with everything else (one syncfs before pg_control).
+    restore_to_temp(storage, server, m, mapper, owner, entry)?.commit(false)?;
+    Ok(true)
+}
+
+/// Suffix of a file being restored: it gets its final name only once verified, so a
+/// failed or killed restore never leaves wrong bytes under a name PostgreSQL reads
+/// (`--delta` removes leftovers, since no manifest lists them).
+const TEMP_SUFFIX: &str = ".pgcellar-restore-tmp";
+
+/// A restored, verified file under its temporary name; removed on drop unless
+/// [`Pending::commit`] gave it its final name.
+struct Pending {
+    tmp: PathBuf,
+    dest: PathBuf,
+    committed: bool,
+}
+
+impl Pending {
+    /// Rename into place; `durable` also fsyncs the directory.
+    fn commit(mut self, durable: bool) -> Result<()> {
+        fs::rename(&self.tmp, &self.dest)
+            .io_context(|| format!("renaming {} to {}", self.tmp.display(), self.dest.display()))?;
+        self.committed = true;
+        if durable {
+            if let Some(dir) = self.dest.parent() {
+                sync_dir(dir)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Rebuild `entry` under a temporary name next to its final one and verify its size
+/// and SHA-256 against the manifest.
+fn restore_to_temp(
+    storage: &dyn Storage,
+    server: &str,
+    m: &Manifest,
+    mapper: &PathMapper,
+    owner: &Owner,
+    entry: &FileEntry,
+) -> Result<Pending> {
+    let local = mapper.local(&entry.path)?;
+    let mut tmp_name = local
+        .file_name()
+        .ok_or_else(|| Error::corrupt(format!("bad manifest path {:?}", entry.path)))?
+        .to_os_string();
+    tmp_name.push(TEMP_SUFFIX);
+    let tmp = local.with_file_name(tmp_name);
+    let mtime = UNIX_EPOCH + Duration::from_secs(entry.mtime.max(0) as u64);
     let stored = m.stored_path(server, entry);
     let mut input = storage.open_read(&stored)?;
     let file = OpenOptions::new()
@@ -720,39 +993,46 @@ fn restore_one(
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&local)
-        .io_context(|| format!("creating {}", local.display()))?;
+        .open(&tmp)
+        .io_context(|| format!("creating {}", tmp.display()))?;
+    let pending = Pending {
+        tmp,
+        dest: local,
+        committed: false,
+    };
+    let tmp = &pending.tmp;
     let mut out = BufWriter::with_capacity(codec::BUF_SIZE, file);
     let stats = codec::decode(&mut input, &mut out, m.compression).map_err(|e| {
         Error::corrupt(format!(
-            "{stored} in {} cannot be decompressed: {e}",
+            "{stored} in {} cannot be decompressed: {e}; the restore is incomplete and \
+             will not start",
             storage.location()
         ))
     })?;
     let file = out
         .into_inner()
-        .map_err(|e| Error::io(format!("writing {}", local.display()), e.into_error()))?;
+        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e.into_error()))?;
     if stats.sha256 != entry.sha256 || stats.size != entry.size {
         return Err(Error::corrupt(format!(
             "{stored} in {} is corrupt: it restores to {} bytes with sha256 {}, the manifest \
              says {} bytes with {}; the restore is incomplete and will not start",
             storage.location(),
             stats.size,
-            &stats.sha256[..12],
+            &stats.sha256[..stats.sha256.len().min(12)],
             entry.size,
             &entry.sha256[..entry.sha256.len().min(12)]
         )));
     }
     file.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))
-        .io_context(|| format!("chmod {}", local.display()))?;
+        .io_context(|| format!("chmod {}", tmp.display()))?;
     file.set_modified(mtime)
-        .io_context(|| format!("setting the mtime of {}", local.display()))?;
+        .io_context(|| format!("setting the mtime of {}", tmp.display()))?;
     if entry.path == PG_CONTROL {
         file.sync_all()
-            .io_context(|| format!("fsync {}", local.display()))?;
+            .io_context(|| format!("fsync {}", tmp.display()))?;
     }
-    owner.apply(&local)?;
-    Ok(true)
+    owner.apply(tmp)?;
+    Ok(pending)
 }
 
 /// Quote for a POSIX shell (restore_command runs through `sh -c`).
@@ -816,9 +1096,14 @@ fn write_recovery_settings(
         Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
     };
     let mut text = String::new();
+    let disable_archiving = opts.archive_mode == ArchiveMode::Off;
     for line in old.lines() {
         let key = line.trim_start();
-        if key.starts_with("recovery_target") || key.starts_with("restore_command") {
+        if key.starts_with("recovery_target")
+            || key.starts_with("restore_command")
+            || (disable_archiving
+                && (key.starts_with("archive_command") || key.starts_with("archive_library")))
+        {
             text.push_str("# disabled by pgcellar restore: ");
         }
         text.push_str(line);
@@ -853,6 +1138,19 @@ fn write_recovery_settings(
     if let Some(a) = opts.target_action {
         lines.push(format!("recovery_target_action = '{}'", a.as_str()));
     }
+    if disable_archiving {
+        // archive_mode stays as it was: segments keep being marked .ready, so a real
+        // failover only has to set archive_command and reload (archive_mode would need
+        // a restart, and segments written while it was off would never be archived).
+        lines.push(format!(
+            "archive_command = {}",
+            conf_quote(DISABLED_ARCHIVE_COMMAND)
+        ));
+        if m.pg_version_num >= 150000 {
+            // From 15 an archive_library takes precedence over archive_command.
+            lines.push("archive_library = ''".into());
+        }
+    }
     for l in lines {
         text.push_str(&l);
         text.push('\n');
@@ -886,6 +1184,10 @@ mod tests {
         assert_eq!("3".parse(), Ok(TimelineTarget::Id(3)));
         assert!("0".parse::<TimelineTarget>().is_err());
         assert!("stop".parse::<TargetAction>().is_err());
+        assert_eq!("preserve".parse(), Ok(ArchiveMode::Preserve));
+        assert_eq!("off".parse(), Ok(ArchiveMode::Off));
+        assert_eq!(ArchiveMode::default(), ArchiveMode::Off);
+        assert!("on".parse::<ArchiveMode>().is_err());
         assert_eq!(
             parse_tablespace_mapping("ts1=/srv/ts").unwrap(),
             ("ts1".to_string(), PathBuf::from("/srv/ts"))

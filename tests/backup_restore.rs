@@ -26,6 +26,7 @@ on_both_backends!(
     tablespaces_links_delta_aborted_backups_and_the_lock,
     backup_under_pgbench_load_restores_clean,
     base_backup_without_archiving_fails_fast_and_leaves_nothing,
+    damaged_pg_control_or_killed_restore_never_starts,
 );
 
 fn base_backup(repo: &RepoDir, c: &Cluster, extra: &[&str]) -> String {
@@ -100,6 +101,10 @@ fn recovery_reaches_every_target_and_follows_a_new_timeline(repo: &RepoDir) {
     repo.init_for(&c);
     c.psql("CREATE TABLE t(i int)");
     c.psql("INSERT INTO t SELECT generate_series(1, 10)");
+    let before_id1 = c.psql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
     let id1 = base_backup(repo, &c, &[]);
 
     let xid = c.psql(
@@ -154,6 +159,79 @@ fn recovery_reaches_every_target_and_follows_a_new_timeline(repo: &RepoDir) {
         }
     }
 
+    // A --backup that ends after a time or LSN target is refused before anything is
+    // written, naming the newest backup that ends before the target, or saying there
+    // is none (PostgreSQL would otherwise replay the backup to its end, past the target).
+    let none = TestDir::new();
+    let dest = none.join("pgdata");
+    let refused: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["--backup", "latest", "--target-time", &time],
+            format!("the newest backup that ended before it is {id1}"),
+        ),
+        (
+            vec!["--backup", &id2, "--target-lsn", &lsn],
+            format!("the newest backup that ended before it is {id1}"),
+        ),
+        (
+            vec!["--backup", &id1, "--target-time", &before_id1],
+            "no backup of server main ended before it".to_string(),
+        ),
+    ];
+    for (args, want) in &refused {
+        let out = restore_cmd(repo, &dest, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "restore {args:?}: {err}");
+        assert!(err.contains(want.as_str()), "restore {args:?}: {err}");
+        assert!(err.contains("would recover past the target"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            !dest.exists(),
+            "restore {args:?} created {}",
+            dest.display()
+        );
+    }
+    // Without --backup the same targets pick the first backup (checked above for the
+    // time; here for the LSN), and one before every backup is refused.
+    let out = restore_cmd(repo, &dest, &["--target-time", &before_id1]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no backup of server main ended before"));
+    assert!(!dest.exists());
+
+    // By default a restored copy archives nothing: archive_mode stays on (segments
+    // wait as .ready, a failover only sets archive_command and reloads), the archiver
+    // fails visibly, and no file of its new timeline reaches the repository.
+    let before = repo.wal_files();
+    let (off, _) = restore_and_start(
+        repo,
+        &[
+            "--backup",
+            &id1,
+            "--target-immediate",
+            "--target-action",
+            "promote",
+        ],
+        true,
+    );
+    assert_eq!(off.psql("SHOW archive_mode"), "on");
+    assert_eq!(
+        off.psql("SHOW archive_command"),
+        pgcellar::restore::DISABLED_ARCHIVE_COMMAND
+    );
+    off.psql("INSERT INTO t SELECT generate_series(2001, 2010)");
+    off.psql("SELECT pg_switch_wal()");
+    off.wait_until(Duration::from_secs(60), "see the archiver fail", |o| {
+        o.archiver_counts().1 >= 1
+    });
+    let new: Vec<String> = repo
+        .wal_files()
+        .into_iter()
+        .filter(|f| !before.contains(f) && !f.starts_with("00000001"))
+        .collect();
+    assert!(new.is_empty(), "the restored copy archived {new:?}");
+    off.stop();
+    drop(off);
+
     // A standby replays everything archived and stays in recovery.
     let root = TestDir::new();
     let pgdata = root.join("pgdata");
@@ -184,6 +262,8 @@ fn recovery_reaches_every_target_and_follows_a_new_timeline(repo: &RepoDir) {
             &time,
             "--target-action",
             "promote",
+            "--archive-mode",
+            "preserve",
         ],
         true,
     );
@@ -191,6 +271,9 @@ fn recovery_reaches_every_target_and_follows_a_new_timeline(repo: &RepoDir) {
         tl2.psql("SELECT timeline_id FROM pg_control_checkpoint()"),
         "2"
     );
+    // --archive-mode preserve keeps the source's archive_command (and it archives
+    // timeline 2, below).
+    assert_eq!(tl2.psql("SHOW archive_command"), repo.archive_command());
     tl2.psql("INSERT INTO t SELECT generate_series(1001, 1010)");
     tl2.switch_and_wait_archived();
     tl2.stop();
@@ -486,4 +569,191 @@ fn base_backup_without_archiving_fails_fast_and_leaves_nothing(repo: &RepoDir) {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no complete backup"));
     assert!(!dest.join("pgdata").exists());
+}
+
+/// The stored pg_control of a backup (any compression).
+fn stored_pg_control(repo: &RepoDir, id: &str) -> PathBuf {
+    let m = manifest(repo, id);
+    let entry = m
+        .files
+        .iter()
+        .find(|f| f.path == "data/global/pg_control")
+        .expect("pg_control in the manifest");
+    repo.path.join(m.stored_path(&repo.server, entry))
+}
+
+fn damaged_pg_control_or_killed_restore_never_starts(repo: &RepoDir) {
+    let Some(c) = Cluster::init(ClusterOpts {
+        archive_command: Some(repo.archive_command()),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    repo.init_for(&c);
+    // ~45 MB in one relation file: restore --jobs 1 writes it first, for a while.
+    c.psql("CREATE TABLE t(i int, s text)");
+    c.psql(
+        "INSERT INTO t SELECT g, md5(g::text) || md5((g + 1)::text) \
+         FROM generate_series(1, 400000) g",
+    );
+    let id = base_backup(repo, &c, &[]);
+    c.switch_and_wait_archived();
+    let big = manifest(repo, &id)
+        .files
+        .into_iter()
+        .max_by_key(|f| f.size)
+        .expect("files");
+    assert!(big.size > 20 << 20, "{big:?}");
+
+    // kill -9 while restore writes the big file. Run as root without runuser, so the
+    // signal reaches restore itself; it hands what it writes to the directory's owner.
+    let root = TestDir::new();
+    let dest = root.join("pgdata");
+    let rel = big.path.strip_prefix("data/").expect("a data file");
+    let in_progress = dest.join(format!("{rel}.pgcellar-restore-tmp"));
+    let mut child = std::process::Command::new(bin("restore"))
+        .args(repo.args())
+        .args(["--backup", &id, "--jobs", "1"])
+        .arg(&dest)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn restore");
+    let start = std::time::Instant::now();
+    while !in_progress.exists() && start.elapsed() < Duration::from_secs(60) {
+        if child.try_wait().expect("try_wait").is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    child.kill().expect("kill -9 restore");
+    let status = child.wait().expect("wait");
+    assert!(
+        !status.success() && status.code().is_none(),
+        "restore was not killed mid-way ({status}); make the table larger"
+    );
+    assert!(
+        !dest.join("global/pg_control").exists(),
+        "a killed restore left global/pg_control"
+    );
+    let a = Cluster::adopt_restored(root, dest);
+    assert!(!a.try_start(), "a killed restore's directory started");
+    // The repository is untouched.
+    let mut verify = pg_command(bin("pgcellar"));
+    verify.args(repo.args()).args(["verify", "--all"]);
+    run_ok(&mut verify);
+    // A rerun with --delta finishes the job (and removes the leftover temporary file).
+    restore_ok(repo, &a.pgdata, &["--backup", &id, "--delta"]);
+    assert!(!in_progress.exists());
+    a.append_conf(&[
+        format!("port = {}", a.port),
+        format!("unix_socket_directories = '{}'", a.sockdir.display()),
+        "archive_mode = off".to_string(),
+    ]);
+    a.start();
+    a.wait_for_promotion(Duration::from_secs(120));
+    assert_eq!(a.psql("SELECT count(*) FROM t"), "400000");
+    a.stop();
+
+    // One flipped byte in the stored pg_control, in the padding past the struct its
+    // CRC covers: restore fails and leaves no pg_control, so the directory cannot
+    // start; with --delta the old pg_control is gone too.
+    let raw = base_backup(repo, &c, &["--compression", "none"]);
+    let stored = stored_pg_control(repo, &raw);
+    let mut bytes = fs::read(&stored).unwrap();
+    assert_eq!(bytes.len(), 8192, "{}", stored.display());
+    bytes[4000] ^= 0x01;
+    fs::write(&stored, bytes).unwrap();
+    let root = TestDir::new();
+    let broken = root.join("pgdata");
+    for (dest, delta) in [(&broken, None), (&a.pgdata, Some("--delta"))] {
+        let mut args = vec!["--backup", raw.as_str()];
+        args.extend(delta);
+        let out = restore_cmd(repo, dest, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("pg_control") && err.contains("corrupt"),
+            "{err}"
+        );
+        assert!(
+            !dest.join("global/pg_control").exists(),
+            "a failed restore left global/pg_control in {}",
+            dest.display()
+        );
+    }
+    assert!(
+        !a.try_start(),
+        "a failed --delta restore's directory started"
+    );
+    let b = Cluster::adopt_restored(root, broken);
+    assert!(!b.try_start(), "a failed restore's directory started");
+}
+
+/// Run as root, restore must not write into restore_command a wal-get that the
+/// data directory's owner (postgres) cannot run.
+#[test]
+fn restore_refuses_a_wal_get_the_data_directory_owner_cannot_run() {
+    use std::os::unix::fs::PermissionsExt;
+    if !is_root() {
+        eprintln!(
+            "\n*** SKIPPED: restore_refuses_a_wal_get_the_data_directory_owner_cannot_run \
+             needs root (a postgres-owned destination) ***\n"
+        );
+        return;
+    }
+    // Like /root/.cargo/bin: a root-owned 0700 directory.
+    let hidden = tempfile::Builder::new()
+        .prefix("pgcellar-root-only-")
+        .tempdir()
+        .unwrap();
+    fs::set_permissions(hidden.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    for b in ["restore", "wal-get"] {
+        fs::copy(bin(b), hidden.path().join(b)).unwrap();
+        fs::set_permissions(hidden.path().join(b), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // The check comes before the repository is opened, so none is needed.
+    let repo = RepoDir::new();
+    let dest_root = TestDir::new();
+    let dest = dest_root.join("pgdata");
+    let run = || {
+        let out = std::process::Command::new(hidden.path().join("restore"))
+            .args(repo.args())
+            .arg(&dest)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!dest.exists(), "restore created {}", dest.display());
+        err
+    };
+    let err = run();
+    assert!(
+        err.contains(&format!("cannot enter {}", hidden.path().display())),
+        "{err}"
+    );
+    assert!(err.contains("postgres (uid"), "{err}");
+    assert!(
+        err.contains("cargo install --path . --root /usr/local"),
+        "{err}"
+    );
+    // The file itself not executable by postgres.
+    fs::set_permissions(hidden.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(
+        hidden.path().join("wal-get"),
+        fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    let err = run();
+    assert!(err.contains("cannot execute"), "{err}");
+    // Runnable by postgres: past the check, to the (missing) repository.
+    fs::set_permissions(
+        hidden.path().join("wal-get"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let err = run();
+    assert!(!err.contains("cannot e"), "{err}");
 }

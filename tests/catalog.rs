@@ -611,7 +611,12 @@ fn restore_and_promote(repo: &RepoDir, archive: bool) -> Cluster {
     let root = TestDir::new();
     let pgdata = root.join("pgdata");
     let mut r = pg_command(bin("restore"));
-    r.args(repo.args()).arg(&pgdata);
+    r.args(repo.args());
+    if archive {
+        // The copy is the new primary: it keeps archiving into the repository.
+        r.args(["--archive-mode", "preserve"]);
+    }
+    r.arg(&pgdata);
     run_ok(&mut r);
     let rc = Cluster::adopt_restored(root, pgdata);
     if !archive {

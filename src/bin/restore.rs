@@ -3,7 +3,7 @@
 
 use clap::{ArgGroup, Parser};
 use pgcellar::config::{CommonArgs, Settings};
-use pgcellar::restore::{self, RestoreOptions, Target, TargetAction, TimelineTarget};
+use pgcellar::restore::{self, ArchiveMode, RestoreOptions, Target, TargetAction, TimelineTarget};
 use pgcellar::{cli, log_info};
 use std::path::PathBuf;
 
@@ -53,6 +53,11 @@ struct Args {
     /// Parallel workers (default: `jobs` in the config file, else the number of cores)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     jobs: Option<u16>,
+    /// off (default): the restored cluster gets an archive_command that archives
+    /// nothing and fails, so it never archives into the source's repository;
+    /// preserve: keep the source's archiving (a real failover)
+    #[arg(long, value_name = "MODE", default_value = "off")]
+    archive_mode: ArchiveMode,
     /// Data directory to restore into (created if missing)
     dest_dir: PathBuf,
 }
@@ -87,6 +92,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         jobs: args.jobs.map(usize::from),
         dest: args.dest_dir.clone(),
         progress: !args.common.quiet,
+        archive_mode: args.archive_mode,
     };
     let out = restore::run(&settings, &opts)?;
     log_info!(

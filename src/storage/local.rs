@@ -209,6 +209,15 @@ impl Storage for LocalStorage {
         }
     }
 
+    fn remove_file_synced(&self, path: &str) -> Result<()> {
+        self.remove_file(path)?;
+        let p = self.abs(path)?;
+        match p.parent() {
+            Some(dir) => sync_dir(dir).io_context(|| format!("fsync directory {}", dir.display())),
+            None => Ok(()),
+        }
+    }
+
     fn remove_dir_all(&self, path: &str) -> Result<()> {
         let p = self.abs(path)?;
         match fs::remove_dir_all(&p) {

@@ -246,8 +246,8 @@ impl Repository {
         let root: RootFile = parse_json(&bytes, &format!("{}/{ROOT_FILE}", self.url))?;
         if root.format != FORMAT {
             return Err(Error::config(format!(
-                "{} uses repository format {}, but this pgcellar reads only format {FORMAT}; \
-                 use a matching pgcellar version",
+                "{}/{ROOT_FILE}: the repository uses format {}, but this pgcellar reads only \
+                 format {FORMAT}; use a matching pgcellar version",
                 self.url, root.format
             )));
         }

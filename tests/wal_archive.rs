@@ -918,6 +918,8 @@ fn every_command_fails_cleanly(repo: &RepoDir, rel: &str, versions: Vec<(String,
             &["list"],
             &["show", "latest"],
             &["verify", "--all"],
+            // No PostgreSQL needed: the repository rows report the damage.
+            &["--conninfo", "host=/nonexistent", "check"],
         ] {
             assert_clean_failure(&what, "pgcellar", &a(sub), None, file);
         }

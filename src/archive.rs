@@ -589,6 +589,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn settle_acknowledges_only_a_lone_copy_and_withdraws_only_its_own() {
+        use crate::storage::LocalStorage;
+        let root = std::env::temp_dir().join(format!(
+            "pgcellar-settle-{}",
+            crate::storage::local::temp_name()
+        ));
+        let st = LocalStorage::new(root.clone());
+        let name = WalName::parse("000000010000000000000005").unwrap();
+        let dir = layout::wal_dir("main", &name);
+        st.create_dir_all(&dir).unwrap();
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let path = |sha: &str| storage::join(&dir, &stored_name(&name, sha, Compression::Zstd));
+        let put = |sha: &str| {
+            st.write_all(&path(sha), b"x", Overwrite::Never).unwrap();
+        };
+        // Not stored at all: never acknowledged.
+        assert_eq!(
+            settle(&st, "main", &name, &a, None).unwrap_err().kind(),
+            ErrorKind::Conflict
+        );
+        put(&a);
+        settle(&st, "main", &name, &a, Some(&path(&a))).unwrap();
+        put(&b);
+        // A writer of b whose file already existed removes nothing.
+        assert!(settle(&st, "main", &name, &b, None).is_err());
+        assert_eq!(lookup(&st, "main", &name).unwrap().len(), 2);
+        // The creator of b withdraws exactly its own copy.
+        let msg = settle(&st, "main", &name, &b, Some(&path(&b)))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("withdrawn"), "{msg}");
+        let left = lookup(&st, "main", &name).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].sha256, a);
+        let _ = fs::remove_dir_all(root);
+    }
+
+    #[test]
     fn stored_names_round_trip() {
         let n = WalName::parse("00000002.history").unwrap();
         let sha = "a".repeat(64);

@@ -404,28 +404,76 @@ fn finish(
         )));
     }
     let final_name = stored_name(name, &stats.sha256, codec.compression);
-    match out.commit(&final_name, Overwrite::Never)? {
-        // Same name means same SHA-256: a concurrent push of identical bytes won.
-        Committed::Created | Committed::AlreadyExists => {}
-    }
-    // A concurrent push of *different* bytes under the same WAL name would leave two
-    // entries; report it rather than acknowledge an ambiguous archive.
-    let now = lookup(storage, &server.name, name)?;
-    if now.iter().any(|s| s.sha256 != stats.sha256) {
-        return Err(Error::new(
-            ErrorKind::Conflict,
-            format!(
-                "{name} was archived concurrently with different content in {}; \
-                 investigate before recovery uses it",
-                storage.location()
-            ),
-        ));
-    }
+    let dir = layout::wal_dir(&server.name, name);
+    // Same final name means same SHA-256: `AlreadyExists` is a concurrent push of
+    // identical bytes that committed first. That file is not ours to withdraw.
+    let owner = match out.commit(&final_name, Overwrite::Never)? {
+        Committed::Created => Some(storage::join(&dir, &final_name)),
+        Committed::AlreadyExists => None,
+    };
+    settle(storage, &server.name, name, &stats.sha256, owner.as_deref())?;
     Ok(PushOutcome::Stored {
         sha256: stats.sha256,
         size: stats.size,
         stored_size: stats.stored_size,
     })
+}
+
+/// The one rule that keeps at most one content acknowledged under a WAL name, on
+/// every backend (docs/repository-format.md, section 4.1): after our copy is
+/// committed, list the name again; acknowledge only if our content is there and no
+/// other content is. Otherwise withdraw our copy (when we created it; `own_path`)
+/// durably and fail, so PostgreSQL retries. Every path that commits a WAL file
+/// (direct, overlapped and look-ahead pushes) ends here, through [`finish`].
+pub fn settle(
+    storage: &dyn Storage,
+    server: &str,
+    name: &WalName,
+    sha256: &str,
+    own_path: Option<&str>,
+) -> Result<()> {
+    let now = lookup(storage, server, name)?;
+    let other = now.iter().find(|s| s.sha256 != sha256);
+    let ours = now.iter().any(|s| s.sha256 == sha256);
+    match other {
+        None if ours => Ok(()),
+        None => Err(Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "{name} vanished from {} right after it was stored (a concurrent push withdrew \
+                 it); not acknowledging, PostgreSQL will retry",
+                storage.location()
+            ),
+        )),
+        Some(other) => {
+            let withdrawn = match own_path {
+                Some(path) => {
+                    storage.remove_file_synced(path).map_err(|e| {
+                        e.context(format!(
+                            "{name} was stored concurrently with different content (sha256 {} \
+                             there, {} here) and this copy could not be withdrawn; remove \
+                             {path} by hand",
+                            short(&other.sha256),
+                            short(sha256)
+                        ))
+                    })?;
+                    "this copy was withdrawn"
+                }
+                None => "the identical copy is left to the push that created it",
+            };
+            Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "{name} was stored concurrently with different content in {} (sha256 {} \
+                     there, {} here); {withdrawn}, nothing is acknowledged. Two clusters may be \
+                     archiving under one server name: check --server and the timeline",
+                    storage.location(),
+                    short(&other.sha256),
+                    short(sha256)
+                ),
+            ))
+        }
+    }
 }
 
 fn compare_existing(
@@ -539,6 +587,44 @@ pub fn write_verified(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settle_acknowledges_only_a_lone_copy_and_withdraws_only_its_own() {
+        use crate::storage::LocalStorage;
+        let root = std::env::temp_dir().join(format!(
+            "pgcellar-settle-{}",
+            crate::storage::local::temp_name()
+        ));
+        let st = LocalStorage::new(root.clone());
+        let name = WalName::parse("000000010000000000000005").unwrap();
+        let dir = layout::wal_dir("main", &name);
+        st.create_dir_all(&dir).unwrap();
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let path = |sha: &str| storage::join(&dir, &stored_name(&name, sha, Compression::Zstd));
+        let put = |sha: &str| {
+            st.write_all(&path(sha), b"x", Overwrite::Never).unwrap();
+        };
+        // Not stored at all: never acknowledged.
+        assert_eq!(
+            settle(&st, "main", &name, &a, None).unwrap_err().kind(),
+            ErrorKind::Conflict
+        );
+        put(&a);
+        settle(&st, "main", &name, &a, Some(&path(&a))).unwrap();
+        put(&b);
+        // A writer of b whose file already existed removes nothing.
+        assert!(settle(&st, "main", &name, &b, None).is_err());
+        assert_eq!(lookup(&st, "main", &name).unwrap().len(), 2);
+        // The creator of b withdraws exactly its own copy.
+        let msg = settle(&st, "main", &name, &b, Some(&path(&b)))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("withdrawn"), "{msg}");
+        let left = lookup(&st, "main", &name).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].sha256, a);
+        let _ = fs::remove_dir_all(root);
+    }
 
     #[test]
     fn stored_names_round_trip() {

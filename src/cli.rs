@@ -40,3 +40,123 @@ pub fn exit_on_error(result: anyhow::Result<()>) {
         std::process::exit(1);
     }
 }
+
+/// The exit code the panic hook uses; see [`install_panic_hook`].
+static PANIC_EXIT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(1);
+
+/// Make any panic (a bug) end the process with one line on stderr,
+/// `<program>: internal error: <message> at <file:line:col>`, and exit `code`, from
+/// whichever thread panicked. Called first thing in every `main`, because Rust's
+/// default (exit 101 after a multi-line "panicked at" report) is a wrong answer for
+/// the hooks PostgreSQL calls:
+///
+/// - `wal-get` uses 126 (> 125): PostgreSQL reads 1-125 from `restore_command` as
+///   "not archived" and would end recovery early, silently losing data. With
+///   `--standby` it uses 1 after the loud line, as its other failures do, so a standby
+///   keeps retrying ([`set_panic_exit_code`]).
+/// - `wal-push` uses 1: PostgreSQL retries. Above 125 (and a signal such as the
+///   SIGABRT of `panic = "abort"`, 134 through a shell) makes the archiver exit.
+/// - `base-backup`, `restore` and `pgcellar` use 1, their code for any failure.
+pub fn install_panic_hook(program: &'static str, code: i32) {
+    use std::sync::atomic::Ordering;
+    PANIC_EXIT.store(code, Ordering::SeqCst);
+    std::panic::set_hook(Box::new(move |info| {
+        use std::io::Write;
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
+        let line = format!(
+            "{program}: internal error: {msg}{at}; this is a bug in pgcellar, please report it\n"
+        )
+        .replace(['\r'], " ");
+        let line = format!("{}\n", line.trim_end().replace('\n', " "));
+        // Never panic inside the hook (a second panic would abort with SIGABRT).
+        let _ = std::io::stderr().write_all(line.as_bytes());
+        std::process::exit(PANIC_EXIT.load(Ordering::SeqCst));
+    }));
+}
+
+/// Change the exit code of the panic hook once the command line is known
+/// (`wal-get --standby`: 1; the detached prefetcher: 0).
+pub fn set_panic_exit_code(code: i32) {
+    PANIC_EXIT.store(code, std::sync::atomic::Ordering::SeqCst);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    /// The child half of `panic_exits_with_the_binary_code`: does nothing in a
+    /// normal test run; re-executed with the variable set, it installs the hook and
+    /// panics for real (in a spawned thread when asked), as a binary would.
+    #[test]
+    fn panic_child() {
+        let Ok(spec) = std::env::var("PGCELLAR_PANIC_CHILD") else {
+            return;
+        };
+        let (code, standby, thread) = match spec.split(',').collect::<Vec<_>>()[..] {
+            [c, s, t] => (c.parse().unwrap(), s == "1", t == "1"),
+            _ => panic!("bad PGCELLAR_PANIC_CHILD {spec:?}"),
+        };
+        super::install_panic_hook("wal-get", code);
+        if standby {
+            super::set_panic_exit_code(1);
+        }
+        let boom = || -> u8 {
+            let v: Vec<u8> = Vec::new();
+            v[std::hint::black_box(3)]
+        };
+        if thread {
+            let _ = std::thread::spawn(boom).join();
+            // Reaching this line means the hook did not end the process.
+            std::process::exit(77);
+        }
+        boom();
+        std::process::exit(78);
+    }
+
+    fn run_child(spec: &str) -> (Option<i32>, String) {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "cli::tests::panic_child", "--nocapture"])
+            .env("PGCELLAR_PANIC_CHILD", spec)
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[test]
+    fn panic_exits_with_the_binary_code() {
+        for (spec, want) in [
+            ("126,0,0", 126), // wal-get: stop recovery
+            ("126,0,1", 126), // ... from any thread
+            ("126,1,0", 1),   // wal-get --standby: keep retrying
+            ("1,0,0", 1),     // wal-push and the others
+            ("1,0,1", 1),
+        ] {
+            let (code, stderr) = run_child(spec);
+            assert_eq!(code, Some(want), "{spec}: {stderr}");
+            let lines: Vec<&str> = stderr
+                .lines()
+                .filter(|l| l.contains("internal error"))
+                .collect();
+            assert_eq!(lines.len(), 1, "{spec}: {stderr}");
+            assert!(
+                lines[0].starts_with("wal-get: internal error: index out of bounds")
+                    && lines[0].contains("src/cli.rs:"),
+                "{spec}: {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "{spec}: {stderr}");
+        }
+    }
+}

@@ -321,16 +321,20 @@ fn remove_empty_wal_dirs(
     let per_log = Segment::per_log(index.segment_size);
     let root = layout::wal_root(server);
     for e in storage.list(&root)? {
-        if !e.is_dir || e.name.len() != 16 {
+        // A name from the listing may hold anything (even multi-byte characters at
+        // byte 8): only 16 hex digits can be a `wal/<timeline><log>` directory.
+        if !e.is_dir || e.name.len() != 16 || !e.name.bytes().all(|b| b.is_ascii_hexdigit()) {
             continue;
         }
-        let (Ok(tli), Ok(log)) = (
-            u32::from_str_radix(&e.name[..8], 16),
-            u64::from_str_radix(&e.name[8..], 16),
+        let (Some(Ok(tli)), Some(Ok(log))) = (
+            e.name.get(..8).map(|t| u32::from_str_radix(t, 16)),
+            e.name.get(8..).map(|l| u64::from_str_radix(l, 16)),
         ) else {
             continue;
         };
-        let past = plan.boundary(tli).is_some_and(|b| (log + 1) * per_log <= b);
+        let past = plan
+            .boundary(tli)
+            .is_some_and(|b| (log + 1).saturating_mul(per_log) <= b);
         let dir = crate::storage::join(&root, &e.name);
         if past && storage.list(&dir)?.is_empty() {
             storage.remove_dir_all(&dir)?;

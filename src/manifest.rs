@@ -246,6 +246,42 @@ impl Manifest {
                 self.id, self.server
             )));
         }
+        // Fields that readers compute with: refuse damage here, once, naming the
+        // backup, instead of an unexplained error (or worse) in list/verify/restore.
+        let bad = |field: &str, why: String| {
+            Err(Error::corrupt(format!(
+                "{whose} ({MANIFEST_FILE}): field {field:?} {why}"
+            )))
+        };
+        for (field, wal) in [("start_wal", &self.start_wal), ("stop_wal", &self.stop_wal)] {
+            match crate::wal::WalName::parse(wal) {
+                Ok(n) if n.kind() == crate::wal::WalKind::Segment => {}
+                _ => return bad(field, format!("is {wal:?}, not a WAL segment name")),
+            }
+        }
+        for (field, lsn) in [("start_lsn", &self.start_lsn), ("stop_lsn", &self.stop_lsn)] {
+            if crate::wal::parse_lsn(lsn).is_err() {
+                return bad(field, format!("is {lsn:?}, not an LSN"));
+            }
+        }
+        if !crate::wal::is_valid_segment_size(self.wal_segment_size) {
+            return bad(
+                "wal_segment_size",
+                format!(
+                    "is {}, not a power of two from 1 MiB to 1 GiB",
+                    self.wal_segment_size
+                ),
+            );
+        }
+        if self.timeline == 0 {
+            return bad("timeline", "is 0; timelines start at 1".into());
+        }
+        if self.system_identifier.parse::<u64>().is_err() {
+            return bad(
+                "system_identifier",
+                format!("is {:?}, not a decimal number", self.system_identifier),
+            );
+        }
         for f in &self.files {
             check_manifest_path(&f.path).map_err(|e| e.context(&whose))?;
             if !crate::codec::is_sha256_hex(&f.sha256) {

@@ -44,6 +44,58 @@ pub struct ServerInfo {
 }
 
 impl ServerInfo {
+    /// Check every field a reader computes with; `file` names `server.json` in errors.
+    /// A damaged registration must be one clear error here, never a panic (a segment
+    /// size of 0 divides by zero) or a wrong answer further on.
+    pub fn validate(&self, file: &str) -> Result<()> {
+        let bad = |field: &str, why: String| {
+            Err(Error::corrupt(format!(
+                "{file}: field {field:?} {why}; the server's registration is damaged \
+                 (restore server.json from a copy, or re-register with 'pgcellar init')"
+            )))
+        };
+        if let Err(e) = check_server_name(&self.name) {
+            return bad("name", format!("is not valid ({e})"));
+        }
+        match self.system_identifier.parse::<u64>() {
+            Ok(n) if n != 0 => {}
+            _ => {
+                return bad(
+                    "system_identifier",
+                    format!(
+                        "is {:?}, not a non-zero decimal number",
+                        crate::wal::truncate_for_display(&self.system_identifier)
+                    ),
+                )
+            }
+        }
+        if !crate::wal::is_valid_segment_size(self.wal_segment_size) {
+            return bad(
+                "wal_segment_size",
+                format!(
+                    "is {}, not a power of two from 1 MiB to 1 GiB",
+                    self.wal_segment_size
+                ),
+            );
+        }
+        if !(self.block_size.is_power_of_two() && (1024..=32768).contains(&self.block_size)) {
+            return bad(
+                "block_size",
+                format!(
+                    "is {}, not a power of two from 1 KiB to 32 KiB",
+                    self.block_size
+                ),
+            );
+        }
+        if !(1..=99).contains(&self.pg_major) {
+            return bad(
+                "pg_major",
+                format!("is {}, not a PostgreSQL major version", self.pg_major),
+            );
+        }
+        Ok(())
+    }
+
     /// The system identifier as a number.
     pub fn system_id(&self) -> Result<u64> {
         self.system_identifier.parse().map_err(|_| {
@@ -181,7 +233,7 @@ impl Repository {
     }
 
     fn read_root(&self) -> Result<RootFile> {
-        let bytes = match self.storage.read_all(ROOT_FILE) {
+        let bytes = match read_small(self.storage.as_ref(), ROOT_FILE) {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 return Err(Error::not_found(format!(
@@ -191,12 +243,11 @@ impl Repository {
             }
             Err(e) => return Err(e),
         };
-        let root: RootFile = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::corrupt(format!("{}/{ROOT_FILE} is not valid: {e}", self.url)))?;
+        let root: RootFile = parse_json(&bytes, &format!("{}/{ROOT_FILE}", self.url))?;
         if root.format != FORMAT {
             return Err(Error::config(format!(
-                "{} uses repository format {}, but this pgcellar reads only format {FORMAT}; \
-                 use a matching pgcellar version",
+                "{}/{ROOT_FILE}: the repository uses format {}, but this pgcellar reads only \
+                 format {FORMAT}; use a matching pgcellar version",
                 self.url, root.format
             )));
         }
@@ -207,7 +258,7 @@ impl Repository {
     pub fn server(&self, server: &str) -> Result<ServerInfo> {
         check_server_name(server)?;
         let path = layout::server_file(server);
-        let bytes = match self.storage.read_all(&path) {
+        let bytes = match read_small(self.storage.as_ref(), &path) {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 return Err(Error::config(format!(
@@ -217,8 +268,9 @@ impl Repository {
             }
             Err(e) => return Err(e),
         };
-        let info: ServerInfo = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::corrupt(format!("{}/{path} is not valid: {e}", self.url)))?;
+        let file = format!("{}/{path}", self.url);
+        let info: ServerInfo = parse_json(&bytes, &file)?;
+        info.validate(&file)?;
         if info.name != server {
             return Err(Error::corrupt(format!(
                 "{}/{path} names server {:?}, not {server:?}",
@@ -232,6 +284,7 @@ impl Repository {
     /// a different system identifier (or segment size) is refused.
     pub fn register_server(&self, info: &ServerInfo) -> Result<bool> {
         check_server_name(&info.name)?;
+        info.validate(&format!("registration of server {:?}", info.name))?;
         match self.server(&info.name) {
             Ok(existing) => {
                 if existing.system_identifier != info.system_identifier {
@@ -287,6 +340,61 @@ impl Repository {
     }
 }
 
+/// Largest root or server file a reader accepts; real ones are a few hundred bytes.
+pub const MAX_SMALL_FILE: u64 = 64 * 1024;
+
+/// Read a small repository file, refusing (without reading it all) one far larger
+/// than any pgcellar writes: a damaged or foreign file.
+pub fn read_small(storage: &dyn Storage, path: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    storage
+        .open_read(path)?
+        .take(MAX_SMALL_FILE + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::io(format!("reading {path} in {}", storage.location()), e))?;
+    if buf.len() as u64 > MAX_SMALL_FILE {
+        return Err(Error::corrupt(format!(
+            "{}/{path} is larger than {MAX_SMALL_FILE} bytes, far more than pgcellar ever \
+             writes there; it is damaged or not pgcellar's",
+            storage.location()
+        )));
+    }
+    Ok(buf)
+}
+
+/// Parse a repository JSON file; `file` names it in the one-line error, which also
+/// names the offending field where serde reports one.
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], file: &str) -> Result<T> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::corrupt(format!(
+            "{file} is empty (a truncated write?); it must hold a JSON object"
+        )));
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::corrupt(format!("{file} is not valid JSON: {e}")))?;
+    let serde_json::Value::Object(fields) = &value else {
+        return Err(Error::corrupt(format!(
+            "{file} does not hold a JSON object"
+        )));
+    };
+    serde_json::from_value(value.clone()).map_err(|e| {
+        // serde names a missing field, but not the field of a wrong type. Find it:
+        // without the one bad field, serde complains that exactly that one is missing.
+        let field = fields
+            .keys()
+            .find(|k| {
+                let mut rest = fields.clone();
+                rest.remove(*k);
+                serde_json::from_value::<T>(serde_json::Value::Object(rest))
+                    .is_err_and(|e| e.to_string() == format!("missing field `{k}`"))
+            })
+            .map(|k| format!(" (field {k:?})"))
+            .unwrap_or_default();
+        Error::corrupt(format!("{file} is not valid{field}: {e}"))
+    })
+}
+
 /// Serialise for the repository: pretty JSON with a trailing newline, readable with `cat`.
 pub fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     let mut v = serde_json::to_vec_pretty(value)
@@ -303,6 +411,68 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn good_server() -> serde_json::Value {
+        serde_json::json!({
+            "name": "main", "system_identifier": "7311497352830427321",
+            "pg_version_num": 150018, "pg_major": 15, "wal_segment_size": 1048576,
+            "block_size": 8192, "registered": "2026-11-23T19:45:00Z"
+        })
+    }
+
+    fn parse_server(v: &serde_json::Value) -> Result<ServerInfo> {
+        let info: ServerInfo = parse_json(&serde_json::to_vec(v).unwrap(), "R/main/server.json")?;
+        info.validate("R/main/server.json")?;
+        Ok(info)
+    }
+
+    #[test]
+    fn damaged_server_files_name_the_file_and_the_field() {
+        parse_server(&good_server()).unwrap();
+        for (field, value) in [
+            ("wal_segment_size", serde_json::json!(0)),
+            ("wal_segment_size", serde_json::json!(1u64 << 62)),
+            ("wal_segment_size", serde_json::json!(3 << 20)),
+            ("wal_segment_size", serde_json::json!(2u64 << 30)),
+            ("wal_segment_size", serde_json::json!("16777216")),
+            ("wal_segment_size", serde_json::json!(-1)),
+            ("wal_segment_size", serde_json::json!(1.5)),
+            ("block_size", serde_json::json!(0)),
+            ("block_size", serde_json::json!(3000)),
+            ("system_identifier", serde_json::json!("abc")),
+            ("system_identifier", serde_json::json!("0")),
+            ("system_identifier", serde_json::json!(42)),
+            ("name", serde_json::json!("../x")),
+            ("name", serde_json::json!(null)),
+            ("pg_major", serde_json::json!(0)),
+        ] {
+            let mut v = good_server();
+            v[field] = value.clone();
+            let msg = parse_server(&v).unwrap_err().to_string();
+            assert!(
+                msg.contains("R/main/server.json") && msg.contains(&format!("\"{field}\"")),
+                "{field}={value}: {msg}"
+            );
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+        let mut v = good_server();
+        v.as_object_mut().unwrap().remove("wal_segment_size");
+        let msg = parse_server(&v).unwrap_err().to_string();
+        assert!(msg.contains("wal_segment_size"), "{msg}");
+        for raw in [
+            &b""[..],
+            b"  \n",
+            b"{",
+            b"[1,2]",
+            b"\x00\xff garbage",
+            b"{\"name\": \"main\"",
+        ] {
+            let msg = parse_json::<ServerInfo>(raw, "R/main/server.json")
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("R/main/server.json"), "{msg}");
+        }
+    }
 
     #[test]
     fn server_names() {

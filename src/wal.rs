@@ -131,14 +131,18 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// Segments per "log" file for a segment size.
+    /// Segments per "log" file for a segment size. Never 0, so no caller divides by
+    /// zero, whatever a damaged registration says (a valid size gives the exact value;
+    /// sizes are validated when `server.json` is read, see [`is_valid_segment_size`]).
     pub fn per_log(segment_size: u64) -> u64 {
-        0x1_0000_0000 / segment_size
+        (0x1_0000_0000 / segment_size.max(1)).max(1)
     }
 
-    /// The absolute segment number for `segment_size`.
+    /// The absolute segment number for `segment_size` (saturating, never panicking).
     pub fn number(&self, segment_size: u64) -> u64 {
-        self.log as u64 * Self::per_log(segment_size) + self.seg as u64
+        (self.log as u64)
+            .saturating_mul(Self::per_log(segment_size))
+            .saturating_add(self.seg as u64)
     }
 
     /// The segment with absolute number `n` on `timeline`.
@@ -146,19 +150,28 @@ impl Segment {
         let per = Self::per_log(segment_size);
         Segment {
             timeline,
-            log: (n / per) as u32,
-            seg: (n % per) as u32,
+            log: u32::try_from(n / per).unwrap_or(u32::MAX),
+            seg: u32::try_from(n % per).unwrap_or(u32::MAX),
         }
     }
 
     /// The segment containing `lsn` on `timeline`.
     pub fn containing(timeline: u32, lsn: u64, segment_size: u64) -> Segment {
-        Self::from_number(timeline, lsn / segment_size, segment_size)
+        Self::from_number(timeline, lsn / segment_size.max(1), segment_size)
     }
 
     /// The next segment on the same timeline.
     pub fn next(&self, segment_size: u64) -> Segment {
-        Self::from_number(self.timeline, self.number(segment_size) + 1, segment_size)
+        Self::from_number(
+            self.timeline,
+            self.number(segment_size).saturating_add(1),
+            segment_size,
+        )
+    }
+
+    /// The LSN where this segment starts, or `None` if it does not fit in 64 bits.
+    pub fn start_lsn(&self, segment_size: u64) -> Option<u64> {
+        self.number(segment_size).checked_mul(segment_size)
     }
 
     /// The file name of this segment.
@@ -178,10 +191,22 @@ pub fn page_magic(major: u32) -> Option<u16> {
         15 => 0xD110,
         16 => 0xD113,
         17 => 0xD116,
+        18 => 0xD118,
         // Versions we have not verified skip the magic check; the system identifier,
         // segment size and page address checks still apply.
         _ => return None,
     })
+}
+
+/// Smallest WAL segment size PostgreSQL allows (`initdb --wal-segsize=1`).
+pub const MIN_SEGMENT_SIZE: u64 = 1 << 20;
+/// Largest WAL segment size PostgreSQL allows (1 GiB).
+pub const MAX_SEGMENT_SIZE: u64 = 1 << 30;
+
+/// Whether `size` is a WAL segment size PostgreSQL can have: a power of two from
+/// 1 MiB to 1 GiB.
+pub fn is_valid_segment_size(size: u64) -> bool {
+    size.is_power_of_two() && (MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&size)
 }
 
 /// Size of `XLogLongPageHeaderData` as laid out on x86-64 and other 64-bit ABIs.
@@ -249,6 +274,12 @@ pub fn check_segment(
     header: &[u8],
     expect: &SegmentExpectation,
 ) -> Result<()> {
+    if !is_valid_segment_size(expect.segment_size) {
+        return Err(Error::config(format!(
+            "the registered WAL segment size {} is not a power of two from 1 MiB to 1 GiB",
+            expect.segment_size
+        )));
+    }
     if file_size != expect.segment_size {
         return Err(Error::invalid(format!(
             "{name} is {file_size} bytes but the cluster's WAL segment size is {} bytes \
@@ -285,7 +316,12 @@ pub fn check_segment(
         )));
     }
     if let Some(seg) = name.segment() {
-        let want = seg.number(expect.segment_size) * expect.segment_size;
+        let want = seg.start_lsn(expect.segment_size).ok_or_else(|| {
+            Error::invalid(format!(
+                "{name}: its start LSN overflows with segment size {}",
+                expect.segment_size
+            ))
+        })?;
         if h.page_addr != want {
             return Err(Error::invalid(format!(
                 "{name}: first page address is {:X}/{:X} but the name implies {:X}/{:X} \
@@ -421,6 +457,62 @@ mod tests {
         // no long header flag
         let short = header(0xD110, 0, 3 * seg, 42, seg as u32);
         assert!(check_segment(&name, seg, &short, &exp).is_err());
+    }
+
+    #[test]
+    fn postgres_18_page_magic_is_checked() {
+        let seg = 1u64 << 20;
+        let exp = SegmentExpectation {
+            system_id: 42,
+            segment_size: seg,
+            major: 18,
+        };
+        assert_eq!(page_magic(18), Some(0xD118));
+        let name = WalName::parse("000000010000000000000003").unwrap();
+        check_segment(
+            &name,
+            seg,
+            &header(0xD118, 2, 3 * seg, 42, seg as u32),
+            &exp,
+        )
+        .unwrap();
+        // PostgreSQL 17's magic (or any other) is refused for a version-18 server.
+        for wrong in [0xD116u16, 0xD117, 0xD119, 0] {
+            let msg = check_segment(&name, seg, &header(wrong, 2, 3 * seg, 42, seg as u32), &exp)
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("page magic"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn segment_arithmetic_never_panics_on_hostile_sizes() {
+        let s = Segment {
+            timeline: 1,
+            log: u32::MAX,
+            seg: u32::MAX,
+        };
+        for size in [0, 1, 3 << 20, 1 << 33, 1 << 62, u64::MAX] {
+            let _ = Segment::per_log(size);
+            let _ = s.number(size);
+            let _ = s.next(size);
+            let _ = s.start_lsn(size);
+            let _ = Segment::from_number(1, u64::MAX, size);
+            let _ = Segment::containing(1, u64::MAX, size);
+        }
+        for bad in [0, 1, (1 << 20) - 1, 3 << 20, 1 << 31, 1 << 62] {
+            assert!(!is_valid_segment_size(bad), "{bad}");
+            let exp = SegmentExpectation {
+                system_id: 42,
+                segment_size: bad,
+                major: 15,
+            };
+            let name = WalName::parse("000000010000000000000003").unwrap();
+            assert!(check_segment(&name, bad, &header(0xD110, 2, 0, 42, 0), &exp).is_err());
+        }
+        for good in [1 << 20, 16 << 20, 1 << 30] {
+            assert!(is_valid_segment_size(good));
+        }
     }
 
     #[test]

@@ -44,6 +44,9 @@ on_both_backends!(with_synthetic_repo:
     corrupted_archive_file_is_never_delivered,
     repository_files_0600_directories_0700,
     crash_between_temp_write_and_rename_leaves_nothing_visible,
+    racing_pushes_of_different_content_acknowledge_at_most_one,
+    racing_pushes_of_identical_content_all_succeed_with_one_copy,
+    kill_9_of_wal_push_never_leaves_a_torn_or_second_copy,
 );
 
 fn write_segment(dir: &Path, name: &str, sysid: u64, seed: u64) -> PathBuf {
@@ -581,4 +584,496 @@ fn default_16mib_segments_archive_and_recover(repo: &RepoDir) {
     eprintln!("archived {archived} x 16 MiB in {:?}", start.elapsed());
     let copy = recover_copy(&pg, repo);
     assert_eq!(copy.psql("SELECT count(*) FROM big"), "60000");
+}
+
+// ---------------------------------------------------------------------------
+// Races and kills (issue 10, item 11 and the fault tests)
+
+/// A `wal-push` of `path` into `repo`, started and not waited for.
+fn spawn_push(repo: &RepoDir, path: &Path) -> std::process::Child {
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("wal-push"))
+        .args(repo.args())
+        .arg(path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn wal-push")
+}
+
+/// Start `n` pushes as close together as possible and return (exit code, stderr)
+/// of each, in order.
+fn race(repo: &RepoDir, paths: &[PathBuf]) -> Vec<(i32, String)> {
+    let children: Vec<_> = paths.iter().map(|p| spawn_push(repo, p)).collect();
+    children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().expect("wait wal-push");
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(
+                !err.contains("panicked") && !err.contains("internal error"),
+                "{err}"
+            );
+            (out.status.code().expect("wal-push killed by a signal"), err)
+        })
+        .collect()
+}
+
+/// Stored (non-temporary) copies of `name`, as repository-relative file names.
+fn stored_copies(repo: &RepoDir, name: &str) -> Vec<String> {
+    repo.wal_files()
+        .into_iter()
+        .filter(|f| {
+            let base = f.rsplit('/').next().unwrap();
+            !base.starts_with(".tmp-") && base.starts_with(&format!("{name}-"))
+        })
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Every file under the server's `wal/` that is not a temporary name decodes to the
+/// SHA-256 its name carries (no torn file under a final name), and no WAL name has
+/// two copies.
+fn assert_archive_whole(repo: &RepoDir) {
+    let root = repo.path.join(&repo.server).join("wal");
+    let mut names = std::collections::HashMap::new();
+    for f in repo.wal_files() {
+        let base = f.rsplit('/').next().unwrap().to_string();
+        if base.starts_with(".tmp-") {
+            continue;
+        }
+        let (name, sha, compression) = pgcellar::archive::parse_stored_name(&base)
+            .unwrap_or_else(|| panic!("{f}: not a stored WAL name"));
+        let mut input = fs::File::open(root.join(&f)).unwrap();
+        let mut out = Vec::new();
+        let stats = pgcellar::codec::decode(&mut input, &mut out, compression)
+            .unwrap_or_else(|e| panic!("{f} is torn: {e}"));
+        assert_eq!(stats.sha256, sha, "{f} does not hash to its name");
+        assert_eq!(sha256_hex(&out), sha, "{f}");
+        *names.entry(name.to_string()).or_insert(0) += 1;
+    }
+    for (name, n) in names {
+        assert_eq!(n, 1, "{name} is stored {n} times: {:?}", repo.wal_files());
+    }
+}
+
+fn racing_pushes_of_different_content_acknowledge_at_most_one(repo: &RepoDir) {
+    let src = TestDir::new();
+    let out = TestDir::new();
+    let mut stats = (0, 0); // rounds with a winner, rounds without
+    for round in 0..12u32 {
+        let n = 2 + (round % 3) as usize; // 2, 3, 4 processes
+        let name = format!("0000000100000000000001{round:02X}");
+        let base = segment_bytes(&name, SYSID, 7);
+        let contents: Vec<Vec<u8>> = (0..n)
+            .map(|i| {
+                // Each differs by one byte of the body; every header is valid.
+                let mut b = base.clone();
+                b[4096 + i] ^= 0x5A;
+                b
+            })
+            .collect();
+        let paths: Vec<PathBuf> = contents
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let d = src.join(format!("{round}-{i}"));
+                fs::create_dir_all(&d).unwrap();
+                let p = d.join(&name);
+                fs::write(&p, c).unwrap();
+                p
+            })
+            .collect();
+        let results = race(repo, &paths);
+        for (code, err) in &results {
+            assert!(*code == 0 || *code == 1, "exit {code}: {err}");
+        }
+        let winners: Vec<usize> = (0..n).filter(|&i| results[i].0 == 0).collect();
+        assert!(
+            winners.len() <= 1,
+            "round {round}: {} pushes of different content were acknowledged: {results:?}",
+            winners.len()
+        );
+        let copies = stored_copies(repo, &name);
+        let dest = out.join(format!("got-{round}"));
+        if let Some(&w) = winners.first() {
+            stats.0 += 1;
+            assert_eq!(
+                copies,
+                vec![format!(
+                    "{}/{name}-{}.zst",
+                    &name[..16],
+                    sha256_hex(&contents[w])
+                )],
+                "round {round}: acknowledged push {w} is not the only copy"
+            );
+            get(repo, &name, &dest).success();
+            assert_eq!(fs::read(&dest).unwrap(), contents[w], "round {round}");
+        } else {
+            stats.1 += 1;
+            // Nothing acknowledged: PostgreSQL retries, and a retry must get through.
+            let mut ok = false;
+            for _ in 0..5 {
+                if push(repo, &paths[0]).get_output().status.success() {
+                    ok = true;
+                    break;
+                }
+            }
+            assert!(ok, "round {round}: a re-push never succeeded: {copies:?}");
+            get(repo, &name, &dest).success();
+            assert_eq!(fs::read(&dest).unwrap(), contents[0], "round {round}");
+        }
+        assert_archive_whole(repo);
+    }
+    eprintln!(
+        "rounds with an acknowledged push: {}, without: {}",
+        stats.0, stats.1
+    );
+}
+
+fn racing_pushes_of_identical_content_all_succeed_with_one_copy(repo: &RepoDir) {
+    let src = TestDir::new();
+    let out = TestDir::new();
+    for round in 0..6u32 {
+        let n = 2 + (round % 3) as usize;
+        let name = format!("0000000100000000000002{round:02X}");
+        let bytes = segment_bytes(&name, SYSID, 3);
+        let paths: Vec<PathBuf> = (0..n)
+            .map(|i| {
+                let d = src.join(format!("{round}-{i}"));
+                fs::create_dir_all(&d).unwrap();
+                let p = d.join(&name);
+                fs::write(&p, &bytes).unwrap();
+                p
+            })
+            .collect();
+        let results = race(repo, &paths);
+        assert!(
+            results.iter().all(|(c, _)| *c == 0),
+            "round {round}: {results:?}"
+        );
+        assert_eq!(stored_copies(repo, &name).len(), 1, "round {round}");
+        let dest = out.join(format!("got-{round}"));
+        get(repo, &name, &dest).success();
+        assert_eq!(fs::read(&dest).unwrap(), bytes);
+    }
+    assert_archive_whole(repo);
+}
+
+fn kill_9_of_wal_push_never_leaves_a_torn_or_second_copy(repo: &RepoDir) {
+    let src = TestDir::new();
+    let out = TestDir::new();
+    // A small LCG seeded from the clock: random moments, reproducible from the log.
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("kill -9 seed {x}");
+    let mut killed = 0;
+    for round in 0..20u32 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay = Duration::from_micros((x >> 33) % 50_000);
+        let name = format!("0000000100000000000003{round:02X}");
+        let p = write_segment(src.path(), &name, SYSID, u64::from(round));
+        let mut child = spawn_push(repo, &p);
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            killed += 1;
+        }
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        assert_archive_whole(repo);
+        // PostgreSQL retries the same file: it must succeed and read back identically.
+        push(repo, &p).success();
+        assert_eq!(stored_copies(repo, &name).len(), 1);
+        let dest = out.join(format!("got-{round}"));
+        get(repo, &name, &dest).success();
+        assert_eq!(fs::read(&dest).unwrap(), fs::read(&p).unwrap());
+        assert_archive_whole(repo);
+    }
+    eprintln!("{killed} of 20 pushes were killed mid-way");
+    assert!(killed > 0, "no push was still running when killed");
+}
+
+// ---------------------------------------------------------------------------
+// Hostile repository files (issue 10, items 5 and 13)
+
+/// Damaged versions of a JSON file whose good form is `good`: the values of
+/// `field` in `bad_values`, plus garbage, truncated, empty, 10 MB and wrong types.
+fn damaged_versions(good: &str, field: &str, bad_values: &[&str]) -> Vec<(String, Vec<u8>)> {
+    let v: serde_json::Value = serde_json::from_str(good).unwrap();
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    for bad in bad_values {
+        let mut d = v.clone();
+        d[field] = serde_json::from_str(bad).unwrap();
+        out.push((
+            format!("{field}={bad}"),
+            serde_json::to_vec_pretty(&d).unwrap(),
+        ));
+    }
+    out.push(("garbage".into(), b"\x00\xffnot json at all\n".to_vec()));
+    out.push((
+        "truncated".into(),
+        good.as_bytes()[..good.len() / 2].to_vec(),
+    ));
+    out.push(("empty".into(), Vec::new()));
+    out.push(("array".into(), b"[1, 2, 3]\n".to_vec()));
+    let mut big = b"{\"pad\": \"".to_vec();
+    big.resize(10 << 20, b'x');
+    big.extend_from_slice(b"\"}");
+    out.push(("10 MB".into(), big));
+    // Every field of the wrong type, one at a time.
+    for (k, val) in v.as_object().unwrap() {
+        let mut d = v.clone();
+        d[k] = if val.is_string() {
+            serde_json::json!([1])
+        } else {
+            serde_json::json!("a string")
+        };
+        out.push((
+            format!("{k} of the wrong type"),
+            serde_json::to_vec(&d).unwrap(),
+        ));
+    }
+    out
+}
+
+/// Run `bin args` and check the verdict: exit code `want` (or any non-panic code
+/// when `None`), and a failure says one clear line naming `file`, never a panic.
+fn assert_clean_failure(what: &str, bin: &str, args: &[String], want: Option<i32>, file: &str) {
+    let a = Command::cargo_bin(bin)
+        .unwrap()
+        .args(args)
+        .timeout(Duration::from_secs(60))
+        .assert();
+    let o = a.get_output();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let code = o
+        .status
+        .code()
+        .unwrap_or_else(|| panic!("{what}: {bin} {args:?} killed: {err}"));
+    assert!(
+        !err.contains("panicked")
+            && !err.contains("internal error")
+            && !err.contains("RUST_BACKTRACE"),
+        "{what}: {bin} {args:?}: {err}"
+    );
+    if let Some(want) = want {
+        assert_eq!(code, want, "{what}: {bin} {args:?}: {err}");
+    }
+    assert!(
+        code != 101 && code != 134,
+        "{what}: {bin} {args:?} exited {code}: {err}"
+    );
+    if code != 0 {
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        if lines.is_empty() {
+            // A report (verify) that lists the problem on stdout instead.
+            let report = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                report.contains(file),
+                "{what}: {bin} {args:?}: silent failure: {report}"
+            );
+            return;
+        }
+        assert_eq!(
+            lines.len(),
+            1,
+            "{what}: {bin} {args:?}: not one line: {err}"
+        );
+        assert!(
+            lines[0].contains(file),
+            "{what}: {bin} {args:?}: does not name {file}: {err}"
+        );
+        assert!(
+            lines[0].len() < 1000,
+            "{what}: {bin} {args:?}: line too long: {err}"
+        );
+    }
+}
+
+/// The catalog commands, wal-push and wal-get against a repository with `path`
+/// (relative to the repository root) replaced by each damaged version.
+fn every_command_fails_cleanly(repo: &RepoDir, rel: &str, versions: Vec<(String, Vec<u8>)>) {
+    let file = rel.rsplit('/').next().unwrap();
+    let src = TestDir::new();
+    let seg = write_segment(src.path(), "000000010000000000000070", SYSID, 1);
+    let dest = src.join("dest");
+    let target = repo.path.join(rel);
+    let good = fs::read(&target).unwrap();
+    let a = |extra: &[&str]| -> Vec<String> {
+        let mut v = repo.args();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    for (what, bytes) in versions {
+        fs::write(&target, &bytes).unwrap();
+        for sub in [
+            &["servers"][..],
+            &["list"],
+            &["show", "latest"],
+            &["verify", "--all"],
+            // No PostgreSQL needed: the repository rows report the damage.
+            &["--conninfo", "host=/nonexistent", "check"],
+        ] {
+            assert_clean_failure(&what, "pgcellar", &a(sub), None, file);
+        }
+        assert_clean_failure(
+            &what,
+            "wal-push",
+            &a(&[&seg.display().to_string()]),
+            Some(1),
+            file,
+        );
+        assert_clean_failure(
+            &what,
+            "wal-get",
+            &a(&["000000010000000000000070", &dest.display().to_string()]),
+            Some(126),
+            file,
+        );
+        assert!(!dest.exists(), "{what}");
+    }
+    fs::write(&target, good).unwrap();
+    // The undamaged file works again.
+    push(repo, &seg).success();
+}
+
+#[test]
+fn damaged_server_json_is_one_clear_error_never_a_panic() {
+    let repo = synthetic_repo();
+    let good = fs::read_to_string(repo.path.join("main/server.json")).unwrap();
+    let versions = damaged_versions(
+        &good,
+        "wal_segment_size",
+        &[
+            "0",
+            "4611686018427387904",
+            "3145728",
+            "1",
+            "-16",
+            "1.5",
+            "null",
+        ],
+    );
+    every_command_fails_cleanly(&repo, "main/server.json", versions);
+    // The other fields a reader computes with.
+    let mut more = damaged_versions(&good, "block_size", &["0", "3000"]);
+    more.truncate(2);
+    let mut sysid = damaged_versions(&good, "system_identifier", &["\"abc\"", "\"-1\""]);
+    sysid.truncate(2);
+    more.extend(sysid);
+    every_command_fails_cleanly(&repo, "main/server.json", more);
+}
+
+#[test]
+fn damaged_root_file_is_one_clear_error_never_a_panic() {
+    let repo = synthetic_repo();
+    let good = fs::read_to_string(repo.path.join("pgcellar.json")).unwrap();
+    let versions = damaged_versions(&good, "format", &["0", "99", "-1", "4294967296"]);
+    every_command_fails_cleanly(&repo, "pgcellar.json", versions);
+}
+
+#[test]
+fn damaged_backup_manifest_never_panics() {
+    let repo = synthetic_repo();
+    let id = "20261123T184500Z";
+    let dir = repo.path.join("main/backups").join(id);
+    fs::create_dir_all(&dir).unwrap();
+    // A plausible manifest, then each damaged version of it.
+    let good = serde_json::json!({
+        "format": 1, "id": id, "label": "x", "status": "done", "parent": null,
+        "server": "main", "pg_version_num": 150018, "system_identifier": SYSID.to_string(),
+        "wal_segment_size": SEG, "timeline": 1, "start_lsn": "0/2000028", "stop_lsn": "0/2000100",
+        "start_wal": "000000010000000000000002", "stop_wal": "000000010000000000000002",
+        "start_time": "2026-11-23T18:45:00Z", "stop_time": "2026-11-23T18:45:05Z",
+        "backup_label": "", "tablespace_map": "", "tablespaces": [], "compression": "zstd",
+        "compression_level": 3,
+        "totals": {"files": 0, "size": 0, "stored_size": 0, "reused_files": 0,
+                   "reused_stored_size": 0, "copied_files": 0, "copied_stored_size": 0},
+        "directories": [], "files": [], "created_by": "test"
+    })
+    .to_string();
+    let mut versions = damaged_versions(
+        &good,
+        "start_wal",
+        &[
+            "\"\"",
+            "\"../../x\"",
+            "\"é000000100000000000000002\"",
+            "\"00000001\"",
+        ],
+    );
+    versions.extend(
+        damaged_versions(&good, "wal_segment_size", &["0", "4611686018427387904"])
+            .into_iter()
+            .take(2),
+    );
+    versions.extend(
+        damaged_versions(&good, "start_lsn", &["\"x\"", "\"FFFFFFFF/FFFFFFFF\""])
+            .into_iter()
+            .take(2),
+    );
+    versions.extend(
+        damaged_versions(&good, "timeline", &["0", "4294967295"])
+            .into_iter()
+            .take(2),
+    );
+    let target = dir.join("backup.json");
+    let restore_root = TestDir::new();
+    for (i, (what, bytes)) in versions.into_iter().enumerate() {
+        fs::write(&target, &bytes).unwrap();
+        let a = |extra: &[&str]| -> Vec<String> {
+            let mut v = repo.args();
+            v.extend(extra.iter().map(|s| s.to_string()));
+            v
+        };
+        for sub in [
+            &["list"][..],
+            &["show", id],
+            &["show", "latest"],
+            &["verify", "--all"],
+            &["verify", id],
+        ] {
+            assert_clean_failure(&what, "pgcellar", &a(sub), None, id);
+        }
+        let dest = restore_root.join(format!("r{i}"));
+        // restore may fail for a reason of its own (this manifest lists no files at
+        // all), so its line need not name the backup; it must still be one line.
+        assert_clean_failure(
+            &what,
+            "restore",
+            &a(&["--backup", id, &dest.display().to_string()]),
+            None,
+            "",
+        );
+    }
+}
+
+#[test]
+fn expire_ignores_wal_directories_with_multibyte_names() {
+    let repo = synthetic_repo();
+    // 16 bytes, but byte 8 falls inside 'é': slicing it at 8 used to panic.
+    let odd = repo.path.join("main/wal/0000000é0000000");
+    fs::create_dir_all(&odd).unwrap();
+    let a = Command::cargo_bin("pgcellar")
+        .unwrap()
+        .args(repo.args())
+        .args(["expire", "--retention", "REDUNDANCY 1"])
+        .assert();
+    let err = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    assert!(
+        !err.contains("panicked") && !err.contains("internal error"),
+        "{err}"
+    );
+    a.success();
+    assert!(
+        odd.exists(),
+        "a directory that is not pgcellar's was removed"
+    );
 }

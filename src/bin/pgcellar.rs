@@ -250,6 +250,7 @@ fn run(args: &Args) -> anyhow::Result<i32> {
 }
 
 fn main() {
+    cli::install_panic_hook("pgcellar", 1);
     let args: Args = cli::parse_or_exit(2);
     pgcellar::log::init("pgcellar", args.common.verbose, args.common.quiet);
     match run(&args) {

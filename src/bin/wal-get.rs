@@ -78,9 +78,16 @@ fn fill(args: &Args, env: &str) -> pgcellar::Result<usize> {
 }
 
 fn main() {
+    // A panic stops recovery (126), never reads as "not archived".
+    cli::install_panic_hook("wal-get", FATAL);
     let args: Args = cli::parse_or_exit(FATAL);
     pgcellar::log::init("wal-get", args.common.verbose, args.common.quiet);
+    if args.standby {
+        cli::set_panic_exit_code(1);
+    }
     if let Some(size) = std::env::var_os(prefetch::FILL_ENV) {
+        // Detached prefetcher: nobody reads its status ("exit 0 whatever happened").
+        cli::set_panic_exit_code(0);
         match fill(&args, &size.to_string_lossy()) {
             Ok(n) => log_info!("prefetcher stored {n} segments"),
             Err(e) => log_info!("prefetcher stopped: {e}"),

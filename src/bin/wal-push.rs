@@ -62,6 +62,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 fn main() {
+    // A panic exits 1 like any failure: above 125 would make the archiver exit.
+    cli::install_panic_hook("wal-push", 1);
     // Exit codes above 125 would make PostgreSQL's archiver exit; usage errors are 1.
     let args: Args = cli::parse_or_exit(1);
     pgcellar::log::init("wal-push", args.common.verbose, args.common.quiet);

@@ -243,6 +243,15 @@ impl Storage for LocalStorage {
         }
     }
 
+    fn remove_file_synced(&self, path: &str) -> Result<()> {
+        self.remove_file(path)?;
+        let p = self.abs(path)?;
+        match p.parent() {
+            Some(dir) => sync_dir(dir).io_context(|| format!("fsync directory {}", dir.display())),
+            None => Ok(()),
+        }
+    }
+
     fn remove_dir_all(&self, path: &str) -> Result<()> {
         self.check_writer()?;
         let p = self.abs(path)?;

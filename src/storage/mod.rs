@@ -103,6 +103,10 @@ pub trait Storage: Send + Sync {
     /// Remove one file; a missing file is not an error.
     fn remove_file(&self, path: &str) -> Result<()>;
 
+    /// Remove one file and make the removal durable (the directory entry is synced
+    /// where the backend can); a missing file is not an error.
+    fn remove_file_synced(&self, path: &str) -> Result<()>;
+
     /// Remove a directory tree; a missing one is not an error.
     fn remove_dir_all(&self, path: &str) -> Result<()>;
 

@@ -1377,6 +1377,19 @@ impl Storage for SshStorage {
         })
     }
 
+    fn remove_file_synced(&self, path: &str) -> Result<()> {
+        let abs = self.abs(path)?;
+        let loc = self.loc();
+        self.with_conn(|c| {
+            match c.sftp.unlink(Path::new(&abs)) {
+                Ok(()) => {}
+                Err(e) if is_sftp_status(&e, FX_NO_SUCH_FILE) => {}
+                Err(e) => return Err(self.err(format!("removing {abs}"), e)),
+            }
+            c.sync_dir(&loc, parent_of(&abs))
+        })
+    }
+
     fn remove_dir_all(&self, path: &str) -> Result<()> {
         let abs = self.abs(path)?;
         let loc = self.loc();

@@ -303,7 +303,7 @@ pub fn keep(settings: &Settings, spec: &str, release: bool) -> Result<KeepOutcom
     let storage = repo.storage();
     // Under the writer lock, so that a concurrent expire cannot remove the backup
     // between our check and the marker.
-    let lock = Lock::acquire(storage, &server.name, "keep", settings.lock_stale_after)?;
+    let lock = Lock::acquire_held(&repo, settings, &server.name, "keep")?;
     let id = manifest::resolve(storage, &server.name, spec)?;
     let path = layout::backup_keep_marker(&server.name, id.as_str());
     let was = is_kept(storage, &server.name, &id)?;
@@ -390,7 +390,7 @@ pub fn switch(client: &mut postgres::Client, checkpoint: bool) -> Result<String>
     let row = client
         .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
         .map_err(|e| pg::query_error("switching WAL (pg_switch_wal)", e))?;
-    Ok(row.get::<_, String>(0))
+    pg::column(&row, 0, "pg_switch_wal")
 }
 
 /// Wait until `segment` is in the repository, failing early when `pg_stat_archiver`
@@ -415,8 +415,8 @@ pub fn wait_archived(
                 &[],
             )
             .map_err(|e| pg::query_error("reading pg_stat_archiver", e))?;
-        let failed_wal: String = row.get(0);
-        let failed_at: Option<std::time::SystemTime> = row.get(1);
+        let failed_wal: String = pg::column(&row, 0, "pg_stat_archiver")?;
+        let failed_at: Option<std::time::SystemTime> = pg::column(&row, 1, "pg_stat_archiver")?;
         let failed_now = failed_at.is_some_and(|t| DateTime::<Utc>::from(t) >= since);
         if failed_now && failed_wal.as_str() <= segment {
             return Err(Error::new(

@@ -294,8 +294,8 @@ fn check_cluster(
     };
     let setting = |c: &mut postgres::Client, n: &str| -> std::result::Result<String, String> {
         c.query_one("SELECT current_setting($1)", &[&n])
-            .map(|row| row.get::<_, String>(0))
             .map_err(|e| pg::describe(&e))
+            .and_then(|row| pg::column::<String>(&row, 0, n).map_err(|e| e.to_string()))
     };
     let mode_ok = match setting(client, "archive_mode") {
         Ok(m) if m == "on" || m == "always" => {

@@ -945,4 +945,62 @@ mod tests {
         assert_eq!(bad.matches('|').count(), 1);
         assert!(!bad.contains('\n'));
     }
+
+    #[test]
+    fn the_push_target_is_read_from_the_command_line() {
+        let t = parse_push_command("/usr/local/bin/wal-push -v --repo /srv/r --server main %p")
+            .unwrap();
+        assert_eq!(t.repo.as_deref(), Some("/srv/r"));
+        assert_eq!(t.server.as_deref(), Some("main"));
+        let t = parse_push_command(
+            "PGCELLAR_SERVER=db2 env 'wal-push' --repo='ssh://b@h/srv r' --config \"/etc/p c.toml\" \"%p\"",
+        )
+        .unwrap();
+        assert_eq!(t.server.as_deref(), Some("db2"));
+        assert_eq!(t.repo.as_deref(), Some("ssh://b@h/srv r"));
+        assert_eq!(t.config.as_deref(), Some("/etc/p c.toml"));
+        // Only the wal-push command's own words count.
+        let t = parse_push_command("test -f /x; wal-push %p && echo --server=no").unwrap();
+        assert_eq!(t, PushTarget::default());
+        assert!(parse_push_command("cp %p /mnt/wal-push-dir/%f").is_none());
+        assert!(parse_push_command("/bin/true").is_none());
+    }
+
+    #[test]
+    fn a_command_for_another_server_or_repository_is_critical() {
+        let ours = crate::storage::RepoUrl::parse("/srv/r").unwrap();
+        let (s, m) = archive_command_check(
+            "wal-push --repo /srv/r --server main %p",
+            Some(&ours),
+            "main",
+        );
+        assert_eq!(s, Status::Ok, "{m}");
+        let (s, m) = archive_command_check(
+            "wal-push --repo /srv/r --server other %p",
+            Some(&ours),
+            "main",
+        );
+        assert_eq!(s, Status::Critical);
+        assert!(
+            m.contains("server other") && m.contains("server main"),
+            "{m}"
+        );
+        let (s, m) = archive_command_check(
+            "wal-push --repo /srv/x --server main %p",
+            Some(&ours),
+            "main",
+        );
+        assert_eq!(s, Status::Critical);
+        assert!(m.contains("/srv/x") && m.contains("/srv/r"), "{m}");
+        let (s, m) = archive_command_check("wal-push %p", Some(&ours), "main");
+        assert_eq!(s, Status::Warning);
+        assert!(m.contains("PGCELLAR_REPO"), "{m}");
+        let (s, m) = archive_command_check(
+            "wal-push --config /nonexistent/p.toml %p",
+            Some(&ours),
+            "main",
+        );
+        assert_eq!(s, Status::Warning);
+        assert!(m.contains("/nonexistent/p.toml"), "{m}");
+    }
 }

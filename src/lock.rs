@@ -122,6 +122,9 @@ impl LockInfo {
     }
 }
 
+/// Opens the heartbeat's own handle on the repository.
+type Opener = Box<dyn FnMut() -> Result<Box<dyn Storage>> + Send>;
+
 /// The heartbeat thread of a held lock.
 struct Heartbeat {
     /// Dropping it stops the thread at once.
@@ -165,16 +168,22 @@ impl<'a> Lock<'a> {
     /// Take the writer lock of `server` in `repo` for `command` (breaking a stale
     /// one) and keep it fresh with a heartbeat for as long as it is held. The
     /// heartbeat uses its own connection to the repository, so a long transfer on the
-    /// main one never delays it.
+    /// main one never delays it; it connects at its first refresh, so short holders
+    /// never pay for it.
     pub fn acquire_held(
         repo: &'a Repository,
         settings: &Settings,
         server: &str,
         command: &str,
     ) -> Result<Lock<'a>> {
-        let refresher = storage::open_with(repo.url(), settings)?;
         let mut lock = Self::acquire(repo.storage(), server, command, settings.lock_stale_after)?;
-        lock.keep_fresh(refresher, heartbeat_interval(settings.lock_stale_after));
+        let interval = heartbeat_interval(settings.lock_stale_after);
+        let url = repo.url().clone();
+        let settings = settings.clone();
+        lock.start_heartbeat(
+            Box::new(move || storage::open_with(&url, &settings)),
+            interval,
+        );
         Ok(lock)
     }
 
@@ -253,6 +262,20 @@ impl<'a> Lock<'a> {
     /// still carries our token. A failed refresh is logged and retried next time; a
     /// lock found taken over stops the heartbeat and makes [`Lock::ensure_held`] fail.
     pub fn keep_fresh(&mut self, storage: Box<dyn Storage>, interval: Duration) {
+        let mut given = Some(storage);
+        self.start_heartbeat(
+            Box::new(move || {
+                given
+                    .take()
+                    .ok_or_else(|| Error::new(ErrorKind::Io, "the heartbeat's storage is gone"))
+            }),
+            interval,
+        );
+    }
+
+    /// [`Lock::keep_fresh`] with a storage opened by `open` at the first refresh
+    /// (and again after a failed open).
+    fn start_heartbeat(&mut self, mut open: Opener, interval: Duration) {
         if let Some(mut old) = self.heartbeat.take() {
             old.stop();
         }
@@ -264,13 +287,31 @@ impl<'a> Lock<'a> {
         let mut info = self.info.clone();
         let spawned = std::thread::Builder::new()
             .name("lock-heartbeat".into())
-            .spawn(move || loop {
+            .spawn(move || {
+                let mut store: Option<Box<dyn Storage>> = None;
+                loop {
                 match rx.recv_timeout(interval) {
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
                     // Released, or the holder is going away.
                     _ => return,
                 }
-                match refresh(storage.as_ref(), &server, &path, &mut info) {
+                if store.is_none() {
+                    match open() {
+                        Ok(s) => store = Some(s),
+                        Err(e) => {
+                            crate::log_warn!(
+                                "could not connect to refresh the lock of server {server}: {e} \
+                                 (retrying in {}s; it goes stale after lock_stale_after without a refresh)",
+                                interval.as_secs_f64()
+                            );
+                            continue;
+                        }
+                    }
+                }
+                let Some(storage) = store.as_deref() else {
+                    continue;
+                };
+                match refresh(storage, &server, &path, &mut info) {
                     Ok(Refresh::Done) => {
                         crate::log_debug!("refreshed lock {path}");
                     }
@@ -296,6 +337,7 @@ impl<'a> Lock<'a> {
                         storage.location(),
                         interval.as_secs_f64()
                     ),
+                }
                 }
             });
         match spawned {

@@ -414,6 +414,22 @@ fn backup_life_cycle_list_keep_expire_restore_verify_cron() {
     let show = json(&repo, None, &["show", "latest", "--json"]);
     assert_eq!(show["wal_needed"]["complete"], false);
     assert_eq!(show["wal_needed"]["missing"][0], b3_stop.as_str());
+    // check reports the gap too (its catalog checks need no connection).
+    let o = pgcellar(&repo, None, &["check", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let row = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "wal_continuity")
+        .unwrap()
+        .clone();
+    assert_eq!(row["status"], "critical", "{v}");
+    assert!(
+        row["message"].as_str().unwrap().contains(b3_stop.as_str()),
+        "{v}"
+    );
     fs::write(&seg_path, seg_bytes).unwrap();
     chown_postgres(&seg_path);
     ok(&repo, None, &["verify", "--all"]);

@@ -528,6 +528,10 @@ fn lock_holder(repo: &RepoDir) -> Option<(String, u32)> {
     ))
 }
 
+fn backups_dir(repo: &RepoDir) -> PathBuf {
+    repo.path.join("main/backups")
+}
+
 fn kill9(pid: u32) {
     let st = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -575,14 +579,77 @@ fn killed_and_racing_writers_leave_a_consistent_repository(repo: &RepoDir) {
     c.pgbench(&["-i", "-s", "8", "-q"]);
     let first = base_backup(repo, &c, &[]);
 
+    // The heartbeat: with lock_stale_after = 1 s a backup that runs for seconds keeps
+    // its lock, and cron (which would break a stale lock and remove the directory as
+    // aborted, aborted_backup_max_age = 1 s) leaves it alone.
+    let cfgdir = TestDir::new();
+    let cfg = cfgdir.join("stale.toml");
+    fs::write(&cfg, "lock_stale_after = 1\naborted_backup_max_age = 1\n").unwrap();
+    chown_postgres(&cfg);
+    let cfg_arg = cfg.display().to_string();
+    let t0 = std::time::Instant::now();
+    // gzip -9 with one worker: slow enough to run for seconds.
+    let slow = [
+        "--full",
+        "--jobs",
+        "1",
+        "--compression",
+        "gzip",
+        "--compression-level",
+        "9",
+    ];
+    let mut child = base_backup_cmd(
+        repo,
+        &c,
+        &[&["--config", cfg_arg.as_str()][..], &slow[..]].concat(),
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut crons_after_bound = 0;
+    let mut holder = None;
+    while child.try_wait().unwrap().is_none() {
+        if let Some(h) = lock_holder(repo) {
+            holder.get_or_insert(h.clone());
+            assert_eq!(Some(&h), holder.as_ref(), "the lock changed hands");
+        }
+        let o = pgcellar_cmd(repo, &["--config", &cfg_arg, "cron"]);
+        assert!(o.status.success(), "{}", out_text(&o));
+        assert!(
+            !out_text(&o).contains("removed aborted"),
+            "cron removed the running backup: {}",
+            out_text(&o)
+        );
+        if t0.elapsed() > Duration::from_millis(2500) {
+            crons_after_bound += 1;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", out_text(&out));
+    assert!(
+        crons_after_bound >= 2,
+        "the backup ({:?}) was too quick to outlive lock_stale_after",
+        t0.elapsed()
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(backups_dir(repo).join(&id).join("backup.json").exists());
+
     // kill -9 of base-backup in the middle of its copy.
-    let mut child = base_backup_cmd(repo, &c, &["--full", "--jobs", "1"])
+    let known: Vec<String> = fs::read_dir(backups_dir(repo))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    let mut child = base_backup_cmd(repo, &c, &slow)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let backups = repo.path.join("main/backups");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut seen: Option<std::time::Instant> = None;
     let (victim, pid) = loop {
         assert!(
             std::time::Instant::now() < deadline,
@@ -595,12 +662,16 @@ fn killed_and_racing_writers_leave_a_consistent_repository(repo: &RepoDir) {
         let partial = fs::read_dir(&backups)
             .unwrap()
             .flatten()
-            .find(|e| e.file_name().to_string_lossy() != first && files_under(&e.path()) > 20);
+            .find(|e| !known.contains(&e.file_name().to_string_lossy().to_string()));
         if let (Some(dir), Some(("base-backup", pid))) = (
             partial,
             lock_holder(repo).as_ref().map(|(c, p)| (c.as_str(), *p)),
         ) {
-            break (dir.file_name().to_string_lossy().to_string(), pid);
+            // Well into the copy (which takes seconds at gzip -9), not at its start.
+            let since = *seen.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > Duration::from_millis(700) {
+                break (dir.file_name().to_string_lossy().to_string(), pid);
+            }
         }
         std::thread::sleep(Duration::from_millis(5));
     };
@@ -616,7 +687,7 @@ fn killed_and_racing_writers_leave_a_consistent_repository(repo: &RepoDir) {
         .find(|r| r["id"] == victim.as_str())
         .expect("aborted row");
     assert_eq!(row["status"], "aborted", "{rows:?}");
-    assert_eq!(rows.iter().filter(|r| r["status"] == "done").count(), 1);
+    assert_eq!(rows.iter().filter(|r| r["status"] == "done").count(), 2);
     // The next base-backup recovers the lock (dead pid on this host) and works.
     let out = base_backup_cmd(repo, &c, &[]).output().unwrap();
     assert!(out.status.success(), "{}", out_text(&out));

@@ -677,6 +677,12 @@ fn killed_and_racing_writers_leave_a_consistent_repository(repo: &RepoDir) {
     };
     kill9(pid);
     let _ = child.wait();
+    assert_ne!(victim, first);
+    // Killed in the middle of its copy: some files are there, no manifest.
+    assert!(
+        files_under(&backups.join(&victim)) > 0,
+        "killed before the copy began"
+    );
     assert!(!backups.join(&victim).join("backup.json").exists());
     // The lock of the dead process is still there until someone recovers it.
     assert_eq!(lock_holder(repo).map(|h| h.1), Some(pid));

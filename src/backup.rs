@@ -128,7 +128,6 @@ pub fn run(settings: &Settings, opts: &BackupOptions) -> Result<Manifest> {
     let repo = Repository::open(settings)?;
     let server_name = settings.server_name()?;
     let server = repo.server(server_name)?;
-    let storage = repo.storage();
 
     let mut client = pg::connect(settings.conninfo.as_deref())?;
     let identity = pg::identity(&mut client)?;
@@ -144,13 +143,8 @@ pub fn run(settings: &Settings, opts: &BackupOptions) -> Result<Manifest> {
     }
     check_data_directory(&mut client, &pgdata)?;
     check_archiving(&mut client)?;
-    let lock = Lock::acquire(
-        storage,
-        server_name,
-        "base-backup",
-        settings.lock_stale_after,
-    )?;
-    let result = backup_locked(settings, opts, &repo, &server, &mut client, &pgdata);
+    let lock = Lock::acquire_held(&repo, settings, server_name, "base-backup")?;
+    let result = backup_locked(settings, opts, &repo, &server, &mut client, &pgdata, &lock);
     lock.release()?;
     result
 }
@@ -159,7 +153,7 @@ pub fn run(settings: &Settings, opts: &BackupOptions) -> Result<Manifest> {
 fn check_data_directory(client: &mut postgres::Client, pgdata: &Path) -> Result<()> {
     // Needs superuser or pg_read_all_settings; without it, PG_VERSION is the only check.
     if let Ok(row) = client.query_one("SELECT current_setting('data_directory')", &[]) {
-        let theirs: String = row.get(0);
+        let theirs: String = pg::column(&row, 0, "data_directory")?;
         let theirs = fs::canonicalize(&theirs).unwrap_or_else(|_| PathBuf::from(&theirs));
         if theirs != pgdata {
             return Err(Error::config(format!(
@@ -189,8 +183,8 @@ fn check_archiving(client: &mut postgres::Client) -> Result<()> {
         // Not readable by this role: the bounded WAL wait still catches it.
         Err(_) => return Ok(()),
     };
-    let mode: String = row.get(0);
-    let command: String = row.get(1);
+    let mode: String = pg::column(&row, 0, "archive_mode")?;
+    let command: String = pg::column(&row, 1, "archive_command")?;
     if mode == "off" || command.trim().is_empty() {
         return Err(Error::config(format!(
             "archiving is not set up (archive_mode = {mode}, archive_command = {command:?}): \
@@ -259,6 +253,7 @@ fn backup_locked(
     server: &ServerInfo,
     client: &mut postgres::Client,
     pgdata: &Path,
+    lock: &Lock<'_>,
 ) -> Result<Manifest> {
     let storage = repo.storage();
     let codec = settings.codec;
@@ -309,6 +304,9 @@ fn backup_locked(
             files.iter().filter(|f| f.reused).count(),
             secs()
         );
+        // Before the stop: its WAL switch wakes the archiver, whose failures from then
+        // on tell the wait below that archiving is broken.
+        let archiver_before = archiver_status(client);
         let stopped = stop_backup(client, server.pg_major)?;
         let stop_time = Utc::now();
         crate::log_info!(
@@ -323,6 +321,9 @@ fn backup_locked(
             &started.wal,
             &stopped.wal,
             settings.backup_wal_timeout,
+            client,
+            archiver_before,
+            opts.progress,
         )?;
         crate::log_info!(
             "WAL {} to {} confirmed at {:.2}s",
@@ -360,6 +361,8 @@ fn backup_locked(
         };
         m.compute_totals();
         let json = to_json(&m)?;
+        // Never commit under a lock that another writer broke meanwhile.
+        lock.ensure_held()?;
         // Last, atomically: the backup exists from this moment on.
         storage.write_all(
             &layout::backup_manifest(&server.name, id.as_str()),
@@ -407,9 +410,10 @@ fn start_backup(client: &mut postgres::Client, major: u32, label: &str) -> Resul
     let row = client
         .query_one(sql, &[&label])
         .map_err(|e| pg::query_error("starting the backup (pg_backup_start)", e))?;
+    let what = "pg_backup_start";
     Ok(Started {
-        lsn: row.get(0),
-        wal: row.get(1),
+        lsn: pg::column(&row, 0, what)?,
+        wal: pg::column(&row, 1, what)?,
     })
 }
 
@@ -424,11 +428,12 @@ fn stop_backup(client: &mut postgres::Client, major: u32) -> Result<Stopped> {
     let row = client
         .query_one(sql, &[])
         .map_err(|e| pg::query_error("stopping the backup (pg_backup_stop)", e))?;
+    let what = "pg_backup_stop";
     Ok(Stopped {
-        lsn: row.get(0),
-        wal: row.get(1),
-        label_file: row.get(2),
-        spcmap_file: row.get(3),
+        lsn: pg::column(&row, 0, what)?,
+        wal: pg::column(&row, 1, what)?,
+        label_file: pg::column(&row, 2, what)?,
+        spcmap_file: pg::column(&row, 3, what)?,
     })
 }
 
@@ -436,10 +441,15 @@ fn tablespace_names(client: &mut postgres::Client) -> Result<HashMap<u32, String
     let rows = client
         .query("SELECT oid::int8, spcname::text FROM pg_tablespace", &[])
         .map_err(|e| pg::query_error("listing tablespaces", e))?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get::<_, i64>(0) as u32, r.get::<_, String>(1)))
-        .collect())
+    let mut names = HashMap::new();
+    for r in &rows {
+        let oid: i64 = pg::column(r, 0, "pg_tablespace")?;
+        let name: String = pg::column(r, 1, "pg_tablespace")?;
+        if let Ok(oid) = u32::try_from(oid) {
+            names.insert(oid, name);
+        }
+    }
+    Ok(names)
 }
 
 fn mode_of(meta: &fs::Metadata) -> u32 {
@@ -815,41 +825,158 @@ pub fn segments_between(start: &str, stop: &str, segment_size: u64) -> Result<Ve
         .collect())
 }
 
-/// Wait until every segment from `start` to `stop` is archived, up to `timeout`.
+/// What `pg_stat_archiver` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ArchiverStatus {
+    failed_count: i64,
+    last_failed_wal: Option<String>,
+    last_failed_time: Option<DateTime<Utc>>,
+    last_archived_time: Option<DateTime<Utc>>,
+}
+
+/// Read `pg_stat_archiver`; `None` (and a debug line) if it cannot be read, since the
+/// bounded wait still catches a broken archive_command, only later.
+fn archiver_status(client: &mut postgres::Client) -> Option<ArchiverStatus> {
+    let read = |client: &mut postgres::Client| -> Result<ArchiverStatus> {
+        let row = client
+            .query_one(
+                "SELECT failed_count, last_failed_wal, last_failed_time, last_archived_time \
+                 FROM pg_stat_archiver",
+                &[],
+            )
+            .map_err(|e| pg::query_error("reading pg_stat_archiver", e))?;
+        let what = "pg_stat_archiver";
+        let time = |t: Option<std::time::SystemTime>| t.map(DateTime::<Utc>::from);
+        Ok(ArchiverStatus {
+            failed_count: pg::column(&row, 0, what)?,
+            last_failed_wal: pg::column(&row, 1, what)?,
+            last_failed_time: time(pg::column(&row, 2, what)?),
+            last_archived_time: time(pg::column(&row, 3, what)?),
+        })
+    };
+    match read(client) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            crate::log_debug!("{e}");
+            None
+        }
+    }
+}
+
+/// PostgreSQL's archiver tries a file this many times (one second apart) before it
+/// sleeps for up to a minute; so many failures in a row mean the command is broken,
+/// not that one attempt hit a passing hiccup.
+const ARCHIVER_RETRIES: i64 = 3;
+
+/// Whether the archiver keeps failing on a file that blocks the segments in
+/// `missing` (sorted, same timeline): one of them, an older segment of that timeline
+/// (the archiver goes in order, so ours wait behind it), or a history file (archived
+/// first). Returns the failing file's name.
+fn archiver_stuck<'s>(
+    before: &ArchiverStatus,
+    now: &'s ArchiverStatus,
+    missing: &[String],
+) -> Option<&'s str> {
+    let wal = now.last_failed_wal.as_deref()?;
+    let failed_at = now.last_failed_time?;
+    if now.failed_count - before.failed_count < ARCHIVER_RETRIES {
+        return None;
+    }
+    // Something was archived after that failure: archiving works (again).
+    if now.last_archived_time.is_some_and(|a| a >= failed_at) {
+        return None;
+    }
+    let last = missing.last()?;
+    let blocks = if wal.ends_with(".history") {
+        true
+    } else {
+        match (wal.get(..24), wal.get(..8), last.get(..8)) {
+            (Some(seg), Some(tli), Some(our_tli)) => tli == our_tli && seg <= last.as_str(),
+            _ => false,
+        }
+    };
+    blocks.then_some(wal)
+}
+
+/// Wait until every segment from `start` to `stop` is archived, up to `timeout`, but
+/// fail within seconds when `pg_stat_archiver` shows the archiver failing again and
+/// again on a file these segments wait for (compared with `before`, read just
+/// before the backup stopped).
+#[allow(clippy::too_many_arguments)]
 fn wait_for_wal(
     storage: &dyn Storage,
     server: &ServerInfo,
     start: &str,
     stop: &str,
     timeout: Duration,
+    client: &mut postgres::Client,
+    before: Option<ArchiverStatus>,
+    progress: bool,
 ) -> Result<()> {
     let needed = segments_between(start, stop, server.wal_segment_size)?;
     let deadline = Instant::now() + timeout;
+    let spinner = progress_bar(0, progress);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{elapsed_precise} {msg}") {
+        spinner.set_style(style);
+    }
+    let mut announced: Option<String> = None;
     // Short polls first: the stop segment is usually archived within a second.
     let mut pause = Duration::from_millis(50);
-    loop {
+    let result = loop {
         let missing = missing_segments(storage, &server.name, &needed)?;
-        if missing.is_empty() {
-            return Ok(());
+        let Some(first) = missing.first() else {
+            break Ok(());
+        };
+        if announced.as_deref() != Some(first.as_str()) {
+            let line = format!(
+                "waiting for WAL segment {first} to be archived ({} of {} still missing)",
+                missing.len(),
+                needed.len()
+            );
+            crate::log_info!("{line}");
+            spinner.set_message(line);
+            announced = Some(first.clone());
+        }
+        spinner.tick();
+        if let (Some(before), Some(now)) = (&before, archiver_status(client)) {
+            if let Some(wal) = archiver_stuck(before, &now, &missing) {
+                let at = now.last_failed_time.map_or_else(
+                    || "?".to_string(),
+                    |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                );
+                break Err(Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "WAL segment {first} that this backup needs cannot be archived: \
+                         pg_stat_archiver reports {} failures since the backup stopped \
+                         (failed_count {}), the last for {wal} at {at}, and nothing archived \
+                         since; fix archive_command (see the PostgreSQL server log for its \
+                         error) and take the backup again",
+                        now.failed_count - before.failed_count,
+                        now.failed_count
+                    ),
+                ));
+            }
         }
         if Instant::now() >= deadline {
-            return Err(Error::new(
+            break Err(Error::new(
                 ErrorKind::Transient,
                 format!(
                     "{} of the {} WAL segments this backup needs ({start} to {stop}) did not \
-                     reach {} within {}s, first {}; check archive_command and \
+                     reach {} within {}s, first {first}; check archive_command and \
                      pg_stat_archiver (backup_wal_timeout raises the bound)",
                     missing.len(),
                     needed.len(),
                     storage.location(),
                     timeout.as_secs(),
-                    missing[0]
                 ),
             ));
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_secs(1));
-    }
+    };
+    spinner.finish_and_clear();
+    result
 }
 
 /// Names of the segments of `needed` not in the archive (one listing per directory).
@@ -882,6 +1009,64 @@ pub fn missing_segments(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_repeated_failures_on_a_file_we_wait_for_stop_the_wait() {
+        let t = |s: i64| Some(Utc::now() - chrono::Duration::seconds(s));
+        let before = ArchiverStatus {
+            failed_count: 5,
+            last_failed_wal: Some("000000010000000000000001".into()),
+            last_failed_time: t(3600),
+            last_archived_time: t(60),
+        };
+        let missing = vec![
+            "000000010000000000000004".to_string(),
+            "000000010000000000000005".to_string(),
+        ];
+        let failing = |count: i64, wal: &str, archived: Option<DateTime<Utc>>| ArchiverStatus {
+            failed_count: count,
+            last_failed_wal: Some(wal.into()),
+            last_failed_time: t(1),
+            last_archived_time: archived,
+        };
+        let ours = "000000010000000000000004";
+        // Three failures in a row on a segment we need: stuck.
+        assert_eq!(
+            archiver_stuck(&before, &failing(8, ours, t(60)), &missing),
+            Some(ours)
+        );
+        // An older segment blocks ours too (the archiver goes in order); so does a
+        // history file.
+        let older = "000000010000000000000003";
+        assert!(archiver_stuck(&before, &failing(8, older, t(60)), &missing).is_some());
+        assert!(archiver_stuck(&before, &failing(8, "00000002.history", None), &missing).is_some());
+        // A single (or double) failure is a passing hiccup.
+        assert_eq!(
+            archiver_stuck(&before, &failing(6, ours, t(60)), &missing),
+            None
+        );
+        assert_eq!(
+            archiver_stuck(&before, &failing(7, ours, t(60)), &missing),
+            None
+        );
+        // Archived since the last failure: archiving works again.
+        assert_eq!(
+            archiver_stuck(&before, &failing(9, ours, t(0)), &missing),
+            None
+        );
+        // A later segment or another timeline is not what we wait for.
+        let later = "000000010000000000000009";
+        assert_eq!(
+            archiver_stuck(&before, &failing(9, later, t(60)), &missing),
+            None
+        );
+        let other = "000000020000000000000004";
+        assert_eq!(
+            archiver_stuck(&before, &failing(9, other, t(60)), &missing),
+            None
+        );
+        assert_eq!(archiver_stuck(&before, &before, &missing), None);
+    }
 
     #[test]
     fn unlogged_relations_are_recognised() {

@@ -141,20 +141,22 @@ fn all_wal(index: &ArchiveIndex) -> impl Iterator<Item = &StoredWal> {
 pub struct BackupRow {
     /// Backup id.
     pub id: String,
-    /// Status (`done`: the manifest exists, so every file and WAL segment was stored).
+    /// Status: `done` (the manifest exists, so every file and WAL segment was
+    /// stored), `running` (no manifest yet, its base-backup holds the lock) or
+    /// `aborted` (no manifest and no writer: never restorable, removed by cron).
     pub status: String,
     /// Label.
     pub label: String,
     /// Start time (RFC 3339).
     pub start_time: DateTime<Utc>,
-    /// Stop time (RFC 3339).
-    pub stop_time: DateTime<Utc>,
-    /// Timeline at start.
-    pub timeline: u32,
-    /// Start LSN.
-    pub start_lsn: String,
-    /// Stop LSN.
-    pub stop_lsn: String,
+    /// Stop time (RFC 3339); `None` for a backup without a manifest.
+    pub stop_time: Option<DateTime<Utc>>,
+    /// Timeline at start; `None` for a backup without a manifest.
+    pub timeline: Option<u32>,
+    /// Start LSN; `None` for a backup without a manifest.
+    pub start_lsn: Option<String>,
+    /// Stop LSN; `None` for a backup without a manifest.
+    pub stop_lsn: Option<String>,
     /// Original size of the data files.
     pub size: u64,
     /// Bytes the backup's stored files occupy (counting hard-linked ones).
@@ -177,10 +179,10 @@ fn row(m: &Manifest, kept: bool) -> BackupRow {
         status: "done".into(),
         label: m.label.clone(),
         start_time: m.start_time,
-        stop_time: m.stop_time,
-        timeline: m.timeline,
-        start_lsn: m.start_lsn.clone(),
-        stop_lsn: m.stop_lsn.clone(),
+        stop_time: Some(m.stop_time),
+        timeline: Some(m.timeline),
+        start_lsn: Some(m.start_lsn.clone()),
+        stop_lsn: Some(m.stop_lsn.clone()),
         size: m.totals.size,
         stored_size: m.totals.stored_size,
         added_size: m.totals.copied_stored_size,
@@ -198,14 +200,84 @@ pub fn is_kept(storage: &dyn Storage, server: &str, id: &BackupId) -> Result<boo
         .is_some())
 }
 
-/// The complete backups of the configured server, newest first.
+/// A backup directory without a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfinished {
+    /// Its id.
+    pub id: BackupId,
+    /// Whether its base-backup is still running (holds a live server lock taken
+    /// before the backup started); otherwise it is aborted.
+    pub running: bool,
+}
+
+/// The backup directories of `server` without a manifest, oldest first, each marked
+/// running or aborted. A backup is running when a base-backup holds the server's
+/// lock (not stale by `stale_after`) and the backup started after that lock was
+/// taken; base-backup takes the lock before it picks the id.
+pub fn unfinished_backups(
+    storage: &dyn Storage,
+    server: &str,
+    stale_after: Duration,
+) -> Result<Vec<Unfinished>> {
+    let holder = crate::lock::live_holder(storage, server, stale_after)?
+        .filter(|h| h.command == "base-backup");
+    let mut out = Vec::new();
+    for e in storage.list(&layout::backups_dir(server))? {
+        if !e.is_dir {
+            continue;
+        }
+        let Ok(id) = BackupId::parse(&e.name) else {
+            continue; // not ours
+        };
+        if storage
+            .stat(&layout::backup_manifest(server, id.as_str()))?
+            .is_some()
+        {
+            continue;
+        }
+        // Ids have whole seconds; the lock's start has sub-second precision.
+        let running = holder
+            .as_ref()
+            .is_some_and(|h| id.time() >= h.started - chrono::Duration::seconds(1));
+        out.push(Unfinished { id, running });
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+fn unfinished_row(u: &Unfinished) -> BackupRow {
+    BackupRow {
+        id: u.id.to_string(),
+        status: if u.running { "running" } else { "aborted" }.into(),
+        label: String::new(),
+        start_time: u.id.time(),
+        stop_time: None,
+        timeline: None,
+        start_lsn: None,
+        stop_lsn: None,
+        size: 0,
+        stored_size: 0,
+        added_size: 0,
+        files: 0,
+        reused_files: 0,
+        parent: None,
+        kept: false,
+    }
+}
+
+/// The backups of the configured server, newest first: complete ones, and those
+/// without a manifest (running or aborted; never restorable).
 pub fn list(settings: &Settings) -> Result<Vec<BackupRow>> {
     let (repo, server) = Repository::open_server(settings)?;
     let storage = repo.storage();
     let mut rows = Vec::new();
-    for m in manifest::load_all(storage, &server.name)?.iter().rev() {
+    for m in manifest::load_all(storage, &server.name)?.iter() {
         rows.push(row(m, is_kept(storage, &server.name, &m.id)?));
     }
+    for u in unfinished_backups(storage, &server.name, settings.lock_stale_after)? {
+        rows.push(unfinished_row(&u));
+    }
+    rows.sort_by(|a, b| b.id.cmp(&a.id));
     Ok(rows)
 }
 
@@ -303,7 +375,7 @@ pub fn keep(settings: &Settings, spec: &str, release: bool) -> Result<KeepOutcom
     let storage = repo.storage();
     // Under the writer lock, so that a concurrent expire cannot remove the backup
     // between our check and the marker.
-    let lock = Lock::acquire(storage, &server.name, "keep", settings.lock_stale_after)?;
+    let lock = Lock::acquire_held(&repo, settings, &server.name, "keep")?;
     let id = manifest::resolve(storage, &server.name, spec)?;
     let path = layout::backup_keep_marker(&server.name, id.as_str());
     let was = is_kept(storage, &server.name, &id)?;
@@ -390,7 +462,7 @@ pub fn switch(client: &mut postgres::Client, checkpoint: bool) -> Result<String>
     let row = client
         .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
         .map_err(|e| pg::query_error("switching WAL (pg_switch_wal)", e))?;
-    Ok(row.get::<_, String>(0))
+    pg::column(&row, 0, "pg_switch_wal")
 }
 
 /// Wait until `segment` is in the repository, failing early when `pg_stat_archiver`
@@ -415,8 +487,8 @@ pub fn wait_archived(
                 &[],
             )
             .map_err(|e| pg::query_error("reading pg_stat_archiver", e))?;
-        let failed_wal: String = row.get(0);
-        let failed_at: Option<std::time::SystemTime> = row.get(1);
+        let failed_wal: String = pg::column(&row, 0, "pg_stat_archiver")?;
+        let failed_at: Option<std::time::SystemTime> = pg::column(&row, 1, "pg_stat_archiver")?;
         let failed_now = failed_at.is_some_and(|t| DateTime::<Utc>::from(t) >= since);
         if failed_now && failed_wal.as_str() <= segment {
             return Err(Error::new(
@@ -538,10 +610,10 @@ pub fn render_list(rows: &[BackupRow]) -> String {
                 b.id.clone(),
                 b.status.clone(),
                 time(&b.start_time),
-                time(&b.stop_time),
-                b.timeline.to_string(),
-                b.start_lsn.clone(),
-                b.stop_lsn.clone(),
+                b.stop_time.as_ref().map_or_else(|| "-".into(), time),
+                b.timeline.map_or_else(|| "-".into(), |t| t.to_string()),
+                b.start_lsn.clone().unwrap_or_else(|| "-".into()),
+                b.stop_lsn.clone().unwrap_or_else(|| "-".into()),
                 human_bytes(b.stored_size),
                 human_bytes(b.added_size),
                 if b.kept { "kept".into() } else { "-".into() },

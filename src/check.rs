@@ -121,25 +121,14 @@ impl CheckReport {
     }
 }
 
-const NAMES_AFTER_REPO: [&str; 10] = [
-    "server_registered",
-    "postgres_connection",
-    "system_identifier",
-    "archive_mode",
-    "archive_command",
-    "archiving",
-    "archiver_failures",
-    "backup_age",
-    "minimum_redundancy",
-    "wal_continuity",
-];
-
 /// Run every check for the configured server. Fails only on bad settings; problems
-/// with the repository or the server are findings in the report.
+/// with the repository or the server are findings in the report. Checks that need
+/// only the running cluster (connection, archive_mode, archive_command,
+/// pg_stat_archiver) run even when the repository is unavailable.
 pub fn run(settings: &Settings) -> Result<CheckReport> {
     let cat = CatalogSettings::from_settings(settings)?;
     let name = settings.server_name()?.to_string();
-    settings.repo_url()?;
+    let repo_url = settings.repo_url()?.clone();
     let mut r = CheckReport {
         server: name.clone(),
         status: Status::Unknown,
@@ -149,59 +138,66 @@ pub fn run(settings: &Settings) -> Result<CheckReport> {
 
     // 1. The repository: reachable and writable.
     let repo = match Repository::open(settings) {
-        Ok(repo) => repo,
+        Ok(repo) => Some(repo),
         Err(e) => {
             r.push("repository", Status::Critical, e.to_string());
-            for n in NAMES_AFTER_REPO {
-                r.push(
-                    n,
-                    Status::Unknown,
-                    "not checked: the repository is unavailable",
-                );
-            }
-            return Ok(r.finish());
+            None
         }
     };
-    let storage = repo.storage();
     // 2. The registration.
-    let server = repo.server(&name);
-    match &server {
-        Ok(_) => {
-            let probe = layout::check_probe(&name, &format!("{}", std::process::id()));
-            match storage
-                .write_all(&probe, b"pgcellar check\n", Overwrite::Replace)
-                .and_then(|_| storage.remove_file(&probe))
-            {
-                Ok(()) => r.push(
+    let server = match &repo {
+        Some(repo) => {
+            let storage = repo.storage();
+            let server = repo.server(&name);
+            match &server {
+                Ok(_) => {
+                    let probe = layout::check_probe(&name, &format!("{}", std::process::id()));
+                    match storage
+                        .write_all(&probe, b"pgcellar check\n", Overwrite::Replace)
+                        .and_then(|_| storage.remove_file(&probe))
+                    {
+                        Ok(()) => r.push(
+                            "repository",
+                            Status::Ok,
+                            format!("{} is reachable and writable", storage.location()),
+                        ),
+                        Err(e) => {
+                            r.push("repository", Status::Critical, format!("not writable: {e}"))
+                        }
+                    }
+                }
+                // Without a registration there is no server directory to probe in;
+                // reading the root file already proved the repository is reachable.
+                Err(_) => r.push(
                     "repository",
                     Status::Ok,
-                    format!("{} is reachable and writable", storage.location()),
+                    format!("{} is reachable", storage.location()),
                 ),
-                Err(e) => r.push("repository", Status::Critical, format!("not writable: {e}")),
+            }
+            match server {
+                Ok(s) => {
+                    r.push(
+                        "server_registered",
+                        Status::Ok,
+                        format!(
+                            "server {name} is database system {} (PostgreSQL {})",
+                            s.system_identifier, s.pg_major
+                        ),
+                    );
+                    Some(s)
+                }
+                Err(e) => {
+                    r.push("server_registered", Status::Critical, e.to_string());
+                    None
+                }
             }
         }
-        // Without a registration there is no server directory to probe in; reading
-        // the root file already proved the repository is reachable.
-        Err(_) => r.push(
-            "repository",
-            Status::Ok,
-            format!("{} is reachable", storage.location()),
-        ),
-    }
-    let server = match server {
-        Ok(s) => {
+        None => {
             r.push(
                 "server_registered",
-                Status::Ok,
-                format!(
-                    "server {name} is database system {} (PostgreSQL {})",
-                    s.system_identifier, s.pg_major
-                ),
+                Status::Unknown,
+                "not checked: the repository is unavailable",
             );
-            Some(s)
-        }
-        Err(e) => {
-            r.push("server_registered", Status::Critical, e.to_string());
             None
         }
     };
@@ -218,7 +214,15 @@ pub fn run(settings: &Settings) -> Result<CheckReport> {
         }
     };
     match &mut client {
-        Some(c) => check_cluster(&mut r, c, server.as_ref(), &repo, &cat),
+        Some(c) => {
+            let target = Target {
+                repo_url: &repo_url,
+                server_name: &name,
+                repo: repo.as_ref(),
+                server: server.as_ref(),
+            };
+            check_cluster(&mut r, c, &target, &cat)
+        }
         None => {
             for n in [
                 "system_identifier",
@@ -237,29 +241,65 @@ pub fn run(settings: &Settings) -> Result<CheckReport> {
     }
 
     // 9-11. The catalog.
-    match &server {
-        Some(s) => check_catalog(&mut r, &repo, s, &cat),
-        None => {
-            for n in ["backup_age", "minimum_redundancy", "wal_continuity"] {
-                r.push(
-                    n,
-                    Status::Unknown,
-                    "not checked: the server is not registered",
-                );
+    match (&repo, &server) {
+        (Some(repo), Some(s)) => {
+            check_catalog(&mut r, repo, s, &cat);
+            check_unfinished(&mut r, repo, s, settings.lock_stale_after);
+        }
+        (repo, _) => {
+            let why = if repo.is_none() {
+                "not checked: the repository is unavailable"
+            } else {
+                "not checked: the server is not registered"
+            };
+            for n in [
+                "backup_age",
+                "minimum_redundancy",
+                "wal_continuity",
+                "aborted_backups",
+            ] {
+                r.push(n, Status::Unknown, why);
             }
         }
     }
     Ok(r.finish())
 }
 
+/// The report of a check that could not run at all (bad settings): one `settings`
+/// check, UNKNOWN, so that `check --json` always prints a document.
+pub fn failed_report(server: Option<&str>, error: &str) -> CheckReport {
+    let mut r = CheckReport {
+        server: server.unwrap_or_default().to_string(),
+        status: Status::Unknown,
+        checks: Vec::new(),
+        metrics: Metrics::default(),
+    };
+    r.push("settings", Status::Unknown, error);
+    r.finish()
+}
+
+/// What is being checked.
+struct Target<'a> {
+    repo_url: &'a crate::storage::RepoUrl,
+    server_name: &'a str,
+    /// `None`: the repository could not be opened.
+    repo: Option<&'a Repository>,
+    /// `None`: not registered, or the repository could not be opened.
+    server: Option<&'a ServerInfo>,
+}
+
 fn check_cluster(
     r: &mut CheckReport,
     client: &mut postgres::Client,
-    server: Option<&ServerInfo>,
-    repo: &Repository,
+    t: &Target<'_>,
     cat: &CatalogSettings,
 ) {
-    let sysid_ok = match (pg::identity(client), server) {
+    let unavailable = if t.repo.is_none() {
+        "not checked: the repository is unavailable"
+    } else {
+        "not checked: the server is not registered"
+    };
+    let sysid_ok = match (pg::identity(client), t.server) {
         (Ok(id), Some(s)) if id.system_id.to_string() == s.system_identifier => {
             r.push(
                 "system_identifier",
@@ -280,11 +320,7 @@ fn check_cluster(
             false
         }
         (Ok(_), None) => {
-            r.push(
-                "system_identifier",
-                Status::Unknown,
-                "not checked: the server is not registered",
-            );
+            r.push("system_identifier", Status::Unknown, unavailable);
             false
         }
         (Err(e), _) => {
@@ -294,8 +330,8 @@ fn check_cluster(
     };
     let setting = |c: &mut postgres::Client, n: &str| -> std::result::Result<String, String> {
         c.query_one("SELECT current_setting($1)", &[&n])
-            .map(|row| row.get::<_, String>(0))
             .map_err(|e| pg::describe(&e))
+            .and_then(|row| pg::column::<String>(&row, 0, n).map_err(|e| e.to_string()))
     };
     let mode_ok = match setting(client, "archive_mode") {
         Ok(m) if m == "on" || m == "always" => {
@@ -316,21 +352,10 @@ fn check_cluster(
         }
     };
     let command_ok = match setting(client, "archive_command") {
-        Ok(c) if c.contains("wal-push") => {
-            r.push(
-                "archive_command",
-                Status::Ok,
-                format!("archive_command = {c}"),
-            );
-            true
-        }
         Ok(c) => {
-            r.push(
-                "archive_command",
-                Status::Critical,
-                format!("archive_command = {c:?} does not call wal-push"),
-            );
-            false
+            let (status, message) = archive_command_check(&c, Some(t.repo_url), t.server_name);
+            r.push("archive_command", status, message);
+            status != Status::Critical
         }
         Err(e) => {
             r.push("archive_command", Status::Unknown, e);
@@ -338,8 +363,8 @@ fn check_cluster(
         }
     };
     // End to end: switch and wait for the segment, bounded.
-    match server {
-        Some(s) if sysid_ok && mode_ok && command_ok => {
+    match (t.repo, t.server) {
+        (Some(repo), Some(s)) if sysid_ok && mode_ok && command_ok => {
             // Write a commit record first, so that the switch always closes a new
             // segment even on an idle server (otherwise it would name one that was
             // archived long ago and prove nothing).
@@ -366,22 +391,34 @@ fn check_cluster(
                 Err(e) => r.push("archiving", Status::Critical, e.to_string()),
             }
         }
+        (None, _) => r.push(
+            "archiving",
+            Status::Unknown,
+            "not attempted: the repository is unavailable",
+        ),
         _ => r.push(
             "archiving",
             Status::Unknown,
             "not attempted: an earlier check of the server failed",
         ),
     }
-    match client.query_one(
-        "SELECT failed_count, coalesce(last_failed_wal, ''), last_failed_time, last_archived_time \
-         FROM pg_stat_archiver",
-        &[],
-    ) {
-        Ok(row) => {
-            let failed: i64 = row.get(0);
-            let wal: String = row.get(1);
-            let failed_at: Option<std::time::SystemTime> = row.get(2);
-            let archived_at: Option<std::time::SystemTime> = row.get(3);
+    let archiver = client
+        .query_one(
+            "SELECT failed_count, coalesce(last_failed_wal, ''), last_failed_time, \
+             last_archived_time FROM pg_stat_archiver",
+            &[],
+        )
+        .map_err(|e| pg::query_error("reading pg_stat_archiver", e))
+        .and_then(|row| {
+            let w = "pg_stat_archiver";
+            let failed: i64 = pg::column(&row, 0, w)?;
+            let wal: String = pg::column(&row, 1, w)?;
+            let failed_at: Option<std::time::SystemTime> = pg::column(&row, 2, w)?;
+            let archived_at: Option<std::time::SystemTime> = pg::column(&row, 3, w)?;
+            Ok((failed, wal, failed_at, archived_at))
+        });
+    match archiver {
+        Ok((failed, wal, failed_at, archived_at)) => {
             r.metrics.archiver_failed_count = Some(failed);
             let failed_at = failed_at.map(DateTime::<Utc>::from);
             let archived_at = archived_at.map(DateTime::<Utc>::from);
@@ -410,7 +447,7 @@ fn check_cluster(
                 ),
             }
         }
-        Err(e) => r.push("archiver_failures", Status::Unknown, pg::describe(&e)),
+        Err(e) => r.push("archiver_failures", Status::Unknown, e.to_string()),
     }
 }
 
@@ -524,6 +561,267 @@ fn check_catalog(r: &mut CheckReport, repo: &Repository, s: &ServerInfo, cat: &C
             );
         }
         Err(e) => r.push("wal_continuity", Status::Unknown, e.to_string()),
+    }
+}
+
+/// Where a `wal-push` command line sends WAL, as far as the line itself tells.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushTarget {
+    /// The repository (`--repo`, `PGCELLAR_REPO=` before the command, or the config file).
+    pub repo: Option<String>,
+    /// The server name, likewise.
+    pub server: Option<String>,
+    /// The `--config` file (or `PGCELLAR_CONFIG=`), if any.
+    pub config: Option<String>,
+}
+
+/// Split a shell command line into words (quotes and backslashes as `sh` reads
+/// them), with `;`, `&`, `|` as words of their own.
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                for q in chars.by_ref() {
+                    if q == '\'' {
+                        break;
+                    }
+                    cur.push(q);
+                }
+            }
+            '"' => {
+                in_word = true;
+                while let Some(q) = chars.next() {
+                    match q {
+                        '"' => break,
+                        '\\' => {
+                            if let Some(n) = chars.next() {
+                                cur.push(n);
+                            }
+                        }
+                        _ => cur.push(q),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            ';' | '&' | '|' | '(' | ')' => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+                words.push(c.to_string());
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    words
+}
+
+/// Find the `wal-push` call in `archive_command` and the repository, server and
+/// config file its own words name; `None` if it does not call `wal-push`.
+pub fn parse_push_command(command: &str) -> Option<PushTarget> {
+    let words = shell_words(command);
+    let is_sep = |w: &str| matches!(w, ";" | "&" | "|" | "(" | ")");
+    let at = words.iter().position(|w| {
+        !is_sep(w)
+            && std::path::Path::new(w)
+                .file_name()
+                .is_some_and(|n| n == "wal-push")
+    })?;
+    let mut t = PushTarget::default();
+    // Environment assignments of the same simple command (`PGCELLAR_SERVER=x wal-push`,
+    // `env PGCELLAR_REPO=y wal-push`).
+    let cmd_start = words[..at]
+        .iter()
+        .rposition(|w| is_sep(w))
+        .map_or(0, |p| p + 1);
+    for w in &words[cmd_start..at] {
+        if let Some((k, v)) = w.split_once('=') {
+            match k {
+                "PGCELLAR_REPO" => t.repo = Some(v.to_string()),
+                "PGCELLAR_SERVER" => t.server = Some(v.to_string()),
+                "PGCELLAR_CONFIG" => t.config = Some(v.to_string()),
+                _ => {}
+            }
+        }
+    }
+    let args: Vec<&String> = words[at + 1..].iter().take_while(|w| !is_sep(w)).collect();
+    let mut k = 0;
+    while k < args.len() {
+        let a = args[k].as_str();
+        let mut take = |flag: &str, slot: &mut Option<String>| -> bool {
+            if a == flag {
+                if let Some(v) = args.get(k + 1) {
+                    *slot = Some((*v).clone());
+                    k += 1;
+                }
+                true
+            } else if let Some(v) = a.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
+                *slot = Some(v.to_string());
+                true
+            } else {
+                false
+            }
+        };
+        let _ = take("--repo", &mut t.repo)
+            || take("--server", &mut t.server)
+            || take("--config", &mut t.config);
+        k += 1;
+    }
+    Some(t)
+}
+
+/// Whether two repository locations are the same place.
+fn same_repo(a: &str, b: &crate::storage::RepoUrl) -> bool {
+    use crate::storage::RepoUrl;
+    match (RepoUrl::parse(a), b) {
+        (Ok(RepoUrl::Local(x)), RepoUrl::Local(y)) => {
+            let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or(p.to_path_buf());
+            canon(&x) == canon(y)
+        }
+        (Ok(x), y) => x == *y,
+        (Err(_), _) => false,
+    }
+}
+
+/// The `archive_command` row: does the command push to the repository and server
+/// being checked?
+fn archive_command_check(
+    command: &str,
+    repo: Option<&crate::storage::RepoUrl>,
+    server: &str,
+) -> (Status, String) {
+    let Some(mut t) = parse_push_command(command) else {
+        return (
+            Status::Critical,
+            format!("archive_command = {command:?} does not call wal-push"),
+        );
+    };
+    let mut notes = Vec::new();
+    if let Some(cfg) = &t.config {
+        match crate::config::FileConfig::load(std::path::Path::new(cfg)) {
+            Ok(f) => {
+                t.repo = t.repo.or(f.repo);
+                t.server = t.server.or(f.server);
+            }
+            Err(e) => notes.push(format!("cannot read its configuration file: {e}")),
+        }
+    }
+    let mut problems = Vec::new();
+    match (&t.server, server) {
+        (Some(theirs), ours) if theirs != ours => problems.push(format!(
+            "it pushes to server {theirs}, but this check is for server {ours}"
+        )),
+        _ => {}
+    }
+    match (&t.repo, repo) {
+        (Some(theirs), Some(ours)) if !same_repo(theirs, ours) => problems.push(format!(
+            "it pushes to repository {theirs}, but this check is for repository {ours}"
+        )),
+        _ => {}
+    }
+    if !problems.is_empty() {
+        return (
+            Status::Critical,
+            format!(
+                "archive_command = {command:?}: {}; WAL does not reach the repository checked",
+                problems.join("; ")
+            ),
+        );
+    }
+    let mut unseen = Vec::new();
+    if t.repo.is_none() {
+        unseen.push("repository");
+    }
+    if t.server.is_none() {
+        unseen.push("server");
+    }
+    if !unseen.is_empty() {
+        notes.push(format!(
+            "cannot see which {} it uses (not on its command line{}): PostgreSQL's \
+             environment (PGCELLAR_REPO, PGCELLAR_SERVER, PGCELLAR_CONFIG) may set it; \
+             name them with --repo/--server or --config in archive_command",
+            unseen.join(" and "),
+            if t.config.is_some() {
+                " or in its --config file"
+            } else {
+                ""
+            }
+        ));
+    }
+    if notes.is_empty() {
+        (
+            Status::Ok,
+            format!("archive_command = {command} (server {server})"),
+        )
+    } else {
+        (
+            Status::Warning,
+            format!("archive_command = {command:?}: {}", notes.join("; ")),
+        )
+    }
+}
+
+/// Backup directories without a manifest whose writer is gone: never restorable,
+/// they take space until cron removes them, and they mean a backup failed.
+fn check_unfinished(
+    r: &mut CheckReport,
+    repo: &Repository,
+    s: &ServerInfo,
+    stale_after: std::time::Duration,
+) {
+    match catalog::unfinished_backups(repo.storage(), &s.name, stale_after) {
+        Ok(list) => {
+            let aborted: Vec<String> = list
+                .iter()
+                .filter(|u| !u.running)
+                .map(|u| u.id.to_string())
+                .collect();
+            let running = list.len() - aborted.len();
+            if aborted.is_empty() {
+                r.push(
+                    "aborted_backups",
+                    Status::Ok,
+                    if running > 0 {
+                        "no aborted backup (one is running)".to_string()
+                    } else {
+                        "no aborted backup".to_string()
+                    },
+                );
+            } else {
+                r.push(
+                    "aborted_backups",
+                    Status::Warning,
+                    format!(
+                        "{} aborted backup(s) (no manifest, writer gone; not restorable): {};                          see why in base-backup's log; cron removes them after                          aborted_backup_max_age",
+                        aborted.len(),
+                        aborted.join(", ")
+                    ),
+                );
+            }
+        }
+        Err(e) => r.push("aborted_backups", Status::Unknown, e.to_string()),
     }
 }
 
@@ -646,5 +944,63 @@ mod tests {
         );
         assert_eq!(bad.matches('|').count(), 1);
         assert!(!bad.contains('\n'));
+    }
+
+    #[test]
+    fn the_push_target_is_read_from_the_command_line() {
+        let t = parse_push_command("/usr/local/bin/wal-push -v --repo /srv/r --server main %p")
+            .unwrap();
+        assert_eq!(t.repo.as_deref(), Some("/srv/r"));
+        assert_eq!(t.server.as_deref(), Some("main"));
+        let t = parse_push_command(
+            "PGCELLAR_SERVER=db2 env 'wal-push' --repo='ssh://b@h/srv r' --config \"/etc/p c.toml\" \"%p\"",
+        )
+        .unwrap();
+        assert_eq!(t.server.as_deref(), Some("db2"));
+        assert_eq!(t.repo.as_deref(), Some("ssh://b@h/srv r"));
+        assert_eq!(t.config.as_deref(), Some("/etc/p c.toml"));
+        // Only the wal-push command's own words count.
+        let t = parse_push_command("test -f /x; wal-push %p && echo --server=no").unwrap();
+        assert_eq!(t, PushTarget::default());
+        assert!(parse_push_command("cp %p /mnt/wal-push-dir/%f").is_none());
+        assert!(parse_push_command("/bin/true").is_none());
+    }
+
+    #[test]
+    fn a_command_for_another_server_or_repository_is_critical() {
+        let ours = crate::storage::RepoUrl::parse("/srv/r").unwrap();
+        let (s, m) = archive_command_check(
+            "wal-push --repo /srv/r --server main %p",
+            Some(&ours),
+            "main",
+        );
+        assert_eq!(s, Status::Ok, "{m}");
+        let (s, m) = archive_command_check(
+            "wal-push --repo /srv/r --server other %p",
+            Some(&ours),
+            "main",
+        );
+        assert_eq!(s, Status::Critical);
+        assert!(
+            m.contains("server other") && m.contains("server main"),
+            "{m}"
+        );
+        let (s, m) = archive_command_check(
+            "wal-push --repo /srv/x --server main %p",
+            Some(&ours),
+            "main",
+        );
+        assert_eq!(s, Status::Critical);
+        assert!(m.contains("/srv/x") && m.contains("/srv/r"), "{m}");
+        let (s, m) = archive_command_check("wal-push %p", Some(&ours), "main");
+        assert_eq!(s, Status::Warning);
+        assert!(m.contains("PGCELLAR_REPO"), "{m}");
+        let (s, m) = archive_command_check(
+            "wal-push --config /nonexistent/p.toml %p",
+            Some(&ours),
+            "main",
+        );
+        assert_eq!(s, Status::Warning);
+        assert!(m.contains("/nonexistent/p.toml"), "{m}");
     }
 }

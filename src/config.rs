@@ -144,7 +144,7 @@ pub struct FileConfig {
     pub spool_max_bytes: Option<u64>,
     /// Parallel workers of base-backup and restore (default: number of cores).
     pub jobs: Option<usize>,
-    /// Seconds after which a repository lock is stale whoever holds it.
+    /// Seconds without a heartbeat after which a repository lock is stale whoever holds it.
     pub lock_stale_after: Option<u64>,
     /// Seconds base-backup waits for the WAL of a backup to reach the repository.
     pub backup_wal_timeout: Option<u64>,
@@ -185,7 +185,7 @@ pub struct Settings {
     pub file: FileConfig,
     /// Parallel workers of base-backup and restore.
     pub jobs: usize,
-    /// Age after which a repository lock is stale whoever holds it.
+    /// Time without a heartbeat after which a repository lock is stale whoever holds it.
     pub lock_stale_after: Duration,
     /// How long base-backup waits for the backup's WAL to be archived.
     pub backup_wal_timeout: Duration,
@@ -303,7 +303,7 @@ impl Settings {
                 Some(n) => n,
                 None => default_jobs(),
             },
-            lock_stale_after: timeout(None, file.lock_stale_after, 86400, "lock_stale_after")?,
+            lock_stale_after: timeout(None, file.lock_stale_after, 600, "lock_stale_after")?,
             backup_wal_timeout: timeout(None, file.backup_wal_timeout, 600, "backup_wal_timeout")?,
             allow_root: args.allow_root || file.allow_root.unwrap_or(false),
             file,

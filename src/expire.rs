@@ -38,7 +38,7 @@ pub fn delete(settings: &Settings, spec: &str, force: bool) -> Result<DeleteOutc
     let cat = CatalogSettings::from_settings(settings)?;
     let (repo, server) = Repository::open_server(settings)?;
     let storage = repo.storage();
-    let lock = Lock::acquire(storage, &server.name, "delete", settings.lock_stale_after)?;
+    let lock = Lock::acquire_held(&repo, settings, &server.name, "delete")?;
     let id = manifest::resolve(storage, &server.name, spec)?;
     if is_kept(storage, &server.name, &id)? {
         return Err(Error::new(
@@ -171,12 +171,7 @@ fn expire_server(
     let lock = if dry_run {
         None
     } else {
-        Some(Lock::acquire(
-            storage,
-            &server.name,
-            "expire",
-            settings.lock_stale_after,
-        )?)
+        Some(Lock::acquire_held(repo, settings, &server.name, "expire")?)
     };
     let manifests = manifest::load_all(storage, &server.name)?;
     let mut summaries = Vec::new();
@@ -388,7 +383,7 @@ fn remove_aborted_only(
     let storage = repo.storage();
     let aborted = aborted_backups(storage, &server.name, now, cat.aborted_backup_max_age)?;
     if !aborted.is_empty() {
-        let lock = Lock::acquire(storage, &server.name, "cron", settings.lock_stale_after)?;
+        let lock = Lock::acquire_held(repo, settings, &server.name, "cron")?;
         for id in &aborted {
             storage.remove_dir_all(&layout::backup_dir(&server.name, id))?;
         }

@@ -2,26 +2,54 @@
 //!
 //! `base-backup`, `expire` and `delete` of one server take it so that they exclude
 //! each other. It is a small JSON file created with [`Overwrite::Never`] (an atomic
-//! link, so two writers cannot both succeed), naming its holder. A lock is stale when
-//! its holder ran on this host and that process is gone, or when it is older than a
-//! bound; a stale lock is broken under a second, short-lived "break" lock so that two
-//! processes breaking the same stale lock cannot remove each other's new one.
+//! link, so two writers cannot both succeed), naming its holder.
+//!
+//! A holder keeps its lock fresh: a heartbeat thread rewrites the lock's `refreshed`
+//! time every [`heartbeat_interval`] for as long as the lock is held. A lock is stale
+//! only when its holder ran on this host and that process is gone, or when it has not
+//! been refreshed for `lock_stale_after` (so a backup that runs for days keeps its
+//! lock, and a holder that crashed on another host loses it within that bound). The
+//! thread dies with its process, so it never keeps a crashed holder's lock alive.
+//!
+//! A stale lock is broken under a second, short-lived "break" lock, and a refresh is
+//! done under the same break lock, so that neither two breakers nor a breaker and a
+//! refreshing holder can remove or overwrite each other's lock: under the break lock
+//! a breaker removes the lock only if it is still the one it judged stale (same token,
+//! still stale), and a holder rewrites it only if it still carries its own token.
 
+use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
-use crate::repo::{layout, to_json};
-use crate::storage::{Committed, Overwrite, Storage};
+use crate::repo::{layout, to_json, Repository};
+use crate::storage::{self, Committed, Overwrite, Storage};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// Name of the server-wide writer lock.
 pub const SERVER_LOCK: &str = "server";
-/// Name of the lock held while breaking a stale [`SERVER_LOCK`].
+/// Name of the lock held while breaking a stale [`SERVER_LOCK`] or refreshing it.
 const BREAK_LOCK: &str = "server-break";
 /// A break lock older than this was left by a crashed breaker.
 const BREAK_STALE: Duration = Duration::from_secs(60);
-/// Default age after which a lock is stale whoever holds it.
-pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// Default time without a refresh after which a lock is stale whoever holds it.
+///
+/// Ten heartbeats (one a minute, see [`heartbeat_interval`]) must fail in a row
+/// before a live holder loses its lock: one refresh over a slow or briefly broken SSH
+/// link takes at most the connect plus the I/O timeout (10 s + 30 s by default), so
+/// even a link that is down for several minutes does not age a live lock out, while
+/// a holder that crashed on another host blocks backups for ten minutes at most.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(600);
+
+/// How often a holder refreshes its lock: a tenth of the stale bound, at most a
+/// minute (and at least 100 ms, for tests with tiny bounds).
+pub fn heartbeat_interval(stale_after: Duration) -> Duration {
+    (stale_after / 10)
+        .min(Duration::from_secs(60))
+        .max(Duration::from_millis(100))
+}
 
 /// Contents of a lock file: who holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,30 +64,57 @@ pub struct LockInfo {
     pub started: DateTime<Utc>,
     /// Unique token, so a holder removes only its own lock.
     pub token: String,
+    /// When the holder last refreshed it; absent in locks written before heartbeats
+    /// existed, which count as refreshed when taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refreshed: Option<DateTime<Utc>>,
 }
 
 impl LockInfo {
     fn describe(&self) -> String {
-        format!(
-            "{} (pid {} on {}, since {})",
+        let secs = |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let mut s = format!(
+            "{} (pid {} on {}, since {}",
             self.command,
             self.pid,
             self.host,
-            self.started
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        )
+            secs(&self.started)
+        );
+        if let Some(r) = &self.refreshed {
+            s.push_str(&format!(", refreshed {}", secs(r)));
+        }
+        s.push(')');
+        s
     }
 
-    /// Why this lock is stale, or `None` if its holder may still be running.
+    /// When the holder last showed it is alive.
+    pub fn last_refresh(&self) -> DateTime<Utc> {
+        self.refreshed.unwrap_or(self.started)
+    }
+
+    /// Why this lock is stale, or `None` if its holder may still be running: its
+    /// holder is a dead process on this host, or it has not been refreshed for longer
+    /// than `stale_after`.
     pub fn stale_reason(&self, now: DateTime<Utc>, stale_after: Duration) -> Option<String> {
-        if self.host == hostname() && !pid_alive(self.pid) {
+        self.stale_reason_with(now, stale_after, &hostname(), pid_alive)
+    }
+
+    fn stale_reason_with(
+        &self,
+        now: DateTime<Utc>,
+        stale_after: Duration,
+        this_host: &str,
+        alive: impl Fn(u32) -> bool,
+    ) -> Option<String> {
+        if self.host == this_host && !alive(self.pid) {
             return Some(format!("process {} on this host is gone", self.pid));
         }
-        let age = now.signed_duration_since(self.started);
-        if age.num_seconds() > stale_after.as_secs() as i64 {
+        let quiet = now.signed_duration_since(self.last_refresh());
+        let bound = i64::try_from(stale_after.as_secs()).unwrap_or(i64::MAX);
+        if quiet.num_seconds() > bound {
             return Some(format!(
-                "it is {}s old, above the {}s bound",
-                age.num_seconds(),
+                "it was not refreshed for {}s, above the {}s bound (lock_stale_after)",
+                quiet.num_seconds(),
                 stale_after.as_secs()
             ));
         }
@@ -67,12 +122,37 @@ impl LockInfo {
     }
 }
 
+/// Opens the heartbeat's own handle on the repository.
+type Opener = Box<dyn FnMut() -> Result<Box<dyn Storage>> + Send>;
+
+/// The heartbeat thread of a held lock.
+struct Heartbeat {
+    /// Dropping it stops the thread at once.
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    /// Set when the lock was found taken over by someone else.
+    lost: Arc<AtomicBool>,
+}
+
+impl Heartbeat {
+    fn stop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            // The thread's only blocking work is a refresh, bounded by the storage's
+            // own timeouts.
+            let _ = t.join();
+        }
+    }
+}
+
 /// A held lock; released by [`Lock::release`] or, best effort, on drop.
 pub struct Lock<'a> {
     storage: &'a dyn Storage,
+    server: String,
     path: String,
     info: LockInfo,
     released: bool,
+    heartbeat: Option<Heartbeat>,
 }
 
 impl std::fmt::Debug for Lock<'_> {
@@ -85,8 +165,31 @@ impl std::fmt::Debug for Lock<'_> {
 }
 
 impl<'a> Lock<'a> {
+    /// Take the writer lock of `server` in `repo` for `command` (breaking a stale
+    /// one) and keep it fresh with a heartbeat for as long as it is held. The
+    /// heartbeat uses its own connection to the repository, so a long transfer on the
+    /// main one never delays it; it connects at its first refresh, so short holders
+    /// never pay for it.
+    pub fn acquire_held(
+        repo: &'a Repository,
+        settings: &Settings,
+        server: &str,
+        command: &str,
+    ) -> Result<Lock<'a>> {
+        let mut lock = Self::acquire(repo.storage(), server, command, settings.lock_stale_after)?;
+        let interval = heartbeat_interval(settings.lock_stale_after);
+        let url = repo.url().clone();
+        let settings = settings.clone();
+        lock.start_heartbeat(
+            Box::new(move || storage::open_with(&url, &settings)),
+            interval,
+        );
+        Ok(lock)
+    }
+
     /// Take the writer lock of `server` for `command`, breaking a stale one; refuse
-    /// with [`ErrorKind::Locked`] (naming the holder) if it is held.
+    /// with [`ErrorKind::Locked`] (naming the holder) if it is held. Without
+    /// [`Lock::keep_fresh`] the lock goes stale after `stale_after`.
     pub fn acquire(
         storage: &'a dyn Storage,
         server: &str,
@@ -95,26 +198,23 @@ impl<'a> Lock<'a> {
     ) -> Result<Lock<'a>> {
         storage.create_dir_all(&layout::locks_dir(server))?;
         let path = layout::lock_file(server, SERVER_LOCK);
+        let now = Utc::now();
         let info = LockInfo {
             host: hostname(),
             pid: std::process::id(),
             command: command.to_string(),
-            started: Utc::now(),
+            started: now,
             token: token(),
+            refreshed: Some(now),
         };
         let json = to_json(&info)?;
         if storage.write_all(&path, &json, Overwrite::Never)? == Committed::Created {
-            return Ok(Lock {
-                storage,
-                path,
-                info,
-                released: false,
-            });
+            return Ok(Self::held(storage, server, path, info));
         }
         let holder = match read_info(storage, &path)? {
             Some(h) => h,
             // Released between our attempt and the read: try once more.
-            None => return Self::retry(storage, path, info, &json, None),
+            None => return Self::retry(storage, server, path, info, &json),
         };
         let Some(reason) = holder.stale_reason(Utc::now(), stale_after) else {
             return Err(locked(server, storage, &holder));
@@ -123,26 +223,31 @@ impl<'a> Lock<'a> {
             "breaking stale lock of server {server} held by {}: {reason}",
             holder.describe()
         );
-        break_stale(storage, server, &path, &holder)?;
-        Self::retry(storage, path, info, &json, Some(server))
+        break_stale(storage, server, &path, &holder, stale_after)?;
+        Self::retry(storage, server, path, info, &json)
+    }
+
+    fn held(storage: &'a dyn Storage, server: &str, path: String, info: LockInfo) -> Lock<'a> {
+        Lock {
+            storage,
+            server: server.to_string(),
+            path,
+            info,
+            released: false,
+            heartbeat: None,
+        }
     }
 
     fn retry(
         storage: &'a dyn Storage,
+        server: &str,
         path: String,
         info: LockInfo,
         json: &[u8],
-        server: Option<&str>,
     ) -> Result<Lock<'a>> {
         if storage.write_all(&path, json, Overwrite::Never)? == Committed::Created {
-            return Ok(Lock {
-                storage,
-                path,
-                info,
-                released: false,
-            });
+            return Ok(Self::held(storage, server, path, info));
         }
-        let server = server.unwrap_or("?");
         match read_info(storage, &path)? {
             Some(h) => Err(locked(server, storage, &h)),
             None => Err(Error::new(
@@ -152,26 +257,187 @@ impl<'a> Lock<'a> {
         }
     }
 
+    /// Start the heartbeat: every `interval`, rewrite the lock's refresh time through
+    /// `storage` (a second handle on the same repository), as long as the lock file
+    /// still carries our token. A failed refresh is logged and retried next time; a
+    /// lock found taken over stops the heartbeat and makes [`Lock::ensure_held`] fail.
+    pub fn keep_fresh(&mut self, storage: Box<dyn Storage>, interval: Duration) {
+        let mut given = Some(storage);
+        self.start_heartbeat(
+            Box::new(move || {
+                given
+                    .take()
+                    .ok_or_else(|| Error::new(ErrorKind::Io, "the heartbeat's storage is gone"))
+            }),
+            interval,
+        );
+    }
+
+    /// [`Lock::keep_fresh`] with a storage opened by `open` at the first refresh
+    /// (and again after a failed open).
+    fn start_heartbeat(&mut self, mut open: Opener, interval: Duration) {
+        if let Some(mut old) = self.heartbeat.take() {
+            old.stop();
+        }
+        let (tx, rx) = mpsc::channel::<()>();
+        let lost = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&lost);
+        let server = self.server.clone();
+        let path = self.path.clone();
+        let mut info = self.info.clone();
+        let spawned = std::thread::Builder::new()
+            .name("lock-heartbeat".into())
+            .spawn(move || {
+                let mut store: Option<Box<dyn Storage>> = None;
+                loop {
+                match rx.recv_timeout(interval) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    // Released, or the holder is going away.
+                    _ => return,
+                }
+                if store.is_none() {
+                    match open() {
+                        Ok(s) => store = Some(s),
+                        Err(e) => {
+                            crate::log_warn!(
+                                "could not connect to refresh the lock of server {server}: {e} \
+                                 (retrying in {}s; it goes stale after lock_stale_after without a refresh)",
+                                interval.as_secs_f64()
+                            );
+                            continue;
+                        }
+                    }
+                }
+                let Some(storage) = store.as_deref() else {
+                    continue;
+                };
+                match refresh(storage, &server, &path, &mut info) {
+                    Ok(Refresh::Done) => {
+                        crate::log_debug!("refreshed lock {path}");
+                    }
+                    Ok(Refresh::Busy) => {
+                        crate::log_debug!("lock {path}: another process holds the break lock; refreshing next time");
+                    }
+                    Ok(Refresh::Lost(other)) => {
+                        flag.store(true, Ordering::SeqCst);
+                        crate::log_error!(
+                            "the lock of server {server} in {} is no longer ours ({}); \
+                             stopping its heartbeat",
+                            storage.location(),
+                            other.map_or("it was removed".to_string(), |o| format!(
+                                "now held by {}",
+                                o.describe()
+                            ))
+                        );
+                        return;
+                    }
+                    Err(e) => crate::log_warn!(
+                        "could not refresh the lock of server {server} in {}: {e} (retrying in {}s; \
+                         it goes stale after lock_stale_after without a refresh)",
+                        storage.location(),
+                        interval.as_secs_f64()
+                    ),
+                }
+                }
+            });
+        match spawned {
+            Ok(thread) => {
+                self.heartbeat = Some(Heartbeat {
+                    stop: Some(tx),
+                    thread: Some(thread),
+                    lost,
+                })
+            }
+            Err(e) => crate::log_warn!(
+                "could not start the heartbeat of lock {}: {e}; it goes stale after lock_stale_after",
+                self.path
+            ),
+        }
+    }
+
+    /// Fail with [`ErrorKind::Locked`] if the heartbeat found the lock taken over
+    /// (broken as stale by another process), so a holder does not commit work that
+    /// another writer may be undoing.
+    pub fn ensure_held(&self) -> Result<()> {
+        if self
+            .heartbeat
+            .as_ref()
+            .is_some_and(|h| h.lost.load(Ordering::SeqCst))
+        {
+            return Err(Error::new(
+                ErrorKind::Locked,
+                format!(
+                    "the lock of server {} in {} was broken by another process while we held it; \
+                     giving up (check lock_stale_after and the repository's reachability)",
+                    self.server,
+                    self.storage.location()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Who holds this lock.
     pub fn info(&self) -> &LockInfo {
         &self.info
     }
 
-    /// Remove the lock file if it is still ours.
+    /// Stop the heartbeat and remove the lock file if it is still ours.
     pub fn release(mut self) -> Result<()> {
         self.released = true;
+        // First the heartbeat, so it cannot rewrite the file after we removed it.
+        if let Some(mut h) = self.heartbeat.take() {
+            h.stop();
+        }
         release(self.storage, &self.path, &self.info.token)
     }
 }
 
 impl Drop for Lock<'_> {
     fn drop(&mut self) {
+        if let Some(mut h) = self.heartbeat.take() {
+            h.stop();
+        }
         if !self.released {
             if let Err(e) = release(self.storage, &self.path, &self.info.token) {
                 crate::log_warn!("could not release lock {}: {e}", self.path);
             }
         }
     }
+}
+
+/// What one heartbeat did.
+enum Refresh {
+    Done,
+    /// Someone holds the break lock right now.
+    Busy,
+    /// The lock file is gone or carries another token.
+    Lost(Option<LockInfo>),
+}
+
+/// Rewrite our lock with a new refresh time, under the break lock and only if it is
+/// still ours.
+fn refresh(
+    storage: &dyn Storage,
+    server: &str,
+    path: &str,
+    info: &mut LockInfo,
+) -> Result<Refresh> {
+    let Some(brk) = take_break_lock(storage, server)? else {
+        return Ok(Refresh::Busy);
+    };
+    let result = (|| match read_info(storage, path)? {
+        Some(h) if h.token == info.token => {
+            info.refreshed = Some(Utc::now());
+            storage.write_all(path, &to_json(info)?, Overwrite::Replace)?;
+            Ok(Refresh::Done)
+        }
+        other => Ok(Refresh::Lost(other)),
+    })();
+    let released = release(storage, &layout::lock_file(server, BREAK_LOCK), &brk.token);
+    let outcome = result?;
+    released?;
+    Ok(outcome)
 }
 
 fn release(storage: &dyn Storage, path: &str, token: &str) -> Result<()> {
@@ -187,57 +453,83 @@ fn locked(server: &str, storage: &dyn Storage, holder: &LockInfo) -> Error {
         ErrorKind::Locked,
         format!(
             "server {server} in {} is locked by {}; wait for it to finish (a lock whose holder \
-             died on its own host, or that is too old, is broken automatically)",
+             died on its own host, or that was not refreshed for lock_stale_after, is broken \
+             automatically)",
             storage.location(),
             holder.describe()
         ),
     )
 }
 
-/// Remove the stale lock `seen`, under the break lock.
-fn break_stale(storage: &dyn Storage, server: &str, path: &str, seen: &LockInfo) -> Result<()> {
+/// Take the break lock (replacing one left by a crashed breaker); `None` if another
+/// live process holds it.
+fn take_break_lock(storage: &dyn Storage, server: &str) -> Result<Option<LockInfo>> {
     let break_path = layout::lock_file(server, BREAK_LOCK);
+    let now = Utc::now();
     let mine = LockInfo {
         host: hostname(),
         pid: std::process::id(),
-        command: "break stale lock".into(),
-        started: Utc::now(),
+        command: "break or refresh lock".into(),
+        started: now,
         token: token(),
+        refreshed: None,
     };
     let json = to_json(&mine)?;
-    if storage.write_all(&break_path, &json, Overwrite::Never)? == Committed::AlreadyExists {
-        let other = read_info(storage, &break_path)?;
-        let stale = other
-            .as_ref()
-            .map_or(true, |o| o.stale_reason(Utc::now(), BREAK_STALE).is_some());
-        if !stale {
-            return Err(Error::new(
-                ErrorKind::Locked,
-                format!("another process is breaking the stale lock of server {server}; try again"),
-            ));
-        }
-        storage.remove_file(&break_path)?;
-        if storage.write_all(&break_path, &json, Overwrite::Never)? == Committed::AlreadyExists {
-            return Err(Error::new(
-                ErrorKind::Locked,
-                format!("another process is breaking the stale lock of server {server}; try again"),
-            ));
-        }
+    if storage.write_all(&break_path, &json, Overwrite::Never)? == Committed::Created {
+        return Ok(Some(mine));
     }
+    let other = read_info(storage, &break_path)?;
+    let stale = other
+        .as_ref()
+        .map_or(true, |o| o.stale_reason(Utc::now(), BREAK_STALE).is_some());
+    if !stale {
+        return Ok(None);
+    }
+    if let Some(o) = &other {
+        // Only the one we judged stale.
+        release(storage, &break_path, &o.token)?;
+    }
+    if storage.write_all(&break_path, &json, Overwrite::Never)? == Committed::AlreadyExists {
+        return Ok(None);
+    }
+    Ok(Some(mine))
+}
+
+/// Remove the stale lock `seen`, under the break lock.
+fn break_stale(
+    storage: &dyn Storage,
+    server: &str,
+    path: &str,
+    seen: &LockInfo,
+    stale_after: Duration,
+) -> Result<()> {
+    let Some(mine) = take_break_lock(storage, server)? else {
+        return Err(Error::new(
+            ErrorKind::Locked,
+            format!(
+                "another process is breaking or refreshing the lock of server {server}; try again"
+            ),
+        ));
+    };
     let result = (|| {
-        // Remove it only if it is still the lock we judged stale.
+        // Remove it only if it is still the lock we judged stale, and still stale: its
+        // holder may have refreshed it since we looked.
         if let Some(now) = read_info(storage, path)? {
             if now.token == seen.token {
+                if now.stale_reason(Utc::now(), stale_after).is_none() {
+                    return Err(locked(server, storage, &now));
+                }
                 storage.remove_file(path)?;
             }
         }
         Ok(())
     })();
-    release(storage, &break_path, &mine.token)?;
+    release(storage, &layout::lock_file(server, BREAK_LOCK), &mine.token)?;
     result
 }
 
-fn read_info(storage: &dyn Storage, path: &str) -> Result<Option<LockInfo>> {
+/// Read a lock file; `None` if there is none.
+pub fn read_info(storage: &dyn Storage, path: &str) -> Result<Option<LockInfo>> {
     match storage.read_all(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
             Error::corrupt(format!(
@@ -249,6 +541,16 @@ fn read_info(storage: &dyn Storage, path: &str) -> Result<Option<LockInfo>> {
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// The holder of `server`'s writer lock if it is held and not stale.
+pub fn live_holder(
+    storage: &dyn Storage,
+    server: &str,
+    stale_after: Duration,
+) -> Result<Option<LockInfo>> {
+    let info = read_info(storage, &layout::lock_file(server, SERVER_LOCK))?;
+    Ok(info.filter(|i| i.stale_reason(Utc::now(), stale_after).is_none()))
 }
 
 /// This host's name (empty if it cannot be read).
@@ -278,11 +580,13 @@ pub fn pid_alive(pid: u32) -> bool {
 }
 
 fn token() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("{}-{}-{nanos:x}", hostname(), std::process::id())
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{}-{}-{nanos:x}-{n}", hostname(), std::process::id())
 }
 
 #[cfg(test)]
@@ -324,6 +628,7 @@ mod tests {
             command: "base-backup".into(),
             started: Utc::now(),
             token: "ghost".into(),
+            refreshed: None,
         };
         s.write_all(
             "main/locks/server.lock",
@@ -341,6 +646,7 @@ mod tests {
             command: "expire".into(),
             started: Utc::now() - chrono::Duration::seconds(100),
             token: "remote".into(),
+            refreshed: None,
         };
         s.write_all(
             "main/locks/server.lock",
@@ -352,6 +658,104 @@ mod tests {
         assert!(err.to_string().contains("elsewhere.invalid"), "{err}");
         let l = Lock::acquire(&s, "main", "base-backup", Duration::from_secs(50)).unwrap();
         drop(l);
+        assert!(s.list("main/locks").unwrap().is_empty());
+    }
+
+    fn info(host: &str, pid: u32, started_ago: i64, refreshed_ago: Option<i64>) -> LockInfo {
+        let now = Utc::now();
+        LockInfo {
+            host: host.into(),
+            pid,
+            command: "base-backup".into(),
+            started: now - chrono::Duration::seconds(started_ago),
+            token: "t".into(),
+            refreshed: refreshed_ago.map(|s| now - chrono::Duration::seconds(s)),
+        }
+    }
+
+    #[test]
+    fn staleness_follows_the_last_refresh_not_the_start() {
+        let bound = Duration::from_secs(600);
+        let now = Utc::now();
+        let alive = |_| true;
+        let dead = |_| false;
+        // Running for two days, refreshed a minute ago: alive, wherever it runs.
+        let long = info("here", 7, 2 * 86400, Some(60));
+        assert_eq!(long.stale_reason_with(now, bound, "here", alive), None);
+        assert_eq!(long.stale_reason_with(now, bound, "there", dead), None);
+        // Not refreshed for 11 minutes: stale even with a live pid (a hung or
+        // partitioned holder, or a pid reused by another program).
+        let quiet = info("here", 7, 2 * 86400, Some(660));
+        let why = quiet.stale_reason_with(now, bound, "here", alive).unwrap();
+        assert!(why.contains("not refreshed for 6"), "{why}");
+        // A dead process on this host: stale at once, however fresh.
+        let gone = info("here", 7, 5, Some(1));
+        let why = gone.stale_reason_with(now, bound, "here", dead).unwrap();
+        assert!(why.contains("process 7 on this host is gone"), "{why}");
+        // The same pid on another host says nothing about that host's process.
+        assert_eq!(gone.stale_reason_with(now, bound, "other", dead), None);
+        // A lock of an older version (no refresh time) counts from when it was taken.
+        let old = info("there", 7, 700, None);
+        assert!(old.stale_reason_with(now, bound, "here", alive).is_some());
+        let young = info("there", 7, 100, None);
+        assert_eq!(young.stale_reason_with(now, bound, "here", alive), None);
+        // The heartbeat is well below the bound.
+        assert_eq!(heartbeat_interval(bound), Duration::from_secs(60));
+        assert_eq!(
+            heartbeat_interval(Duration::from_secs(86400)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            heartbeat_interval(Duration::from_secs(2)),
+            Duration::from_millis(200)
+        );
+    }
+
+    #[test]
+    fn lock_files_without_a_refresh_time_still_parse() {
+        let old = br#"{"host":"h","pid":12,"command":"expire","started":"2026-01-01T00:00:00Z","token":"x"}"#;
+        let i: LockInfo = serde_json::from_slice(old).unwrap();
+        assert_eq!(i.refreshed, None);
+        assert_eq!(i.last_refresh(), i.started);
+    }
+
+    #[test]
+    fn the_heartbeat_refreshes_and_never_overwrites_a_lock_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(dir.path().join("repo"));
+        let path = "main/locks/server.lock";
+        let mut l = Lock::acquire(&s, "main", "base-backup", Duration::from_secs(2)).unwrap();
+        l.keep_fresh(Box::new(s.clone()), Duration::from_millis(100));
+        let first = read_info(&s, path).unwrap().unwrap().refreshed.unwrap();
+        std::thread::sleep(Duration::from_millis(450));
+        let later = read_info(&s, path).unwrap().unwrap();
+        assert_eq!(later.token, l.info().token);
+        assert!(later.refreshed.unwrap() > first, "{later:?}");
+        assert!(l.ensure_held().is_ok());
+        // Someone else takes the lock over (as after breaking it): the heartbeat must
+        // leave their lock alone and report the loss.
+        let theirs = info("elsewhere.invalid", 1, 0, Some(0));
+        s.write_all(path, &to_json(&theirs).unwrap(), Overwrite::Replace)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(450));
+        assert_eq!(read_info(&s, path).unwrap().unwrap(), theirs);
+        let err = l.ensure_held().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Locked);
+        // Releasing does not remove their lock either.
+        l.release().unwrap();
+        assert_eq!(read_info(&s, path).unwrap().unwrap(), theirs);
+        assert!(s.stat("main/locks/server-break.lock").unwrap().is_none());
+    }
+
+    #[test]
+    fn release_stops_the_heartbeat_before_removing_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(dir.path().join("repo"));
+        let mut l = Lock::acquire(&s, "main", "expire", Duration::from_secs(1)).unwrap();
+        l.keep_fresh(Box::new(s.clone()), Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(250));
+        l.release().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
         assert!(s.list("main/locks").unwrap().is_empty());
     }
 }

@@ -146,19 +146,47 @@ pub fn identity(client: &mut Client) -> Result<ClusterIdentity> {
             &[],
         )
         .map_err(|e| query_error("reading the cluster identity", e))?;
-    let sysid: String = row.get(0);
-    let version: i32 = row.get(1);
-    let seg: i64 = row.get(2);
-    let block: i32 = row.get(3);
+    let what = "the cluster identity";
+    let sysid: String = column(&row, 0, what)?;
+    let version: i32 = column(&row, 1, what)?;
+    let seg: i64 = column(&row, 2, what)?;
+    let block: i32 = column(&row, 3, what)?;
+    let odd = |name: &str, v: &dyn std::fmt::Display| {
+        Error::new(
+            ErrorKind::Postgres,
+            format!("the server reports an impossible {name} {v}"),
+        )
+    };
     Ok(ClusterIdentity {
-        system_id: sysid.parse().map_err(|_| {
-            Error::new(
-                ErrorKind::Postgres,
-                format!("odd system identifier {sysid:?}"),
-            )
-        })?,
-        version_num: version as u32,
-        wal_segment_size: seg as u64,
-        block_size: block as u32,
+        system_id: sysid
+            .parse()
+            .map_err(|_| odd("system identifier", &format!("{sysid:?}")))?,
+        version_num: u32::try_from(version).map_err(|_| odd("server_version_num", &version))?,
+        wal_segment_size: u64::try_from(seg).map_err(|_| odd("wal_segment_size", &seg))?,
+        block_size: u32::try_from(block).map_err(|_| odd("block_size", &block))?,
+    })
+}
+
+/// Column `idx` of a result row of `what` (a query's purpose, for the message), as
+/// `T`: a type mismatch or an unexpected NULL is an error naming the query and the
+/// column, never a panic (`Row::get` panics). Read columns PostgreSQL may return as
+/// NULL into an `Option`.
+pub fn column<'a, T: postgres::types::FromSql<'a>>(
+    row: &'a postgres::Row,
+    idx: usize,
+    what: &str,
+) -> Result<T> {
+    row.try_get(idx).map_err(|e| {
+        let name = row
+            .columns()
+            .get(idx)
+            .map_or_else(|| format!("#{idx}"), |c| c.name().to_string());
+        Error::new(
+            ErrorKind::Postgres,
+            format!(
+                "unexpected result reading {what}: column {name}: {}",
+                describe(&e)
+            ),
+        )
     })
 }

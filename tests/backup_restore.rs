@@ -757,3 +757,427 @@ fn restore_refuses_a_wal_get_the_data_directory_owner_cannot_run() {
     let err = run();
     assert!(!err.contains("cannot e"), "{err}");
 }
+
+// ---------------------------------------------------------------------------
+// Faults: a killed or racing writer, a broken archive_command, live and dead locks.
+
+on_both_backends!(killed_and_racing_writers_leave_a_consistent_repository);
+
+fn pgcellar_cmd(repo: &RepoDir, args: &[&str]) -> Output {
+    let mut cmd = pg_command(bin("pgcellar"));
+    cmd.args(repo.args()).args(args);
+    cmd.output().expect("spawn pgcellar")
+}
+
+fn out_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn base_backup_cmd(repo: &RepoDir, c: &Cluster, extra: &[&str]) -> std::process::Command {
+    let mut cmd = pg_command(bin("base-backup"));
+    cmd.args(repo.args())
+        .arg("--pgdata")
+        .arg(&c.pgdata)
+        .arg("--conninfo")
+        .arg(c.conninfo())
+        .args(extra);
+    cmd
+}
+
+/// `(command, pid)` of the current holder of the server lock, if any.
+fn lock_holder(repo: &RepoDir) -> Option<(String, u32)> {
+    let bytes = fs::read(repo.path.join("main/locks/server.lock")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    Some((
+        v["command"].as_str()?.to_string(),
+        v["pid"].as_u64()? as u32,
+    ))
+}
+
+fn backups_dir(repo: &RepoDir) -> PathBuf {
+    repo.path.join("main/backups")
+}
+
+fn kill9(pid: u32) {
+    let st = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill -9 {pid}");
+}
+
+fn files_under(dir: &Path) -> usize {
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    rd.flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                files_under(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+fn list_json(repo: &RepoDir) -> Vec<serde_json::Value> {
+    let o = pgcellar_cmd(repo, &["list", "--json"]);
+    assert!(o.status.success(), "{}", out_text(&o));
+    serde_json::from_slice::<serde_json::Value>(&o.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn verify_all_ok(repo: &RepoDir) {
+    let o = pgcellar_cmd(repo, &["verify", "--all"]);
+    assert_eq!(o.status.code(), Some(0), "verify --all: {}", out_text(&o));
+}
+
+fn killed_and_racing_writers_leave_a_consistent_repository(repo: &RepoDir) {
+    let Some(c) = Cluster::init(ClusterOpts {
+        archive_command: Some(repo.archive_command()),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    repo.init_for(&c);
+    c.pgbench(&["-i", "-s", "8", "-q"]);
+    let first = base_backup(repo, &c, &[]);
+
+    // The heartbeat: with lock_stale_after = 1 s a backup that runs for seconds keeps
+    // its lock, and cron (which would break a stale lock and remove the directory as
+    // aborted, aborted_backup_max_age = 1 s) leaves it alone.
+    let cfgdir = TestDir::new();
+    let cfg = cfgdir.join("stale.toml");
+    fs::write(&cfg, "lock_stale_after = 1\naborted_backup_max_age = 1\n").unwrap();
+    chown_postgres(&cfg);
+    let cfg_arg = cfg.display().to_string();
+    let t0 = std::time::Instant::now();
+    // gzip -9 with one worker: slow enough to run for seconds.
+    let slow = [
+        "--full",
+        "--jobs",
+        "1",
+        "--compression",
+        "gzip",
+        "--compression-level",
+        "9",
+    ];
+    let mut child = base_backup_cmd(
+        repo,
+        &c,
+        &[&["--config", cfg_arg.as_str()][..], &slow[..]].concat(),
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut crons_after_bound = 0;
+    let mut holder = None;
+    while child.try_wait().unwrap().is_none() {
+        if let Some(h) = lock_holder(repo) {
+            holder.get_or_insert(h.clone());
+            assert_eq!(Some(&h), holder.as_ref(), "the lock changed hands");
+        }
+        let o = pgcellar_cmd(repo, &["--config", &cfg_arg, "cron"]);
+        assert!(o.status.success(), "{}", out_text(&o));
+        assert!(
+            !out_text(&o).contains("removed aborted"),
+            "cron removed the running backup: {}",
+            out_text(&o)
+        );
+        if t0.elapsed() > Duration::from_millis(2500) {
+            crons_after_bound += 1;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", out_text(&out));
+    assert!(
+        crons_after_bound >= 2,
+        "the backup ({:?}) was too quick to outlive lock_stale_after",
+        t0.elapsed()
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(backups_dir(repo).join(&id).join("backup.json").exists());
+
+    // kill -9 of base-backup in the middle of its copy.
+    let known: Vec<String> = fs::read_dir(backups_dir(repo))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    let mut child = base_backup_cmd(repo, &c, &slow)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let backups = repo.path.join("main/backups");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut seen: Option<std::time::Instant> = None;
+    let (victim, pid) = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "base-backup never got going"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "base-backup finished before the kill"
+        );
+        let partial = fs::read_dir(&backups)
+            .unwrap()
+            .flatten()
+            .find(|e| !known.contains(&e.file_name().to_string_lossy().to_string()));
+        if let (Some(dir), Some(("base-backup", pid))) = (
+            partial,
+            lock_holder(repo).as_ref().map(|(c, p)| (c.as_str(), *p)),
+        ) {
+            // Well into the copy (which takes seconds at gzip -9), not at its start.
+            let since = *seen.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > Duration::from_millis(700) {
+                break (dir.file_name().to_string_lossy().to_string(), pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    kill9(pid);
+    let _ = child.wait();
+    assert_ne!(victim, first);
+    // Killed in the middle of its copy: some files are there, no manifest.
+    assert!(
+        files_under(&backups.join(&victim)) > 0,
+        "killed before the copy began"
+    );
+    assert!(!backups.join(&victim).join("backup.json").exists());
+    // The lock of the dead process is still there until someone recovers it.
+    assert_eq!(lock_holder(repo).map(|h| h.1), Some(pid));
+    verify_all_ok(repo);
+    let rows = list_json(repo);
+    let row = rows
+        .iter()
+        .find(|r| r["id"] == victim.as_str())
+        .expect("aborted row");
+    assert_eq!(row["status"], "aborted", "{rows:?}");
+    assert_eq!(rows.iter().filter(|r| r["status"] == "done").count(), 2);
+    // The next base-backup recovers the lock (dead pid on this host) and works.
+    let out = base_backup_cmd(repo, &c, &[]).output().unwrap();
+    assert!(out.status.success(), "{}", out_text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("breaking stale lock"),
+        "{}",
+        out_text(&out)
+    );
+    verify_all_ok(repo);
+
+    // Two base-backups at once: exactly one succeeds, the other names the holder.
+    let spawn = || {
+        base_backup_cmd(repo, &c, &["--full", "--jobs", "1"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+    let codes: Vec<Option<i32>> = outs.iter().map(|o| o.status.code()).collect();
+    assert!(
+        codes.contains(&Some(0)) && codes.contains(&Some(1)),
+        "{codes:?}: {} / {}",
+        out_text(&outs[0]),
+        out_text(&outs[1])
+    );
+    let loser = outs.iter().find(|o| o.status.code() == Some(1)).unwrap();
+    assert!(
+        String::from_utf8_lossy(&loser.stderr).contains("locked by base-backup"),
+        "{}",
+        out_text(loser)
+    );
+    assert!(loser.stdout.is_empty());
+    verify_all_ok(repo);
+    assert!(lock_holder(repo).is_none());
+
+    // kill -9 of expire while it holds the lock (removing backups).
+    let done_before = list_json(repo)
+        .iter()
+        .filter(|r| r["status"] == "done")
+        .count();
+    assert!(done_before >= 3, "{done_before}");
+    let mut exp = pg_command(bin("pgcellar"));
+    exp.args(repo.args())
+        .args(["expire", "--retention", "REDUNDANCY 1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = exp.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let killed = loop {
+        if let Some(("expire", pid)) = lock_holder(repo).as_ref().map(|(c, p)| (c.as_str(), *p)) {
+            kill9(pid);
+            break true;
+        }
+        if child.try_wait().unwrap().is_some() || std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let _ = child.wait();
+    assert!(killed, "expire finished before it could be killed");
+    verify_all_ok(repo);
+    // The next expire recovers the lock and finishes the job.
+    let o = pgcellar_cmd(repo, &["expire", "--retention", "REDUNDANCY 1"]);
+    assert!(o.status.success(), "{}", out_text(&o));
+    let rows = list_json(repo);
+    assert_eq!(
+        rows.iter().filter(|r| r["status"] == "done").count(),
+        1,
+        "{rows:?}"
+    );
+    verify_all_ok(repo);
+    let id = base_backup(repo, &c, &[]);
+    assert_eq!(list_json(repo)[0]["id"], id.as_str());
+    verify_all_ok(repo);
+    assert!(lock_holder(repo).is_none());
+}
+
+#[test]
+fn base_backup_fails_fast_when_archive_command_keeps_failing() {
+    let repo = RepoDir::new();
+    // archive_mode on, but every archive attempt fails.
+    let Some(c) = Cluster::init(ClusterOpts {
+        archive_command: Some("false".into()),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    repo.init_for(&c);
+    let start = std::time::Instant::now();
+    let out = base_backup_cmd(&repo, &c, &["-v"]).output().unwrap();
+    let took = start.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(out.stdout.is_empty());
+    assert!(took < Duration::from_secs(45), "took {took:?}: {err}");
+    let last = err.lines().last().unwrap_or_default().to_string();
+    assert!(last.contains("cannot be archived"), "{err}");
+    assert!(
+        last.contains("pg_stat_archiver") && last.contains("failed_count"),
+        "{last}"
+    );
+    assert!(
+        last.contains("archive_command") && last.contains("server log"),
+        "{last}"
+    );
+    // The segment it waits for is named (24 hex digits), and the wait was shown.
+    let named = last
+        .split(|ch: char| !ch.is_ascii_hexdigit())
+        .any(|w| w.len() == 24);
+    assert!(named, "{last}");
+    assert!(err.contains("waiting for WAL segment"), "{err}");
+    // Aborted: no manifest anywhere, and the lock is released.
+    let backups = repo.path.join("main/backups");
+    for e in fs::read_dir(&backups).unwrap().flatten() {
+        assert!(!e.path().join("backup.json").exists());
+    }
+    assert!(!repo.path.join("main/locks/server.lock").exists());
+}
+
+#[test]
+fn a_long_running_holder_keeps_its_lock_and_a_dead_one_loses_it() {
+    let repo = RepoDir::new();
+    let Some(c) = Cluster::init(ClusterOpts {
+        archive_command: Some(repo.archive_command()),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    repo.init_for(&c);
+    let backups = repo.path.join("main/backups");
+    let locks = repo.path.join("main/locks");
+    fs::create_dir_all(&locks).unwrap();
+    chown_postgres(&locks);
+    let now = chrono::Utc::now();
+    let two_days_ago = now - chrono::Duration::days(2);
+    // A base-backup running for two days, alive (a live process on this host) and
+    // refreshing its lock: its directory has no manifest yet and is old.
+    let mut holder = std::process::Command::new("sleep")
+        .arg("120")
+        .spawn()
+        .unwrap();
+    let write_lock = |pid: u32, refreshed: chrono::DateTime<chrono::Utc>| {
+        let lock = serde_json::json!({
+            "host": pgcellar::lock::hostname(),
+            "pid": pid,
+            "command": "base-backup",
+            "started": two_days_ago,
+            "token": "long-runner",
+            "refreshed": refreshed,
+        });
+        let p = locks.join("server.lock");
+        fs::write(&p, serde_json::to_vec(&lock).unwrap()).unwrap();
+        chown_postgres(&p);
+    };
+    write_lock(holder.id(), now);
+    let id = (two_days_ago + chrono::Duration::seconds(30))
+        .format("%Y%m%dT%H%M%SZ")
+        .to_string();
+    let running = backups.join(&id);
+    fs::create_dir_all(running.join("data")).unwrap();
+    fs::write(running.join("data/PG_VERSION"), "15\n").unwrap();
+    chown_postgres(&backups);
+    chown_postgres(&running);
+    chown_postgres(&running.join("data"));
+
+    let rows = list_json(&repo);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["id"], id.as_str());
+    assert_eq!(rows[0]["status"], "running", "{rows:?}");
+    let o = pgcellar_cmd(&repo, &["cron"]);
+    assert!(o.status.success(), "{}", out_text(&o));
+    let o = pgcellar_cmd(&repo, &["expire", "--retention", "REDUNDANCY 1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", out_text(&o));
+    assert!(
+        out_text(&o).contains("locked by base-backup"),
+        "{}",
+        out_text(&o)
+    );
+    assert!(
+        running.exists(),
+        "the running backup's directory was removed"
+    );
+    assert_eq!(lock_holder(&repo).map(|h| h.1), Some(holder.id()));
+
+    // The holder dies without releasing, and its last refresh is old: check warns
+    // about the aborted backup, list marks it, and cron breaks the lock and removes
+    // the directory.
+    holder.kill().unwrap();
+    let dead = holder.id();
+    holder.wait().unwrap();
+    write_lock(dead, now - chrono::Duration::minutes(30));
+    let rows = list_json(&repo);
+    assert_eq!(rows[0]["status"], "aborted", "{rows:?}");
+    let o = pgcellar_cmd(&repo, &["--conninfo", &c.conninfo(), "check", "--json"]);
+    let r: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", out_text(&o)));
+    let row = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "aborted_backups")
+        .unwrap()
+        .clone();
+    assert_eq!(row["status"], "warning", "{r}");
+    assert!(row["message"].as_str().unwrap().contains(&id), "{r}");
+    let o = pgcellar_cmd(&repo, &["cron"]);
+    assert!(o.status.success(), "{}", out_text(&o));
+    assert!(
+        out_text(&o).contains(&format!("removed aborted backup directory {id}")),
+        "{}",
+        out_text(&o)
+    );
+    assert!(!running.exists());
+    assert!(lock_holder(&repo).is_none());
+}

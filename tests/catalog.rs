@@ -414,6 +414,22 @@ fn backup_life_cycle_list_keep_expire_restore_verify_cron() {
     let show = json(&repo, None, &["show", "latest", "--json"]);
     assert_eq!(show["wal_needed"]["complete"], false);
     assert_eq!(show["wal_needed"]["missing"][0], b3_stop.as_str());
+    // check reports the gap too (its catalog checks need no connection).
+    let o = pgcellar(&repo, None, &["check", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let row = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "wal_continuity")
+        .unwrap()
+        .clone();
+    assert_eq!(row["status"], "critical", "{v}");
+    assert!(
+        row["message"].as_str().unwrap().contains(b3_stop.as_str()),
+        "{v}"
+    );
     fs::write(&seg_path, seg_bytes).unwrap();
     chown_postgres(&seg_path);
     ok(&repo, None, &["verify", "--all"]);
@@ -473,12 +489,12 @@ fn check_and_switch_wal_healthy_and_with_a_broken_archive_command() {
     assert_eq!(o.status.code(), Some(0), "{line}{}", stderr(&o));
     assert_eq!(line.lines().count(), 1, "{line}");
     assert!(
-        line.starts_with("PGCELLAR OK - server main: 11 checks ok"),
+        line.starts_with("PGCELLAR OK - server main: 12 checks ok"),
         "{line}"
     );
     let (_, perf) = line.split_once(" | ").expect("perfdata");
     for key in [
-        "checks=11",
+        "checks=12",
         "failed_checks=0",
         "backups=1",
         "newest_backup_age=",
@@ -507,20 +523,87 @@ fn check_and_switch_wal_healthy_and_with_a_broken_archive_command() {
             "archiver_failures",
             "backup_age",
             "minimum_redundancy",
-            "wal_continuity"
+            "wal_continuity",
+            "aborted_backups"
         ]
     );
     let human = ok(&repo, cfg, &["check"]);
     assert!(human.starts_with("CHECK"), "{human}");
     assert!(human.trim_end().ends_with("server main: OK"), "{human}");
 
-    // Broken archive_command (wal-push into a repository that does not exist):
-    // archiving fails at once and check is CRITICAL with exit 2.
-    let broken = format!(
-        "{} --repo {}/nonexistent --server main %p",
-        bin("wal-push").display(),
-        cfgdir.path().display()
+    // An archive_command that pushes to another server name, or into another
+    // repository, is CRITICAL although it calls wal-push: WAL misses this repository.
+    let set_command = |cmd: &str| {
+        c.psql(&format!("ALTER SYSTEM SET archive_command = '{cmd}'"));
+        c.psql("SELECT pg_reload_conf()");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let wal_push = bin("wal-push").display().to_string();
+    set_command(&format!(
+        "{wal_push} --repo {} --server other %p",
+        repo.url()
+    ));
+    let o = pgcellar(&repo, cfg, &["check", "--nagios"]);
+    let line = stdout(&o);
+    assert_eq!(o.status.code(), Some(2), "{line}{}", stderr(&o));
+    assert!(
+        line.contains("archive_command: ")
+            && line.contains("server other, but this check is for server main"),
+        "{line}"
     );
+    let elsewhere = format!("{}/nonexistent", cfgdir.path().display());
+    set_command(&format!("{wal_push} --repo={elsewhere} --server main %p"));
+    let o = pgcellar(&repo, cfg, &["check", "--nagios"]);
+    let line = stdout(&o);
+    assert_eq!(o.status.code(), Some(2), "{line}{}", stderr(&o));
+    assert!(
+        line.contains(&format!(
+            "repository {elsewhere}, but this check is for repository {}",
+            repo.url()
+        )),
+        "{line}"
+    );
+    // The names given by the command's --config file count the same way.
+    let pushcfg = config(
+        &cfgdir,
+        "push.toml",
+        &format!("repo = '{}'\nserver = 'other'\n", repo.url()),
+    );
+    set_command(&format!("{wal_push} --config {} %p", pushcfg.display()));
+    let r: Value =
+        serde_json::from_str(&stdout(&pgcellar(&repo, cfg, &["check", "--json"]))).unwrap();
+    let cmd_row = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "archive_command")
+        .unwrap()
+        .clone();
+    assert_eq!(cmd_row["status"], "critical", "{r}");
+    // Names the command line does not show (PostgreSQL's environment may set them):
+    // a WARNING saying so, never a silent OK.
+    set_command(&format!("{wal_push} %p"));
+    let r: Value =
+        serde_json::from_str(&stdout(&pgcellar(&repo, cfg, &["check", "--json"]))).unwrap();
+    let cmd_row = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "archive_command")
+        .unwrap()
+        .clone();
+    assert_eq!(cmd_row["status"], "warning", "{r}");
+    assert!(
+        cmd_row["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot see which repository and server"),
+        "{r}"
+    );
+
+    // Broken archive_command (right repository and server, but wal-push fails on
+    // every file): archiving fails at once and check is CRITICAL with exit 2.
+    let broken = format!("{} -v {} %p.missing", wal_push, repo.shell_args());
     c.psql(&format!("ALTER SYSTEM SET archive_command = '{broken}'"));
     c.psql("SELECT pg_reload_conf()");
     std::thread::sleep(Duration::from_millis(500));
@@ -558,6 +641,46 @@ fn check_and_switch_wal_healthy_and_with_a_broken_archive_command() {
     assert_eq!(by_name("archiver_failures"), "critical", "{r}");
     assert_eq!(by_name("archive_command"), "ok");
     assert_eq!(by_name("archiving"), "critical");
+
+    // The repository unavailable: the checks that need only the cluster still run
+    // and report, and --json still prints its document.
+    let hidden = repo.path.with_extension("moved");
+    fs::rename(&repo.path, &hidden).unwrap();
+    let o = pgcellar(&repo, cfg, &["check", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let r: Value = serde_json::from_str(&stdout(&o))
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}{}", stdout(&o), stderr(&o)));
+    let status = |n: &str| {
+        r["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == n)
+            .unwrap_or_else(|| panic!("no check {n} in {r}"))["status"]
+            .clone()
+    };
+    assert_eq!(r["status"], "critical", "{r}");
+    assert_eq!(status("repository"), "critical", "{r}");
+    assert_eq!(status("postgres_connection"), "ok", "{r}");
+    assert_eq!(status("archive_mode"), "ok", "{r}");
+    assert_eq!(status("archive_command"), "ok", "{r}");
+    assert_eq!(status("archiver_failures"), "critical", "{r}");
+    assert_eq!(status("archiving"), "unknown", "{r}");
+    assert_eq!(status("backup_age"), "unknown", "{r}");
+    assert_eq!(r["checks"].as_array().unwrap().len(), 12, "{r}");
+    let o = pgcellar(&repo, cfg, &["check", "--nagios"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    fs::rename(&hidden, &repo.path).unwrap();
+    // Settings so bad that nothing can be checked: --json still prints a document.
+    let o = pg_command(bin("pgcellar"))
+        .args(["--server", "main", "check", "--json"])
+        .env_remove("PGCELLAR_REPO")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let r: Value = serde_json::from_str(&stdout(&o))
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}{}", stdout(&o), stderr(&o)));
+    assert_eq!(r["status"], "unknown", "{r}");
 
     // An archive_command that does not call wal-push at all.
     c.psql("ALTER SYSTEM SET archive_command = '/bin/true'");

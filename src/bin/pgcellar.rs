@@ -121,7 +121,19 @@ fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 
 /// Run the command; returns the exit code for outcomes that are not errors.
 fn run(args: &Args) -> anyhow::Result<i32> {
-    let settings = Settings::resolve(&args.common, None)?;
+    let settings = match Settings::resolve(&args.common, None) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Command::Check { json: true, .. } = &args.command {
+                // The document is printed whatever happens; the exit code says it failed.
+                log_error!("{}", e);
+                let server = args.common.server.as_deref();
+                print_json(&check::failed_report(server, &e.to_string()))?;
+                return Ok(1);
+            }
+            return Err(e.into());
+        }
+    };
     match &args.command {
         Command::Init => {
             let out = catalog::init(&settings)?;
@@ -175,6 +187,12 @@ fn run(args: &Args) -> anyhow::Result<i32> {
                         e.to_string().replace('|', " ")
                     ))?;
                     return Ok(check::Status::Unknown.nagios_code());
+                }
+                Err(e) if *json => {
+                    log_error!("{e}");
+                    let server = settings.server.as_deref();
+                    print_json(&check::failed_report(server, &e.to_string()))?;
+                    return Ok(1);
                 }
                 Err(e) => return Err(e.into()),
             };

@@ -599,10 +599,11 @@ fn prefetch_is_bounded_and_never_changes_exit_codes() {
     // Bad prefetch settings are configuration errors, fatal for wal-get.
     let (o, _) = get_from(&repo, &dd, &seg_name(1, 7), &["--prefetch-parallel", "0"]);
     assert!(o.status.code().unwrap() > 125, "{}", stderr(&o));
-    assert!(stderr(&o).contains("prefetch_parallel"), "{}", stderr(&o));
+    // Named as the flag it came from, not as a file key.
+    assert!(stderr(&o).contains("--prefetch-parallel"), "{}", stderr(&o));
     let (o, _) = get_from(&repo, &dd, &seg_name(1, 7), &["--spool-dir", "relative"]);
     assert!(o.status.code().unwrap() > 125, "{}", stderr(&o));
-    assert!(stderr(&o).contains("spool_dir"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--spool-dir"), "{}", stderr(&o));
 }
 
 /// SIGKILL every `wal-get` process working in `dir` (the detached prefetchers).

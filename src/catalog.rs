@@ -221,27 +221,16 @@ pub fn unfinished_backups(
 ) -> Result<Vec<Unfinished>> {
     let holder = crate::lock::live_holder(storage, server, stale_after)?
         .filter(|h| h.command == "base-backup");
-    let mut out = Vec::new();
-    for e in storage.list(&layout::backups_dir(server))? {
-        if !e.is_dir {
-            continue;
-        }
-        let Ok(id) = BackupId::parse(&e.name) else {
-            continue; // not ours
-        };
-        if storage
-            .stat(&layout::backup_manifest(server, id.as_str()))?
-            .is_some()
-        {
-            continue;
-        }
-        // Ids have whole seconds; the lock's start has sub-second precision.
-        let running = holder
-            .as_ref()
-            .is_some_and(|h| id.time() >= h.started - chrono::Duration::seconds(1));
-        out.push(Unfinished { id, running });
-    }
-    out.sort_by(|a, b| a.id.cmp(&b.id));
+    let out = manifest::list_aborted(storage, server)?
+        .into_iter()
+        .map(|id| {
+            // Ids have whole seconds; the lock's start has sub-second precision.
+            let running = holder
+                .as_ref()
+                .is_some_and(|h| id.time() >= h.started - chrono::Duration::seconds(1));
+            Unfinished { id, running }
+        })
+        .collect();
     Ok(out)
 }
 

@@ -390,7 +390,7 @@ pub fn keep(settings: &Settings, spec: &str, release: bool) -> Result<KeepOutcom
         };
         storage.write_all(&path, &to_json(&marker)?, Overwrite::Never)?;
     }
-    lock.release()?;
+    lock.release();
     Ok(KeepOutcome {
         id: id.to_string(),
         kept: !release,

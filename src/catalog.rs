@@ -222,17 +222,8 @@ pub fn unfinished_backups(
     let holder = crate::lock::live_holder(storage, server, stale_after)?
         .filter(|h| h.command == "base-backup");
     let mut out = Vec::new();
-    for e in storage.list(&layout::backups_dir(server))? {
-        if !e.is_dir {
-            continue;
-        }
-        let Ok(id) = BackupId::parse(&e.name) else {
-            continue; // not ours
-        };
-        if storage
-            .stat(&layout::backup_manifest(server, id.as_str()))?
-            .is_some()
-        {
+    for (id, complete) in manifest::list_dirs(storage, server)? {
+        if complete {
             continue;
         }
         // Ids have whole seconds; the lock's start has sub-second precision.
@@ -241,7 +232,6 @@ pub fn unfinished_backups(
             .is_some_and(|h| id.time() >= h.started - chrono::Duration::seconds(1));
         out.push(Unfinished { id, running });
     }
-    out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
 }
 

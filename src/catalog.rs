@@ -222,10 +222,7 @@ pub fn unfinished_backups(
     let holder = crate::lock::live_holder(storage, server, stale_after)?
         .filter(|h| h.command == "base-backup");
     let mut out = Vec::new();
-    for (id, complete) in manifest::list_dirs(storage, server)? {
-        if complete {
-            continue;
-        }
+    for id in manifest::list_aborted(storage, server)? {
         // Ids have whole seconds; the lock's start has sub-second precision.
         let running = holder
             .as_ref()

@@ -350,17 +350,10 @@ pub fn list_dirs(storage: &dyn Storage, server: &str) -> Result<Vec<(BackupId, b
 /// Ids of the aborted backups of `server`: directories named like an id but without
 /// a manifest (what `expire`/`cron` remove once they are old enough), oldest first.
 pub fn list_aborted(storage: &dyn Storage, server: &str) -> Result<Vec<BackupId>> {
-    let complete = list_ids(storage, server)?;
-    let mut out = Vec::new();
-    for e in storage.list(&layout::backups_dir(server))? {
-        if let (true, Ok(id)) = (e.is_dir, BackupId::parse(&e.name)) {
-            if !complete.contains(&id) {
-                out.push(id);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
+    Ok(list_dirs(storage, server)?
+        .into_iter()
+        .filter_map(|(id, complete)| (!complete).then_some(id))
+        .collect())
 }
 
 /// Read and validate the manifest of backup `id`.

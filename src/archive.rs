@@ -591,10 +591,8 @@ mod tests {
     #[test]
     fn settle_acknowledges_only_a_lone_copy_and_withdraws_only_its_own() {
         use crate::storage::LocalStorage;
-        let root = std::env::temp_dir().join(format!(
-            "pgcellar-settle-{}",
-            crate::storage::local::temp_name()
-        ));
+        let root =
+            std::env::temp_dir().join(format!("pgcellar-settle-{}", crate::util::temp_name()));
         let st = LocalStorage::new(root.clone());
         let name = WalName::parse("000000010000000000000005").unwrap();
         let dir = layout::wal_dir("main", &name);

@@ -145,7 +145,7 @@ pub fn run(settings: &Settings, opts: &BackupOptions) -> Result<Manifest> {
     check_archiving(&mut client)?;
     let lock = Lock::acquire_held(&repo, settings, server_name, "base-backup")?;
     let result = backup_locked(settings, opts, &repo, &server, &mut client, &pgdata, &lock);
-    lock.release()?;
+    lock.release();
     result
 }
 

@@ -221,16 +221,14 @@ pub fn unfinished_backups(
 ) -> Result<Vec<Unfinished>> {
     let holder = crate::lock::live_holder(storage, server, stale_after)?
         .filter(|h| h.command == "base-backup");
-    let out = manifest::list_aborted(storage, server)?
-        .into_iter()
-        .map(|id| {
-            // Ids have whole seconds; the lock's start has sub-second precision.
-            let running = holder
-                .as_ref()
-                .is_some_and(|h| id.time() >= h.started - chrono::Duration::seconds(1));
-            Unfinished { id, running }
-        })
-        .collect();
+    let mut out = Vec::new();
+    for id in manifest::list_aborted(storage, server)? {
+        // Ids have whole seconds; the lock's start has sub-second precision.
+        let running = holder
+            .as_ref()
+            .is_some_and(|h| id.time() >= h.started - chrono::Duration::seconds(1));
+        out.push(Unfinished { id, running });
+    }
     Ok(out)
 }
 
@@ -379,7 +377,7 @@ pub fn keep(settings: &Settings, spec: &str, release: bool) -> Result<KeepOutcom
         };
         storage.write_all(&path, &to_json(&marker)?, Overwrite::Never)?;
     }
-    lock.release()?;
+    lock.release();
     Ok(KeepOutcome {
         id: id.to_string(),
         kept: !release,

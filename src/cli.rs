@@ -21,16 +21,18 @@ pub fn parse_or_exit<T: Parser>(usage_exit: i32) -> T {
     }
 }
 
-/// The error and its causes on one line.
+/// The error and its causes on one line. A pgcellar [`Error`](crate::Error) already
+/// names its own cause in its message, so the chain is followed no further than the
+/// first one (its `source()` would repeat that text).
 pub fn one_line(err: &anyhow::Error) -> String {
-    let mut s = String::new();
-    for (i, cause) in err.chain().enumerate() {
-        if i > 0 {
-            s.push_str(": ");
+    let mut parts = Vec::new();
+    for cause in err.chain() {
+        parts.push(cause.to_string());
+        if cause.is::<crate::Error>() {
+            break;
         }
-        s.push_str(&cause.to_string());
     }
-    s.replace('\n', " ")
+    parts.join(": ").replace('\n', " ")
 }
 
 /// End a run: a failure becomes one error line on stderr and exit status 1.
@@ -92,6 +94,24 @@ pub fn set_panic_exit_code(code: i32) {
 #[cfg(test)]
 mod tests {
     use std::process::Command;
+
+    #[test]
+    fn one_line_prints_a_cause_once_although_source_exposes_it() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+        let err = crate::Error::io("reading /x", io);
+        assert_eq!(
+            std::error::Error::source(&err).map(ToString::to_string),
+            Some("denied".to_string())
+        );
+        let e = anyhow::Error::from(err).context("pushing 000000010000000000000001");
+        assert_eq!(
+            super::one_line(&e),
+            "pushing 000000010000000000000001: reading /x: denied"
+        );
+        // Other error types keep their whole chain, as before.
+        let e = anyhow::anyhow!("inner\ntext").context("outer");
+        assert_eq!(super::one_line(&e), "outer: inner text");
+    }
 
     /// The child half of `panic_exits_with_the_binary_code`: does nothing in a
     /// normal test run; re-executed with the variable set, it installs the hook and

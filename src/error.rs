@@ -109,11 +109,14 @@ impl fmt::Display for Error {
     }
 }
 
+/// The chain continues with the stored cause. The message already includes the
+/// cause's text, so a printer of the whole chain stops at an [`Error`]
+/// ([`crate::cli::one_line`] does).
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        // The message already includes the source's text; exposing it again would
-        // make anyhow print it twice.
-        None
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 

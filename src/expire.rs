@@ -64,7 +64,7 @@ pub fn delete(settings: &Settings, spec: &str, force: bool) -> Result<DeleteOutc
         ));
     }
     remove_backup(storage, &server.name, &id)?;
-    lock.release()?;
+    lock.release();
     Ok(DeleteOutcome {
         id: id.to_string(),
         remaining: total - 1,
@@ -200,7 +200,7 @@ fn expire_server(
     let index = ArchiveIndex::scan(storage, &server.name, server.wal_segment_size)?;
     let wal = remove_wal(storage, &server.name, &index, &plan, dry_run)?;
     if let Some(lock) = lock {
-        lock.release()?;
+        lock.release();
     }
     Ok(ExpireReport {
         server: server.name.clone(),
@@ -387,7 +387,7 @@ fn remove_aborted_only(
         for id in &aborted {
             storage.remove_dir_all(&layout::backup_dir(&server.name, id))?;
         }
-        lock.release()?;
+        lock.release();
     }
     Ok(ExpireReport {
         server: server.name.clone(),

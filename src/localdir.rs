@@ -39,19 +39,12 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
         .io_context(|| format!("creating directory {}", dir.display()))
 }
 
-/// Prefix of temporary files in these directories; the pid follows it.
-pub const TEMP_PREFIX: &str = ".tmp-";
+pub use crate::util::TEMP_PREFIX;
 
 /// A temporary name for `final_name` that carries our pid, so a later process can
 /// tell whether its writer is still alive.
 pub fn temp_path(dir: &Path, final_name: &str) -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    dir.join(format!(
-        "{TEMP_PREFIX}{}-{}-{final_name}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ))
+    dir.join(format!("{}-{final_name}", crate::util::temp_name()))
 }
 
 /// Write a small file atomically: temporary name, then rename, so that readers see
@@ -86,28 +79,6 @@ fn temp_owner(name: &str) -> Option<u32> {
     None
 }
 
-fn process_alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    // SAFETY: kill with signal 0 only checks for existence and permission.
-    let r = unsafe { libc::kill(pid, 0) };
-    let exists = r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    // A zombie (killed, not yet reaped: a detached prefetcher's parent is gone and a
-    // container's init may be slow to reap) writes nothing any more.
-    exists && !is_zombie(pid)
-}
-
-fn is_zombie(pid: libc::pid_t) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // "pid (comm) S ...": the state follows the last ')', since comm may hold any byte.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next())
-        == Some('Z')
-}
-
 /// Whether `name` is a temporary file (ours or another process's).
 pub fn is_temp(name: &str) -> bool {
     name.starts_with('.')
@@ -120,7 +91,7 @@ pub fn remove_orphan_temps(dir: &Path) {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
         if let Some(pid) = temp_owner(name) {
-            if pid != std::process::id() && !process_alive(pid) {
+            if pid != std::process::id() && !crate::util::process_alive(pid) {
                 let _ = fs::remove_file(e.path());
             }
         }
@@ -138,24 +109,6 @@ pub fn positive(value: u32, key: &str) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_killed_unreaped_writer_is_not_alive() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        assert!(process_alive(pid));
-        child.kill().unwrap();
-        // Not waited for yet: a zombie, which must count as gone.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while process_alive(pid) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert!(!process_alive(pid));
-        child.wait().unwrap();
-    }
 
     #[test]
     fn data_dir_from_wal_paths() {

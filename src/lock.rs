@@ -96,7 +96,7 @@ impl LockInfo {
     /// holder is a dead process on this host, or it has not been refreshed for longer
     /// than `stale_after`.
     pub fn stale_reason(&self, now: DateTime<Utc>, stale_after: Duration) -> Option<String> {
-        self.stale_reason_with(now, stale_after, &hostname(), pid_alive)
+        self.stale_reason_with(now, stale_after, &hostname(), crate::util::process_alive)
     }
 
     fn stale_reason_with(
@@ -382,8 +382,19 @@ impl<'a> Lock<'a> {
         &self.info
     }
 
-    /// Stop the heartbeat and remove the lock file if it is still ours.
-    pub fn release(mut self) -> Result<()> {
+    /// Stop the heartbeat and remove the lock file if it is still ours. Failing to is
+    /// a warning, not an error: the command's own result (its work done, or its own
+    /// failure) is what the caller must report, and a lock left behind is broken as
+    /// stale by the next writer.
+    pub fn release(self) {
+        let path = self.path.clone();
+        if let Err(e) = self.try_release() {
+            warn_unreleased(&path, &e);
+        }
+    }
+
+    /// [`Lock::release`], returning the failure instead of logging it.
+    pub fn try_release(mut self) -> Result<()> {
         self.released = true;
         // First the heartbeat, so it cannot rewrite the file after we removed it.
         if let Some(mut h) = self.heartbeat.take() {
@@ -400,10 +411,14 @@ impl Drop for Lock<'_> {
         }
         if !self.released {
             if let Err(e) = release(self.storage, &self.path, &self.info.token) {
-                crate::log_warn!("could not release lock {}: {e}", self.path);
+                warn_unreleased(&self.path, &e);
             }
         }
     }
+}
+
+fn warn_unreleased(path: &str, e: &Error) {
+    crate::log_warn!("could not release lock {path}: {e}; the next writer will break it as stale");
 }
 
 /// What one heartbeat did.
@@ -565,20 +580,6 @@ pub fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// Whether process `pid` exists on this host.
-pub fn pid_alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: signal 0 only checks for existence and permission.
-    let rc = unsafe { libc::kill(pid, 0) };
-    // EPERM: it exists but belongs to another user.
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
 fn token() -> String {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
@@ -607,7 +608,7 @@ mod tests {
             msg.contains(&format!("pid {}", std::process::id())),
             "{msg}"
         );
-        a.release().unwrap();
+        a.try_release().unwrap();
         let b = Lock::acquire(&s, "main", "expire", DEFAULT_STALE_AFTER).unwrap();
         drop(b);
         assert!(s.stat("main/locks/server.lock").unwrap().is_none());
@@ -742,7 +743,7 @@ mod tests {
         let err = l.ensure_held().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Locked);
         // Releasing does not remove their lock either.
-        l.release().unwrap();
+        l.try_release().unwrap();
         assert_eq!(read_info(&s, path).unwrap().unwrap(), theirs);
         assert!(s.stat("main/locks/server-break.lock").unwrap().is_none());
     }
@@ -754,8 +755,66 @@ mod tests {
         let mut l = Lock::acquire(&s, "main", "expire", Duration::from_secs(1)).unwrap();
         l.keep_fresh(Box::new(s.clone()), Duration::from_millis(100));
         std::thread::sleep(Duration::from_millis(250));
-        l.release().unwrap();
+        l.try_release().unwrap();
         std::thread::sleep(Duration::from_millis(300));
         assert!(s.list("main/locks").unwrap().is_empty());
+    }
+
+    /// Local storage whose removals fail, as on a repository that went read-only.
+    struct NoRemove(LocalStorage);
+
+    impl Storage for NoRemove {
+        fn location(&self) -> String {
+            self.0.location()
+        }
+        fn list(&self, dir: &str) -> Result<Vec<crate::storage::DirEntry>> {
+            self.0.list(dir)
+        }
+        fn stat(&self, path: &str) -> Result<Option<crate::storage::FileInfo>> {
+            self.0.stat(path)
+        }
+        fn open_read(&self, path: &str) -> Result<Box<dyn std::io::Read + Send>> {
+            self.0.open_read(path)
+        }
+        fn create(&self, dir: &str) -> Result<Box<dyn crate::storage::AtomicFile>> {
+            self.0.create(dir)
+        }
+        fn create_dir_all(&self, dir: &str) -> Result<()> {
+            self.0.create_dir_all(dir)
+        }
+        fn remove_file(&self, path: &str) -> Result<()> {
+            Err(Error::new(
+                ErrorKind::Io,
+                format!("removing {path}: read-only"),
+            ))
+        }
+        fn remove_file_synced(&self, path: &str) -> Result<()> {
+            self.remove_file(path)
+        }
+        fn remove_dir_all(&self, path: &str) -> Result<()> {
+            self.remove_file(path)
+        }
+        fn hard_link_all(&self, links: &[(String, String)]) -> Result<()> {
+            self.0.hard_link_all(links)
+        }
+    }
+
+    #[test]
+    fn a_failed_release_is_a_warning_not_the_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = NoRemove(LocalStorage::new(dir.path().join("repo")));
+        let l = Lock::acquire(&s, "main", "keep", DEFAULT_STALE_AFTER).unwrap();
+        let err = l.try_release().unwrap_err();
+        assert!(err.to_string().contains("read-only"), "{err}");
+        // The same failure through release(): the caller's result stands.
+        let run = || -> Result<u32> {
+            let l = Lock::acquire(&s, "main", "keep", DEFAULT_STALE_AFTER)?;
+            l.release();
+            Ok(7)
+        };
+        // The first lock is still there (ours, our pid alive): break it by hand.
+        s.0.remove_file("main/locks/server.lock").unwrap();
+        assert_eq!(run().unwrap(), 7);
+        assert!(s.stat("main/locks/server.lock").unwrap().is_some());
     }
 }

@@ -355,7 +355,7 @@ impl Lookahead {
         let st = stamp(&path)?;
         let mut src = WalSource::open(&path, server)?;
         let outcome = archive::push_source(storage, server, &mut src, codec)?;
-        fault_after_commit();
+        crate::fault::lookahead_abort_after_commit();
         let sha256 = match &outcome {
             PushOutcome::Stored { sha256, .. } | PushOutcome::AlreadyArchived { sha256 } => {
                 sha256.clone()
@@ -434,16 +434,6 @@ impl<'a> Batch<'a> {
 
     fn report(&self) -> BatchReport {
         *self.report.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Test-only fault injection: `PGCELLAR_TEST_FAULT=lookahead-abort-after-commit`
-/// kills the process right after a look-ahead push is durable in the repository,
-/// before its record is written, while other workers may be mid-push.
-fn fault_after_commit() {
-    if std::env::var_os("PGCELLAR_TEST_FAULT").is_some_and(|v| v == "lookahead-abort-after-commit")
-    {
-        std::process::abort();
     }
 }
 

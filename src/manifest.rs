@@ -264,14 +264,8 @@ impl Manifest {
                 return bad(field, format!("is {lsn:?}, not an LSN"));
             }
         }
-        if !crate::wal::is_valid_segment_size(self.wal_segment_size) {
-            return bad(
-                "wal_segment_size",
-                format!(
-                    "is {}, not a power of two from 1 MiB to 1 GiB",
-                    self.wal_segment_size
-                ),
-            );
+        if let Err(why) = crate::wal::check_segment_size(self.wal_segment_size) {
+            return bad("wal_segment_size", why);
         }
         if self.timeline == 0 {
             return bad("timeline", "is 0; timelines start at 1".into());
@@ -327,7 +321,16 @@ pub fn stored_path(server: &str, id: &BackupId, path: &str, compression: Compres
 
 /// Ids of the complete backups of `server` (directories with a manifest), oldest first.
 pub fn list_ids(storage: &dyn Storage, server: &str) -> Result<Vec<BackupId>> {
-    let mut ids = Vec::new();
+    Ok(list_dirs(storage, server)?
+        .into_iter()
+        .filter_map(|(id, complete)| complete.then_some(id))
+        .collect())
+}
+
+/// Every backup directory of `server` with whether it is complete (holds its
+/// manifest), oldest first; names that are not backup ids are not ours.
+pub fn list_dirs(storage: &dyn Storage, server: &str) -> Result<Vec<(BackupId, bool)>> {
+    let mut dirs = Vec::new();
     for e in storage.list(&layout::backups_dir(server))? {
         if !e.is_dir || e.name.starts_with(TEMP_PREFIX) {
             continue;
@@ -335,31 +338,22 @@ pub fn list_ids(storage: &dyn Storage, server: &str) -> Result<Vec<BackupId>> {
         let Ok(id) = BackupId::parse(&e.name) else {
             continue; // not ours
         };
-        if storage
+        let complete = storage
             .stat(&layout::backup_manifest(server, id.as_str()))?
-            .is_some()
-        {
-            ids.push(id);
-        }
+            .is_some();
+        dirs.push((id, complete));
     }
-    ids.sort();
-    Ok(ids)
+    dirs.sort();
+    Ok(dirs)
 }
 
 /// Ids of the aborted backups of `server`: directories named like an id but without
 /// a manifest (what `expire`/`cron` remove once they are old enough), oldest first.
 pub fn list_aborted(storage: &dyn Storage, server: &str) -> Result<Vec<BackupId>> {
-    let complete = list_ids(storage, server)?;
-    let mut out = Vec::new();
-    for e in storage.list(&layout::backups_dir(server))? {
-        if let (true, Ok(id)) = (e.is_dir, BackupId::parse(&e.name)) {
-            if !complete.contains(&id) {
-                out.push(id);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
+    Ok(list_dirs(storage, server)?
+        .into_iter()
+        .filter_map(|(id, complete)| (!complete).then_some(id))
+        .collect())
 }
 
 /// Read and validate the manifest of backup `id`.

@@ -69,14 +69,8 @@ impl ServerInfo {
                 )
             }
         }
-        if !crate::wal::is_valid_segment_size(self.wal_segment_size) {
-            return bad(
-                "wal_segment_size",
-                format!(
-                    "is {}, not a power of two from 1 MiB to 1 GiB",
-                    self.wal_segment_size
-                ),
-            );
+        if let Err(why) = crate::wal::check_segment_size(self.wal_segment_size) {
+            return bad("wal_segment_size", why);
         }
         if !(self.block_size.is_power_of_two() && (1024..=32768).contains(&self.block_size)) {
             return bad(

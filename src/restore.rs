@@ -14,6 +14,7 @@ use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::manifest::{self, FileEntry, Manifest, DATA_PREFIX, TABLESPACE_PREFIX};
 use crate::repo::Repository;
 use crate::storage::Storage;
+use crate::util::{shell_quote, sync_dir};
 use crate::wal;
 use chrono::{DateTime, FixedOffset, Utc};
 use std::collections::HashSet;
@@ -362,7 +363,7 @@ pub fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreOutcome>
     // and a crash must not bring the old one back: remove it durably first.
     let global = dest.join("global");
     if remove_if_exists(&global.join("pg_control"))? {
-        sync_dir(&global)?;
+        sync_dir(&global).io_context(|| format!("fsync {}", global.display()))?;
     }
     let mut removed = 0;
     if opts.delta {
@@ -637,7 +638,7 @@ fn check_no_postmaster(dir: &Path) -> Result<()> {
         .next()
         .and_then(|l| l.trim().parse::<u32>().ok());
     if let Some(pid) = pid {
-        if crate::lock::pid_alive(pid) {
+        if crate::util::process_alive(pid) {
             return Err(Error::new(
                 ErrorKind::Locked,
                 format!(
@@ -790,12 +791,6 @@ fn remove_if_exists(p: &Path) -> Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(Error::io(format!("removing {}", p.display()), e)),
     }
-}
-
-fn sync_dir(p: &Path) -> Result<()> {
-    File::open(p)
-        .and_then(|f| f.sync_all())
-        .io_context(|| format!("fsync {}", p.display()))
 }
 
 fn write_small(path: &Path, data: &[u8], owner: &Owner) -> Result<()> {
@@ -953,7 +948,7 @@ impl Pending {
         self.committed = true;
         if durable {
             if let Some(dir) = self.dest.parent() {
-                sync_dir(dir)?;
+                sync_dir(dir).io_context(|| format!("fsync {}", dir.display()))?;
             }
         }
         Ok(())
@@ -1033,18 +1028,6 @@ fn restore_to_temp(
     }
     owner.apply(tmp)?;
     Ok(pending)
-}
-
-/// Quote for a POSIX shell (restore_command runs through `sh -c`).
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:@,%".contains(&b))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
 }
 
 /// Quote a value for postgresql.conf.

@@ -209,6 +209,15 @@ pub fn is_valid_segment_size(size: u64) -> bool {
     size.is_power_of_two() && (MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&size)
 }
 
+/// [`is_valid_segment_size`], with the reason for a stored field's error message.
+pub fn check_segment_size(size: u64) -> std::result::Result<(), String> {
+    if is_valid_segment_size(size) {
+        Ok(())
+    } else {
+        Err(format!("is {size}, not a power of two from 1 MiB to 1 GiB"))
+    }
+}
+
 /// Size of `XLogLongPageHeaderData` as laid out on x86-64 and other 64-bit ABIs.
 pub const LONG_PAGE_HEADER_LEN: usize = 40;
 const XLP_LONG_HEADER: u16 = 0x0002;

@@ -1,14 +1,12 @@
 //! The local-filesystem driver (also used for NFS and other mounts).
 
-use super::{
-    check_path, AtomicFile, Committed, DirEntry, FileInfo, Overwrite, Storage, TEMP_PREFIX,
-};
+use super::{check_path, AtomicFile, Committed, DirEntry, FileInfo, Overwrite, Storage};
 use crate::error::{Error, IoContext, Result};
+use crate::util::{sync_dir, temp_name};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A repository in a directory of this host.
 #[derive(Debug, Clone)]
@@ -81,11 +79,6 @@ impl LocalStorage {
     }
 }
 
-/// fsync a directory so that entries created or renamed in it survive a crash.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// Flush every dirty page and inode of the filesystem holding `path` (one call
 /// instead of an fsync per file; Linux reports write-back errors since 5.8).
 pub fn syncfs(path: &Path) -> io::Result<()> {
@@ -105,30 +98,6 @@ pub fn syncfs(path: &Path) -> io::Result<()> {
         unsafe { libc::sync() };
     }
     Ok(())
-}
-
-/// A unique temporary file name for this process.
-pub fn temp_name() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{TEMP_PREFIX}{}-{}-{:08x}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        nanos
-    )
-}
-
-/// Test-only fault injection: `PGCELLAR_TEST_FAULT=crash-before-rename` kills the
-/// process after the temporary file is written and synced, before it gets its name.
-pub(crate) fn maybe_crash_before_rename() {
-    if std::env::var_os("PGCELLAR_TEST_FAULT").is_some_and(|v| v == "crash-before-rename") {
-        // abort() is as abrupt as a power cut for the repository's visible state.
-        std::process::abort();
-    }
 }
 
 impl Storage for LocalStorage {
@@ -339,7 +308,7 @@ impl AtomicFile for LocalAtomicFile {
                 .io_context(|| format!("fsync {}", self.tmp.display()))?;
         }
         drop(file);
-        maybe_crash_before_rename();
+        crate::fault::crash_before_rename();
         let dest = self.dir.join(final_name);
         let outcome = match overwrite {
             Overwrite::Replace => {

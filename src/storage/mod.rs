@@ -132,8 +132,7 @@ pub trait Storage: Send + Sync {
     }
 }
 
-/// Prefix of temporary files; readers ignore names that start with it.
-pub const TEMP_PREFIX: &str = ".tmp-";
+pub use crate::util::TEMP_PREFIX;
 
 /// Reject any path that is absolute, empty, or has `.`/`..`/empty components.
 pub fn check_path(path: &str) -> Result<()> {

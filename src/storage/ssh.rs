@@ -52,11 +52,10 @@
 //! have a POSIX shell (an `internal-sftp`-only account cannot take incremental
 //! backups or expire them; everything else works).
 
-use super::{
-    check_path, AtomicFile, Committed, DirEntry, FileInfo, Overwrite, Storage, TEMP_PREFIX,
-};
+use super::{check_path, AtomicFile, Committed, DirEntry, FileInfo, Overwrite, Storage};
 use crate::config::SshSettings;
 use crate::error::{Error, ErrorKind, Result};
+use crate::util::{shell_quote, temp_name};
 use crate::{log_debug, log_info, log_notice};
 use ssh2::{CheckResult, ErrorCode, FileStat, HashType, HostKeyType, OpenFlags, OpenType};
 use ssh2::{KnownHostFileKind, MethodType, RenameFlags, Session, Sftp};
@@ -304,11 +303,6 @@ fn home_dir() -> Option<PathBuf> {
         }
     }
     std::env::var_os("HOME").map(PathBuf::from)
-}
-
-/// Quote `s` for a POSIX shell: single quotes, with `'` written as `'\''`.
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// OpenSSH's fingerprint text: `SHA256:` and unpadded base64 of the key's SHA-256.
@@ -1039,16 +1033,6 @@ impl Conn {
     }
 }
 
-/// Test-only fault injection: `PGCELLAR_TEST_FAULT=pause-before-rename` makes a commit
-/// announce itself on stderr and wait a second after the temporary file is written
-/// and synced, before it gets its name, so a test can break the connection there.
-fn maybe_pause_before_rename() {
-    if std::env::var_os("PGCELLAR_TEST_FAULT").is_some_and(|v| v == "pause-before-rename") {
-        eprintln!("pgcellar test fault: pausing before rename");
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
 /// Whether an io::Error from streaming on `session` came from the connection (rather
 /// than an SFTP status such as "no space"): the session's last error tells.
 fn stream_error_kind(session: &Session, e: &io::Error) -> ErrorKind {
@@ -1205,8 +1189,8 @@ impl SshAtomicFile {
         file.close()
             .map_err(|e| ssh_error(&loc, format!("closing {}", self.tmp), e))?;
         drop(file);
-        maybe_pause_before_rename();
-        crate::storage::local::maybe_crash_before_rename();
+        crate::fault::pause_before_rename();
+        crate::fault::crash_before_rename();
         let dest = join_abs(&self.dir, final_name);
         let conn = self.lease.conn();
         let outcome = match overwrite {
@@ -1446,13 +1430,6 @@ impl Storage for SshStorage {
             Ok(())
         })
     }
-}
-
-/// A unique temporary file name (shared with the local driver's scheme).
-fn temp_name() -> String {
-    let name = super::local::temp_name();
-    debug_assert!(name.starts_with(TEMP_PREFIX));
-    name
 }
 
 /// The trait requires it; fail the build, not a user, if that ever changes.

@@ -1,0 +1,44 @@
+//! Test-only fault injection, compiled in only with the `fault-injection` cargo
+//! feature (which the integration tests turn on through a dev-dependency on this
+//! crate), so the shipped binaries neither read `PGCELLAR_TEST_FAULT` nor carry the
+//! hooks. Without the feature every hook is an empty function.
+
+/// Whether `PGCELLAR_TEST_FAULT` names `fault`.
+#[cfg(feature = "fault-injection")]
+fn armed(fault: &str) -> bool {
+    std::env::var_os("PGCELLAR_TEST_FAULT").is_some_and(|v| v == fault)
+}
+
+/// `PGCELLAR_TEST_FAULT=crash-before-rename` kills the process after a temporary file
+/// is written and synced, before it gets its name (local and SSH commits).
+#[inline(always)]
+pub(crate) fn crash_before_rename() {
+    #[cfg(feature = "fault-injection")]
+    if armed("crash-before-rename") {
+        // abort() is as abrupt as a power cut for the repository's visible state.
+        std::process::abort();
+    }
+}
+
+/// `PGCELLAR_TEST_FAULT=pause-before-rename` makes an SSH commit announce itself on
+/// stderr and wait a second after the temporary file is written and synced, before
+/// it gets its name, so a test can break the connection there.
+#[inline(always)]
+pub(crate) fn pause_before_rename() {
+    #[cfg(feature = "fault-injection")]
+    if armed("pause-before-rename") {
+        eprintln!("pgcellar test fault: pausing before rename");
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+/// `PGCELLAR_TEST_FAULT=lookahead-abort-after-commit` kills the process right after a
+/// look-ahead push is durable in the repository, before its record is written, while
+/// other workers may be mid-push.
+#[inline(always)]
+pub(crate) fn lookahead_abort_after_commit() {
+    #[cfg(feature = "fault-injection")]
+    if armed("lookahead-abort-after-commit") {
+        std::process::abort();
+    }
+}

@@ -748,38 +748,55 @@ pub struct CatalogSettings {
 }
 
 impl CatalogSettings {
-    /// Read and validate the catalog keys of `settings`' file; errors name key and file.
+    /// Resolve the catalog keys (flag > environment > file > default); errors name
+    /// where the bad value came from.
     pub fn from_settings(settings: &Settings) -> Result<CatalogSettings> {
-        let key = |k: &str| match &settings.config_file {
-            Some(p) => format!("{k} (from {})", p.display()),
-            None => k.to_string(),
-        };
         let f = &settings.file;
+        let a = &settings.catalog_flags;
         let retention = match &f.retention {
-            Some(text) => Some(Policy::parse(text).map_err(|e| e.context(key("retention")))?),
+            Some(text) => Some(
+                Policy::parse(text).map_err(|e| e.context(settings.origin("retention", false)))?,
+            ),
             None => None,
         };
-        let last_backup_maximum_age = match &f.last_backup_maximum_age {
-            Some(text) => {
-                Some(parse_age(text).map_err(|e| e.context(key("last_backup_maximum_age")))?)
-            }
+        let age_flag = a.last_backup_maximum_age.is_some();
+        let last_backup_maximum_age = match a
+            .last_backup_maximum_age
+            .as_ref()
+            .or(f.last_backup_maximum_age.as_ref())
+        {
+            Some(text) => Some(
+                parse_age(text)
+                    .map_err(|e| e.context(settings.origin("last_backup_maximum_age", age_flag)))?,
+            ),
             None => None,
         };
-        let secs = |v: Option<u64>, default: u64, k: &str| -> Result<Duration> {
-            match v.unwrap_or(default) {
-                0 => Err(Error::config(format!(
-                    "{}: must be at least 1 second",
-                    key(k)
-                ))),
-                s => Ok(Duration::from_secs(s)),
-            }
-        };
+        let secs =
+            |flag: Option<u64>, file: Option<u64>, default: u64, k: &str| -> Result<Duration> {
+                match flag.or(file).unwrap_or(default) {
+                    0 => Err(Error::config(format!(
+                        "{}: must be at least 1 second",
+                        settings.origin(k, flag.is_some())
+                    ))),
+                    s => Ok(Duration::from_secs(s)),
+                }
+            };
         Ok(CatalogSettings {
             retention,
-            minimum_redundancy: f.minimum_redundancy.unwrap_or(0),
+            minimum_redundancy: a.minimum_redundancy.or(f.minimum_redundancy).unwrap_or(0),
             last_backup_maximum_age,
-            archive_wait_timeout: secs(f.archive_wait_timeout, 60, "archive_wait_timeout")?,
-            aborted_backup_max_age: secs(f.aborted_backup_max_age, 3600, "aborted_backup_max_age")?,
+            archive_wait_timeout: secs(
+                a.archive_wait_timeout,
+                f.archive_wait_timeout,
+                60,
+                "archive_wait_timeout",
+            )?,
+            aborted_backup_max_age: secs(
+                a.aborted_backup_max_age,
+                f.aborted_backup_max_age,
+                3600,
+                "aborted_backup_max_age",
+            )?,
         })
     }
 }

@@ -82,6 +82,60 @@ pub struct CommonArgs {
     #[arg(long, env = "PGCELLAR_ALLOW_ROOT", global = true,
           value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_root: bool,
+    /// Seconds without a refresh after which a repository lock is stale (default 600)
+    #[arg(
+        long,
+        env = "PGCELLAR_LOCK_STALE_AFTER",
+        value_name = "SECS",
+        global = true,
+        help_heading = "Catalog and lock options"
+    )]
+    pub lock_stale_after: Option<u64>,
+    /// Seconds base-backup waits for its WAL to reach the repository (default 600)
+    #[arg(
+        long,
+        env = "PGCELLAR_BACKUP_WAL_TIMEOUT",
+        value_name = "SECS",
+        global = true,
+        help_heading = "Catalog and lock options"
+    )]
+    pub backup_wal_timeout: Option<u64>,
+    /// Fewest backups expire and delete may leave (default 0)
+    #[arg(
+        long,
+        env = "PGCELLAR_MINIMUM_REDUNDANCY",
+        value_name = "N",
+        global = true,
+        help_heading = "Catalog and lock options"
+    )]
+    pub minimum_redundancy: Option<u32>,
+    /// check is CRITICAL when the newest backup is older than this ('n HOURS|DAYS|WEEKS')
+    #[arg(
+        long,
+        env = "PGCELLAR_LAST_BACKUP_MAXIMUM_AGE",
+        value_name = "AGE",
+        global = true,
+        help_heading = "Catalog and lock options"
+    )]
+    pub last_backup_maximum_age: Option<String>,
+    /// Seconds check and switch-wal --wait wait for a switched segment (default 60)
+    #[arg(
+        long,
+        env = "PGCELLAR_ARCHIVE_WAIT_TIMEOUT",
+        value_name = "SECS",
+        global = true,
+        help_heading = "Catalog and lock options"
+    )]
+    pub archive_wait_timeout: Option<u64>,
+    /// Seconds after which a backup directory without a manifest is aborted (default 3600)
+    #[arg(
+        long,
+        env = "PGCELLAR_ABORTED_BACKUP_MAX_AGE",
+        value_name = "SECS",
+        global = true,
+        help_heading = "Catalog and lock options"
+    )]
+    pub aborted_backup_max_age: Option<u64>,
 }
 
 /// Compression options of the binaries that write stored files.
@@ -191,6 +245,22 @@ pub struct Settings {
     pub backup_wal_timeout: Duration,
     /// Whether a local repository may be written while running as root.
     pub allow_root: bool,
+    /// Catalog keys given by flag or environment (they override the file's; the
+    /// catalog resolves them with the file in `CatalogSettings`).
+    pub catalog_flags: CatalogFlags,
+}
+
+/// The catalog settings a flag or the environment gave, before the file's.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogFlags {
+    /// `--minimum-redundancy`.
+    pub minimum_redundancy: Option<u32>,
+    /// `--last-backup-maximum-age`.
+    pub last_backup_maximum_age: Option<String>,
+    /// `--archive-wait-timeout`.
+    pub archive_wait_timeout: Option<u64>,
+    /// `--aborted-backup-max-age`.
+    pub aborted_backup_max_age: Option<u64>,
 }
 
 /// SSH connection settings.
@@ -303,8 +373,24 @@ impl Settings {
                 Some(n) => n,
                 None => default_jobs(),
             },
-            lock_stale_after: timeout(None, file.lock_stale_after, 600, "lock_stale_after")?,
-            backup_wal_timeout: timeout(None, file.backup_wal_timeout, 600, "backup_wal_timeout")?,
+            lock_stale_after: timeout(
+                args.lock_stale_after,
+                file.lock_stale_after,
+                600,
+                "lock_stale_after",
+            )?,
+            backup_wal_timeout: timeout(
+                args.backup_wal_timeout,
+                file.backup_wal_timeout,
+                600,
+                "backup_wal_timeout",
+            )?,
+            catalog_flags: CatalogFlags {
+                minimum_redundancy: args.minimum_redundancy,
+                last_backup_maximum_age: args.last_backup_maximum_age.clone(),
+                archive_wait_timeout: args.archive_wait_timeout,
+                aborted_backup_max_age: args.aborted_backup_max_age,
+            },
             allow_root: args.allow_root || file.allow_root.unwrap_or(false),
             file,
         })
@@ -565,6 +651,62 @@ mod tests {
         };
         let msg = Settings::resolve(&args, None).unwrap_err().to_string();
         assert!(msg.starts_with("server (from "), "{msg}");
+    }
+
+    #[test]
+    fn every_catalog_and_lock_key_has_a_flag_over_the_file() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            c: CommonArgs,
+        }
+        let t = T::try_parse_from([
+            "t",
+            "--lock-stale-after",
+            "30",
+            "--backup-wal-timeout",
+            "40",
+            "--minimum-redundancy",
+            "2",
+            "--last-backup-maximum-age",
+            "3 DAYS",
+            "--archive-wait-timeout",
+            "5",
+            "--aborted-backup-max-age",
+            "7",
+        ])
+        .unwrap();
+        let f = write_cfg(
+            "lock_stale_after = 1000\nbackup_wal_timeout = 1000\nminimum_redundancy = 9\n\
+             last_backup_maximum_age = '9 WEEKS'\narchive_wait_timeout = 99\n\
+             aborted_backup_max_age = 99\n",
+        );
+        let mut c = t.c;
+        c.config = Some(f.path().into());
+        let s = Settings::resolve(&c, None).unwrap();
+        assert_eq!(s.lock_stale_after, Duration::from_secs(30));
+        assert_eq!(s.backup_wal_timeout, Duration::from_secs(40));
+        let cat = crate::catalog::CatalogSettings::from_settings(&s).unwrap();
+        assert_eq!(cat.minimum_redundancy, 2);
+        assert_eq!(cat.last_backup_maximum_age, Some(chrono::Duration::days(3)));
+        assert_eq!(cat.archive_wait_timeout, Duration::from_secs(5));
+        assert_eq!(cat.aborted_backup_max_age, Duration::from_secs(7));
+        // Without the flags the file's values apply; a bad flag value names the flag.
+        let file_only = CommonArgs {
+            config: Some(f.path().into()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&file_only, None).unwrap();
+        assert_eq!(s.lock_stale_after, Duration::from_secs(1000));
+        let cat = crate::catalog::CatalogSettings::from_settings(&s).unwrap();
+        assert_eq!(cat.minimum_redundancy, 9);
+        c.archive_wait_timeout = Some(0);
+        let s = Settings::resolve(&c, None).unwrap();
+        let msg = crate::catalog::CatalogSettings::from_settings(&s)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("--archive-wait-timeout: "), "{msg}");
     }
 
     #[test]

@@ -15,7 +15,8 @@ struct Args {
     #[command(flatten)]
     compression: CompressionArgs,
     /// Parallel workers (default: `jobs` in the config file, else the number of cores)
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, env = "PGCELLAR_JOBS", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
     jobs: Option<u16>,
     /// Copy every file instead of linking unchanged ones to the previous backup
     #[arg(long)]

@@ -70,7 +70,7 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
         /// Policy instead of 'retention' from the config file, e.g. 'REDUNDANCY 3'
-        #[arg(long, value_name = "POLICY")]
+        #[arg(long, env = "PGCELLAR_RETENTION", value_name = "POLICY")]
         retention: Option<String>,
         /// Machine-readable output (docs/cli-json.md)
         #[arg(long)]

@@ -51,7 +51,8 @@ struct Args {
     #[arg(long, value_name = "OID_OR_NAME=DIR", value_parser = restore::parse_tablespace_mapping)]
     tablespace_map: Vec<(String, PathBuf)>,
     /// Parallel workers (default: `jobs` in the config file, else the number of cores)
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, env = "PGCELLAR_JOBS", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
     jobs: Option<u16>,
     /// off (default): the restored cluster gets an archive_command that archives
     /// nothing and fails, so it never archives into the source's repository;

@@ -92,13 +92,9 @@ fn rows(c: &Cluster) -> String {
 }
 
 fn recovery_reaches_every_target_and_follows_a_new_timeline(repo: &RepoDir) {
-    let Some(c) = Cluster::init(ClusterOpts {
-        archive_command: Some(repo.archive_command()),
-        ..Default::default()
-    }) else {
+    let Some(c) = repo.archiving_cluster() else {
         return;
     };
-    repo.init_for(&c);
     c.psql("CREATE TABLE t(i int)");
     c.psql("INSERT INTO t SELECT generate_series(1, 10)");
     let before_id1 = c.psql(
@@ -313,13 +309,9 @@ fn count_files(dir: &Path) -> usize {
 }
 
 fn tablespaces_links_delta_aborted_backups_and_the_lock(repo: &RepoDir) {
-    let Some(c) = Cluster::init(ClusterOpts {
-        archive_command: Some(repo.archive_command()),
-        ..Default::default()
-    }) else {
+    let Some(c) = repo.archiving_cluster() else {
         return;
     };
-    repo.init_for(&c);
     let tsroot = TestDir::new();
     let ts_loc = tsroot.join("ts1");
     fs::create_dir(&ts_loc).unwrap();
@@ -495,13 +487,9 @@ fn tablespaces_links_delta_aborted_backups_and_the_lock(repo: &RepoDir) {
 }
 
 fn backup_under_pgbench_load_restores_clean(repo: &RepoDir) {
-    let Some(c) = Cluster::init(ClusterOpts {
-        archive_command: Some(repo.archive_command()),
-        ..Default::default()
-    }) else {
+    let Some(c) = repo.archiving_cluster() else {
         return;
     };
-    repo.init_for(&c);
     c.pgbench(&["-i", "-s", "3", "-q"]);
     let id = std::thread::scope(|s| {
         let load = s.spawn(|| c.pgbench(&["-c", "4", "-T", "12", "-n"]));
@@ -583,13 +571,9 @@ fn stored_pg_control(repo: &RepoDir, id: &str) -> PathBuf {
 }
 
 fn damaged_pg_control_or_killed_restore_never_starts(repo: &RepoDir) {
-    let Some(c) = Cluster::init(ClusterOpts {
-        archive_command: Some(repo.archive_command()),
-        ..Default::default()
-    }) else {
+    let Some(c) = repo.archiving_cluster() else {
         return;
     };
-    repo.init_for(&c);
     // ~45 MB in one relation file: restore --jobs 1 writes it first, for a while.
     c.psql("CREATE TABLE t(i int, s text)");
     c.psql(
@@ -839,13 +823,9 @@ fn verify_all_ok(repo: &RepoDir) {
 }
 
 fn killed_and_racing_writers_leave_a_consistent_repository(repo: &RepoDir) {
-    let Some(c) = Cluster::init(ClusterOpts {
-        archive_command: Some(repo.archive_command()),
-        ..Default::default()
-    }) else {
+    let Some(c) = repo.archiving_cluster() else {
         return;
     };
-    repo.init_for(&c);
     c.pgbench(&["-i", "-s", "8", "-q"]);
     let first = base_backup(repo, &c, &[]);
 
@@ -1088,13 +1068,9 @@ fn base_backup_fails_fast_when_archive_command_keeps_failing() {
 #[test]
 fn a_long_running_holder_keeps_its_lock_and_a_dead_one_loses_it() {
     let repo = RepoDir::new();
-    let Some(c) = Cluster::init(ClusterOpts {
-        archive_command: Some(repo.archive_command()),
-        ..Default::default()
-    }) else {
+    let Some(c) = repo.archiving_cluster() else {
         return;
     };
-    repo.init_for(&c);
     let backups = repo.path.join("main/backups");
     let locks = repo.path.join("main/locks");
     fs::create_dir_all(&locks).unwrap();

@@ -104,13 +104,9 @@ fn backup_life_cycle_list_keep_expire_restore_verify_cron() {
         return;
     }
     let repo = RepoDir::new();
-    let Some(c) = Cluster::init(ClusterOpts {
-        archive_command: Some(repo.archive_command()),
-        ..Default::default()
-    }) else {
+    let Some(c) = repo.archiving_cluster() else {
         return;
     };
-    repo.init_for(&c);
     let cfgdir = TestDir::new();
     let cfg = config(
         &cfgdir,
@@ -441,13 +437,9 @@ fn check_and_switch_wal_healthy_and_with_a_broken_archive_command() {
         return;
     }
     let repo = RepoDir::new();
-    let Some(c) = Cluster::init(ClusterOpts {
-        archive_command: Some(repo.archive_command()),
-        ..Default::default()
-    }) else {
+    let Some(c) = repo.archiving_cluster() else {
         return;
     };
-    repo.init_for(&c);
     let cfgdir = TestDir::new();
     let cfg = config(
         &cfgdir,
@@ -756,13 +748,9 @@ fn verify_and_expire_follow_a_new_timeline() {
         return;
     }
     let repo = RepoDir::new();
-    let Some(c) = Cluster::init(ClusterOpts {
-        archive_command: Some(repo.archive_command()),
-        ..Default::default()
-    }) else {
+    let Some(c) = repo.archiving_cluster() else {
         return;
     };
-    repo.init_for(&c);
     c.psql("CREATE TABLE t(i int)");
     c.psql("INSERT INTO t SELECT generate_series(1, 10)");
     c.switch_and_wait_archived();
@@ -869,13 +857,9 @@ fn catalog_commands_over_ssh() {
     // Backups are taken into a local repository; the catalog then works on the same
     // directory through sshd, as it would from a monitoring host.
     let repo = RepoDir::new();
-    let Some(c) = Cluster::init(ClusterOpts {
-        archive_command: Some(repo.archive_command()),
-        ..Default::default()
-    }) else {
+    let Some(c) = repo.archiving_cluster() else {
         return;
     };
-    repo.init_for(&c);
     c.psql("CREATE TABLE t(i int)");
     c.switch_and_wait_archived();
     let b1 = base_backup(&repo, &c);

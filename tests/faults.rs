@@ -260,13 +260,9 @@ fn base_backup_on_a_full_filesystem_fails_cleanly_and_the_next_one_works(repo: &
         return;
     }
     let small = SmallFs::mount(&repo.path, "1m");
-    let Some(c) = Cluster::init(ClusterOpts {
-        archive_command: Some(repo.archive_command()),
-        ..Default::default()
-    }) else {
+    let Some(c) = repo.archiving_cluster() else {
         return;
     };
-    repo.init_for(&c);
     let backup = || {
         pg_command(bin("base-backup"))
             .args(repo.args())

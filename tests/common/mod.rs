@@ -563,6 +563,17 @@ impl RepoDir {
         format!("{} {} %f %p", bin("wal-get").display(), self.shell_args())
     }
 
+    /// A new cluster (1 MiB segments) archiving into this repository and registered
+    /// in it with `pgcellar init`; `None` (loudly) when PostgreSQL is missing locally.
+    pub fn archiving_cluster(&self) -> Option<Cluster> {
+        let c = Cluster::init(ClusterOpts {
+            archive_command: Some(self.archive_command()),
+            ..Default::default()
+        })?;
+        self.init_for(&c);
+        Some(c)
+    }
+
     /// Run `pgcellar init` for `cluster` (as the postgres user, like a DBA would).
     pub fn init_for(&self, cluster: &Cluster) {
         let mut c = pg_command(bin("pgcellar"));

@@ -308,7 +308,7 @@ impl AtomicFile for LocalAtomicFile {
                 .io_context(|| format!("fsync {}", self.tmp.display()))?;
         }
         drop(file);
-        crate::fault::crash_before_rename();
+        crate::util::fault::crash_before_rename();
         let dest = self.dir.join(final_name);
         let outcome = match overwrite {
             Overwrite::Replace => {

@@ -146,7 +146,7 @@ pub fn check_path(path: &str) -> Result<()> {
     if bad {
         return Err(Error::invalid(format!(
             "refusing repository path {:?}: it must be relative with no empty, '.' or '..' parts",
-            crate::wal::truncate_for_display(path)
+            crate::names::truncate_for_display(path)
         )));
     }
     Ok(())

@@ -1189,8 +1189,8 @@ impl SshAtomicFile {
         file.close()
             .map_err(|e| ssh_error(&loc, format!("closing {}", self.tmp), e))?;
         drop(file);
-        crate::fault::pause_before_rename();
-        crate::fault::crash_before_rename();
+        crate::util::fault::pause_before_rename();
+        crate::util::fault::crash_before_rename();
         let dest = join_abs(&self.dir, final_name);
         let conn = self.lease.conn();
         let outcome = match overwrite {

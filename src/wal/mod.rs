@@ -1,6 +1,7 @@
 //! WAL file names (PostgreSQL's grammar) and the long page header of a segment.
 
 use crate::error::{Error, Result};
+use crate::names::truncate_for_display;
 use std::fmt;
 
 /// What kind of file an archived WAL name denotes.
@@ -105,17 +106,6 @@ impl WalName {
 impl fmt::Display for WalName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name)
-    }
-}
-
-/// Shorten hostile input before echoing it in an error line.
-pub(crate) fn truncate_for_display(s: &str) -> String {
-    if s.chars().count() > 80 {
-        let mut t: String = s.chars().take(80).collect();
-        t.push('…');
-        t
-    } else {
-        s.to_string()
     }
 }
 

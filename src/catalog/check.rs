@@ -6,8 +6,7 @@
 
 use crate::archive::timeline::ArchiveIndex;
 use crate::catalog;
-use crate::config::CatalogSettings;
-use crate::config::Settings;
+use crate::config::{CatalogSettings, Settings};
 use crate::error::Result;
 use crate::pg;
 use crate::repo::manifest;

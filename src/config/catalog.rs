@@ -32,13 +32,13 @@ impl CatalogSettings {
     /// The same, with `expire`'s `--retention` (`PGCELLAR_RETENTION`) over the file's.
     pub fn resolve(settings: &Settings, retention: Option<&str>) -> Result<CatalogSettings> {
         let (f, a, layers) = (&settings.file, &settings.args, settings.layers());
+        // The file's policy is checked even under --retention: cron and the other
+        // commands use it, so a bad one is reported wherever it is read.
+        let file_retention =
+            layers.parsed("retention", None, f.retention.as_deref(), Policy::parse)?;
+        let flag_retention = layers.parsed("retention", retention, None, Policy::parse)?;
         Ok(CatalogSettings {
-            retention: layers.parsed(
-                "retention",
-                retention,
-                f.retention.as_deref(),
-                Policy::parse,
-            )?,
+            retention: flag_retention.or(file_retention),
             minimum_redundancy: a.minimum_redundancy.or(f.minimum_redundancy).unwrap_or(0),
             last_backup_maximum_age: layers.parsed(
                 "last_backup_maximum_age",

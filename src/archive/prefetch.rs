@@ -33,6 +33,7 @@
 //! segment already on its way instead of fetching it twice; waiting stops when the
 //! file arrives, the plan drops it, the filler exits, or the storage timeouts pass.
 //! If recovery ends or the cluster is promoted meanwhile, the filler finishes at
+//! most its few downloads into the spool, which can be deleted at any time.
 
 use crate::archive::spool::{valid_segment_size, Plan, Spool};
 use crate::archive::{self, StoredWal};

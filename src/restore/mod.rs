@@ -878,7 +878,7 @@ fn restore_files(
 ) -> Result<(u64, u64)> {
     files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
     let total: u64 = files.iter().map(|f| f.size).sum();
-    let progress = crate::backup::progress_bar(total, opts.progress && files.len() > 1);
+    let progress = crate::util::progress::progress_bar(total, opts.progress && files.len() > 1);
     let written = AtomicUsize::new(0);
     let kept = AtomicUsize::new(0);
     let restored = crate::util::workers::try_for_each(jobs, &files, |_, entry| {

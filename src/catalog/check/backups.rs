@@ -4,7 +4,8 @@
 use super::render::describe_age;
 use super::report::{CheckReport, Status};
 use crate::archive::timeline::ArchiveIndex;
-use crate::catalog::{self, CatalogSettings};
+use crate::catalog::backups::unfinished_backups;
+use crate::catalog::CatalogSettings;
 use crate::repo::manifest;
 use crate::repo::{Repository, ServerInfo};
 use chrono::Utc;
@@ -135,7 +136,7 @@ pub(super) fn check_unfinished(
     s: &ServerInfo,
     stale_after: std::time::Duration,
 ) {
-    match catalog::unfinished_backups(repo.storage(), &s.name, stale_after) {
+    match unfinished_backups(repo.storage(), &s.name, stale_after) {
         Ok(list) => {
             let aborted: Vec<String> = list
                 .iter()

@@ -3,7 +3,8 @@
 
 use super::archive_command::archive_command_check;
 use super::report::{CheckReport, Status};
-use crate::catalog::{self, CatalogSettings};
+use crate::catalog::switch::{switch, wait_archived};
+use crate::catalog::CatalogSettings;
 use crate::pg;
 use crate::repo::{Repository, ServerInfo};
 use chrono::{DateTime, Utc};
@@ -101,9 +102,9 @@ pub(super) fn check_cluster(
             let result = client
                 .batch_execute("SELECT txid_current()")
                 .map_err(|e| pg::query_error("writing a transaction before the switch", e))
-                .and_then(|()| catalog::switch(client, false))
+                .and_then(|()| switch(client, false))
                 .and_then(|seg| {
-                    catalog::wait_archived(
+                    wait_archived(
                         repo.storage(),
                         &s.name,
                         &seg,

@@ -1,7 +1,7 @@
 //! The report as text: an aligned table, or the one Nagios plugin line with perfdata.
 
 use super::report::{CheckReport, Status};
-use crate::catalog;
+use crate::catalog::render::table;
 
 pub(super) fn describe_age(secs: i64) -> String {
     if secs < 120 {
@@ -61,7 +61,7 @@ pub fn render(r: &CheckReport) -> String {
         .iter()
         .map(|c| vec![c.name.to_string(), c.status.to_string(), c.message.clone()])
         .collect();
-    let mut out = catalog::table(&["CHECK", "STATUS", "DETAIL"], &rows);
+    let mut out = table(&["CHECK", "STATUS", "DETAIL"], &rows);
     out.push_str(&format!("server {}: {}\n", r.server, r.status));
     out
 }

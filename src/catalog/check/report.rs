@@ -123,8 +123,8 @@ pub fn failed_report(server: Option<&str>, error: &str) -> CheckReport {
 }
 #[cfg(test)]
 mod tests {
+    use super::super::render::render_nagios;
     use super::*;
-    use crate::catalog::check::render::render_nagios;
 
     fn report(statuses: &[Status]) -> CheckReport {
         let mut r = CheckReport {

@@ -30,7 +30,7 @@
 //! Delete the status directory whenever the repository is re-created.
 
 use crate::archive::localdir;
-use crate::archive::{self, PushOutcome, WalSource};
+use crate::archive::push::{push_overlapped, push_source, PushOutcome, WalSource};
 use crate::codec::{self, Codec};
 use crate::config::{LookaheadSettings, Settings};
 use crate::error::{IoContext, Result};
@@ -284,7 +284,7 @@ impl Lookahead {
         // Stat before reading: if the file changed later, the record cannot match.
         let st = stamp(&path)?;
         let mut src = WalSource::open(&path, server)?;
-        let outcome = archive::push_source(storage, server, &mut src, codec)?;
+        let outcome = push_source(storage, server, &mut src, codec)?;
         crate::util::fault::lookahead_abort_after_commit();
         let sha256 = match &outcome {
             PushOutcome::Stored { sha256, .. } | PushOutcome::AlreadyArchived { sha256 } => {
@@ -406,7 +406,7 @@ pub fn push_file(
         }
     }
     // The repository opens (an SSH handshake) while the file is already compressed.
-    let pushed = archive::push_overlapped(wal_path, settings.codec, || {
+    let pushed = push_overlapped(wal_path, settings.codec, || {
         Repository::open_server(settings)
     });
     let (Some(la), Some(name)) = (la, name) else {

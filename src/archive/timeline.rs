@@ -7,7 +7,7 @@
 //! `XLogFileReadAnyTLI`), including the segment where that timeline begins.
 //! [`needed_segments`] encodes that rule; the index answers presence.
 
-use crate::archive::{self, StoredWal};
+use crate::archive::stored::{parse_stored_name, StoredWal};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::repo::layout;
@@ -58,7 +58,7 @@ impl ArchiveIndex {
     fn add(&mut self, dir: &str, file: &str, stored_size: u64) {
         // Files that do not parse are not ours (or damaged names): ignore them here;
         // nothing in pgcellar writes such names.
-        let Some((name, sha256, compression)) = archive::parse_stored_name(file) else {
+        let Some((name, sha256, compression)) = parse_stored_name(file) else {
             return;
         };
         let stored = StoredWal {
@@ -426,7 +426,7 @@ mod tests {
         s.create_dir_all(&dir).unwrap();
         let mut out = Vec::new();
         let stats = codec::encode(&[], &mut &content[..], &mut out, Codec::default()).unwrap();
-        let file = archive::stored_name(&n, &stats.sha256, Compression::Zstd);
+        let file = crate::archive::stored_name(&n, &stats.sha256, Compression::Zstd);
         s.write_all(&storage::join(&dir, &file), &out, Overwrite::Never)
             .unwrap();
     }

@@ -7,8 +7,9 @@
 
 use crate::archive::timeline::{self, ArchiveIndex};
 use crate::archive::StoredWal;
+use crate::catalog::backups::is_kept;
 use crate::catalog::retention::{self, BackupSummary, KeepReason, Plan, Policy};
-use crate::catalog::{is_kept, server_names};
+use crate::catalog::servers::server_names;
 use crate::config::{CatalogSettings, Settings};
 use crate::error::{Error, ErrorKind, Result};
 use crate::repo::lock::Lock;

@@ -3,6 +3,7 @@
 
 pub(crate) mod fault;
 pub mod log;
+pub mod progress;
 pub mod retry;
 pub mod workers;
 

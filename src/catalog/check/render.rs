@@ -1,0 +1,67 @@
+//! The report as text: an aligned table, or the one Nagios plugin line with perfdata.
+
+use super::report::{CheckReport, Status};
+use crate::catalog::render::table;
+
+pub(super) fn describe_age(secs: i64) -> String {
+    if secs < 120 {
+        format!("{secs}s")
+    } else if secs < 7200 {
+        format!("{}m", secs / 60)
+    } else if secs < 172_800 {
+        format!("{}h", secs / 3600)
+    } else {
+        format!("{}d", secs / 86400)
+    }
+}
+
+/// The one-line Nagios plugin output.
+pub fn render_nagios(r: &CheckReport) -> String {
+    let bad: Vec<String> = r
+        .checks
+        .iter()
+        .filter(|c| c.status != Status::Ok)
+        .map(|c| format!("{}: {}", c.name, c.message.replace(['|', '\n'], " ")))
+        .collect();
+    let summary = if bad.is_empty() {
+        let mut s = format!("server {}: {} checks ok", r.server, r.checks.len());
+        if let Some(age) = r.metrics.newest_backup_age_seconds {
+            s.push_str(&format!(", newest backup {} old", describe_age(age)));
+        }
+        s
+    } else {
+        format!("server {}: {}", r.server, bad.join("; "))
+    };
+    let mut perf = vec![
+        format!("checks={}", r.checks.len()),
+        format!(
+            "failed_checks={}",
+            r.checks.iter().filter(|c| c.status != Status::Ok).count()
+        ),
+    ];
+    if let Some(b) = r.metrics.backups {
+        perf.push(format!("backups={b}"));
+    }
+    if let Some(a) = r.metrics.newest_backup_age_seconds {
+        perf.push(format!("newest_backup_age={a}s"));
+    }
+    if let Some(w) = r.metrics.wal_files {
+        perf.push(format!("wal_files={w}"));
+    }
+    if let Some(f) = r.metrics.archiver_failed_count {
+        perf.push(format!("archiver_failed={f}c"));
+    }
+    format!("PGCELLAR {} - {} | {}", r.status, summary, perf.join(" "))
+}
+
+/// The report as an aligned table with a summary line.
+pub fn render(r: &CheckReport) -> String {
+    let rows: Vec<Vec<String>> = r
+        .checks
+        .iter()
+        .map(|c| vec![c.name.to_string(), c.status.to_string(), c.message.clone()])
+        .collect();
+    let mut out = table(&["CHECK", "STATUS", "DETAIL"], &rows);
+    out.push_str(&format!("server {}: {}\n", r.server, r.status));
+    out
+}

@@ -179,9 +179,9 @@ impl<'a> Lock<'a> {
         let mut lock = Self::acquire(repo.storage(), server, command, settings.lock_stale_after)?;
         let interval = heartbeat_interval(settings.lock_stale_after);
         let url = repo.url().clone();
-        let settings = settings.clone();
+        let options = settings.storage_options();
         lock.start_heartbeat(
-            Box::new(move || storage::open_with(&url, &settings)),
+            Box::new(move || storage::open_with(&url, &options)),
             interval,
         );
         Ok(lock)
@@ -793,6 +793,9 @@ mod tests {
         }
         fn remove_dir_all(&self, path: &str) -> Result<()> {
             self.remove_file(path)
+        }
+        fn capabilities(&self) -> crate::storage::Capabilities {
+            self.0.capabilities()
         }
         fn hard_link_all(&self, links: &[(String, String)]) -> Result<()> {
             self.0.hard_link_all(links)

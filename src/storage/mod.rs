@@ -5,17 +5,24 @@
 //! repository. Writes are atomic and durable by default: a temporary name in the
 //! target directory, fsync, then rename (or link, when the final name must not be
 //! replaced), then an fsync of the directory.
+//!
+//! A driver says what it can do in [`Capabilities`]; the provided methods of the
+//! trait (e.g. [`Storage::link_or_copy_all`]) fall back on what every driver has when
+//! a capability is missing, so commands never fail halfway on a weaker store.
+//! Cross-cutting behaviour wraps any driver as a [`layer`] (e.g. [`layer::DryRun`]).
+//! Drivers take their own options ([`StorageOptions`]), never the program's settings.
 
 use crate::error::{Error, Result};
 use std::io::{Read, Write};
 use std::time::SystemTime;
 
+pub mod layer;
 pub mod local;
 pub mod ssh;
 pub mod url;
 
 pub use local::LocalStorage;
-pub use ssh::SshStorage;
+pub use ssh::{SshOptions, SshStorage};
 pub use url::RepoUrl;
 
 /// What to do when the final name of a committed file already exists.
@@ -56,6 +63,21 @@ pub struct FileInfo {
     pub is_dir: bool,
     /// Modification time.
     pub mtime: SystemTime,
+}
+
+/// What a driver can do beyond the operations every driver has.
+///
+/// Only what the common layer branches on is here; each flag must be true of the
+/// driver on every repository it opens, so a driver in doubt says `false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// [`Storage::hard_link_all`] works: a second name for the same stored bytes,
+    /// costing no space. Without it, [`Storage::link_or_copy_all`] copies.
+    pub hard_links: bool,
+    /// Committing with [`Overwrite::Never`] is atomic: of racing writers of one name
+    /// exactly one wins and the others change nothing (guarantee 2, never overwrite
+    /// history, rests on it).
+    pub atomic_no_replace: bool,
 }
 
 /// A file being written under a temporary name until [`AtomicFile::commit`].
@@ -110,8 +132,45 @@ pub trait Storage: Send + Sync {
     /// Remove a directory tree; a missing one is not an error.
     fn remove_dir_all(&self, path: &str) -> Result<()>;
 
+    /// What this driver can do (see [`Capabilities`]).
+    fn capabilities(&self) -> Capabilities;
+
     /// Create hard links `(existing, new)` in one batch, then make them durable.
+    /// Only for drivers with [`Capabilities::hard_links`]; callers use
+    /// [`Storage::link_or_copy_all`].
     fn hard_link_all(&self, links: &[(String, String)]) -> Result<()>;
+
+    /// Give the stored bytes of each `existing` path the name `new` too, durably: hard
+    /// links where the driver has them, else a copy (more space, same content). An
+    /// existing `new` is kept, like an existing link. The one place that choice is
+    /// made.
+    fn link_or_copy_all(&self, links: &[(String, String)]) -> Result<()> {
+        if self.capabilities().hard_links {
+            return self.hard_link_all(links);
+        }
+        if links.is_empty() {
+            return Ok(());
+        }
+        crate::log_info!(
+            "{} has no hard links: copying {} unchanged file(s) instead",
+            self.location(),
+            links.len()
+        );
+        for (existing, new) in links {
+            let (dir, name) = split_path(new)?;
+            let mut from = self.open_read(existing)?;
+            // Synced all at once below, as a batch of links is.
+            let mut to = self.create_deferred(dir)?;
+            std::io::copy(&mut from, &mut to).map_err(|e| {
+                Error::io(
+                    format!("copying {existing} to {new} in {}", self.location()),
+                    e,
+                )
+            })?;
+            to.commit(name, Overwrite::Never)?;
+        }
+        self.sync_deferred()
+    }
 
     /// Read a whole (small) file into memory.
     fn read_all(&self, path: &str) -> Result<Vec<u8>> {
@@ -152,6 +211,17 @@ pub fn check_path(path: &str) -> Result<()> {
     Ok(())
 }
 
+/// Reject a final name (of [`AtomicFile::commit`]) that is not one valid component.
+pub fn check_final_name(name: &str) -> Result<()> {
+    check_path(name)?;
+    if name.contains('/') {
+        return Err(Error::invalid(format!(
+            "final name {name:?} must not contain '/'"
+        )));
+    }
+    Ok(())
+}
+
 /// Split `a/b/c` into (`a/b`, `c`); a path must have a directory part.
 pub fn split_path(path: &str) -> Result<(&str, &str)> {
     check_path(path)?;
@@ -170,20 +240,33 @@ pub fn join(dir: &str, name: &str) -> String {
     }
 }
 
-/// Open the storage a repository URL points to, with the SSH settings it may need.
-pub fn open_with(url: &RepoUrl, settings: &crate::config::Settings) -> Result<Box<dyn Storage>> {
+/// What opening a repository's storage needs, whichever driver its URL names.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    /// Whether a local repository may be written while running as root (see
+    /// [`LocalStorage::refusing_root_writes`]).
+    pub allow_root: bool,
+    /// How to reach an `ssh://` repository.
+    pub ssh: SshOptions,
+}
+
+/// Open the storage a repository URL points to.
+pub fn open_with(url: &RepoUrl, options: &StorageOptions) -> Result<Box<dyn Storage>> {
     match url {
         RepoUrl::Local(path) => {
             let local = LocalStorage::new(path.clone());
-            Ok(Box::new(if settings.allow_root {
+            Ok(Box::new(if options.allow_root {
                 local
             } else {
                 local.refusing_root_writes()
             }))
         }
-        RepoUrl::Ssh { .. } => Ok(Box::new(SshStorage::open(url, &settings.ssh)?)),
+        RepoUrl::Ssh { .. } => Ok(Box::new(SshStorage::open(url, &options.ssh)?)),
     }
 }
+
+#[cfg(test)]
+mod capability_tests;
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,10 @@ pub enum ErrorKind {
     Corrupt,
     /// Configuration is missing or wrong.
     Config,
+    /// The server name has no registration in the repository (`pgcellar init` makes one).
+    NotRegistered,
+    /// A repository file uses a format this build does not read.
+    UnsupportedFormat,
     /// A lock is held by someone else.
     Locked,
     /// A network or remote failure that may go away if retried.

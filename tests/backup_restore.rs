@@ -13,8 +13,8 @@
 mod common;
 
 use common::*;
-use pgcellar::lock::{Lock, DEFAULT_STALE_AFTER};
-use pgcellar::manifest::Manifest;
+use pgcellar::repo::lock::{Lock, DEFAULT_STALE_AFTER};
+use pgcellar::repo::manifest::Manifest;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -1085,7 +1085,7 @@ fn a_long_running_holder_keeps_its_lock_and_a_dead_one_loses_it() {
         .unwrap();
     let write_lock = |pid: u32, refreshed: chrono::DateTime<chrono::Utc>| {
         let lock = serde_json::json!({
-            "host": pgcellar::lock::hostname(),
+            "host": pgcellar::repo::lock::hostname(),
             "pid": pid,
             "command": "base-backup",
             "started": two_days_ago,

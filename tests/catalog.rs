@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use pgcellar::lock::{Lock, DEFAULT_STALE_AFTER};
+use pgcellar::repo::lock::{Lock, DEFAULT_STALE_AFTER};
 use pgcellar::storage::LocalStorage;
 use serde_json::Value;
 use std::fs;

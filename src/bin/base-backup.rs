@@ -57,6 +57,6 @@ fn run(args: &Args) -> anyhow::Result<()> {
 fn main() {
     cli::install_panic_hook("base-backup", 1);
     let args: Args = cli::parse_or_exit(2);
-    pgcellar::log::init("base-backup", args.common.verbose, args.common.quiet);
+    pgcellar::util::log::init("base-backup", args.common.verbose, args.common.quiet);
     cli::exit_on_error(run(&args));
 }

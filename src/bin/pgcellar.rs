@@ -4,9 +4,10 @@
 //! --nagios` uses the Nagios codes 0-3).
 
 use clap::{Parser, Subcommand};
+use pgcellar::catalog::verify::Selection;
+use pgcellar::catalog::{self, check, expire, verify};
 use pgcellar::config::{CommonArgs, Settings};
-use pgcellar::verify::Selection;
-use pgcellar::{catalog, check, cli, expire, log_error, log_notice, verify};
+use pgcellar::{cli, log_error, log_notice};
 use serde::Serialize;
 
 /// Manage a pgcellar repository.
@@ -270,7 +271,7 @@ fn run(args: &Args) -> anyhow::Result<i32> {
 fn main() {
     cli::install_panic_hook("pgcellar", 1);
     let args: Args = cli::parse_or_exit(2);
-    pgcellar::log::init("pgcellar", args.common.verbose, args.common.quiet);
+    pgcellar::util::log::init("pgcellar", args.common.verbose, args.common.quiet);
     match run(&args) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

@@ -2,10 +2,11 @@
 //! above 125 any other failure (so PostgreSQL stops instead of ending recovery early).
 
 use clap::Parser;
+use pgcellar::archive::prefetch::{self, Fetched, PrefetchArgs, PrefetchSettings};
 use pgcellar::config::{CommonArgs, Settings};
-use pgcellar::prefetch::{self, Fetched, PrefetchArgs, PrefetchSettings};
+use pgcellar::util::retry;
 use pgcellar::wal::WalName;
-use pgcellar::{cli, log_error, log_info, retry};
+use pgcellar::{cli, log_error, log_info};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -81,7 +82,7 @@ fn main() {
     // A panic stops recovery (126), never reads as "not archived".
     cli::install_panic_hook("wal-get", FATAL);
     let args: Args = cli::parse_or_exit(FATAL);
-    pgcellar::log::init("wal-get", args.common.verbose, args.common.quiet);
+    pgcellar::util::log::init("wal-get", args.common.verbose, args.common.quiet);
     if args.standby {
         cli::set_panic_exit_code(1);
     }

@@ -1,10 +1,11 @@
 //! `archive_command`: archive one WAL file durably. Exit 0 only when it is safe.
 
 use clap::Parser;
+use pgcellar::archive::lookahead::{self, FileOutcome, LookaheadArgs, LookaheadSettings};
 use pgcellar::archive::PushOutcome;
 use pgcellar::config::{CommonArgs, CompressionArgs, Settings};
-use pgcellar::lookahead::{self, FileOutcome, LookaheadArgs, LookaheadSettings};
-use pgcellar::{cli, log_info, retry};
+use pgcellar::util::retry;
+use pgcellar::{cli, log_info};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -66,6 +67,6 @@ fn main() {
     cli::install_panic_hook("wal-push", 1);
     // Exit codes above 125 would make PostgreSQL's archiver exit; usage errors are 1.
     let args: Args = cli::parse_or_exit(1);
-    pgcellar::log::init("wal-push", args.common.verbose, args.common.quiet);
+    pgcellar::util::log::init("wal-push", args.common.verbose, args.common.quiet);
     cli::exit_on_error(run(&args));
 }

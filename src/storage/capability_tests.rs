@@ -2,6 +2,8 @@
 //! [`Storage::link_or_copy_all`]; the local driver still links.
 
 use super::*;
+use crate::error::Result;
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 

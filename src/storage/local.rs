@@ -1,9 +1,7 @@
 //! The local-filesystem driver (also used for NFS and other mounts).
 
-use super::{
-    check_final_name, check_path, AtomicFile, Capabilities, Committed, DirEntry, FileInfo,
-    Overwrite, Storage,
-};
+use super::api::{AtomicFile, Capabilities, Committed, DirEntry, FileInfo, Overwrite, Storage};
+use super::path::{check_final_name, check_path};
 use crate::error::{Error, IoContext, Result};
 use crate::util::{sync_dir, temp_name};
 use std::fs::{self, File, OpenOptions};
@@ -315,7 +313,7 @@ impl AtomicFile for LocalAtomicFile {
                 .io_context(|| format!("fsync {}", self.tmp.display()))?;
         }
         drop(file);
-        crate::fault::crash_before_rename();
+        crate::util::fault::crash_before_rename();
         let dest = self.dir.join(final_name);
         let outcome = match overwrite {
             Overwrite::Replace => {

@@ -11,234 +11,28 @@
 //! a capability is missing, so commands never fail halfway on a weaker store.
 //! Cross-cutting behaviour wraps any driver as a [`layer`] (e.g. [`layer::DryRun`]).
 //! Drivers take their own options ([`StorageOptions`]), never the program's settings.
+//!
+//! Files: `api` (the trait and its types), `path` (path checks), `local` and `ssh/`
+//! (the drivers), `layer/` (wrappers around any driver), `url` (repository URLs).
+//! Drivers and layers import `api` and `path`, never this facade, so no module here
+//! imports one that imports it back.
 
-use crate::error::{Error, Result};
-use std::io::{Read, Write};
-use std::time::SystemTime;
-
+mod api;
 pub mod layer;
 pub mod local;
+mod path;
 pub mod ssh;
 pub mod url;
 
+pub use api::{AtomicFile, Capabilities, Committed, DirEntry, FileInfo, Overwrite, Storage};
 pub use local::LocalStorage;
+pub use path::{check_final_name, check_path, join, split_path};
 pub use ssh::{SshOptions, SshStorage};
 pub use url::RepoUrl;
 
-/// What to do when the final name of a committed file already exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Overwrite {
-    /// Keep the existing file and report [`Committed::AlreadyExists`].
-    Never,
-    /// Atomically replace it (manifests, status files).
-    Replace,
-}
-
-/// Result of committing an [`AtomicFile`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Committed {
-    /// The file is now visible under its final name.
-    Created,
-    /// With [`Overwrite::Never`]: something already had that name; nothing changed.
-    AlreadyExists,
-}
-
-/// One entry of a directory listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirEntry {
-    /// File name (no directory part).
-    pub name: String,
-    /// Whether it is a directory.
-    pub is_dir: bool,
-    /// Size in bytes (0 for directories).
-    pub size: u64,
-}
-
-/// Metadata of one file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileInfo {
-    /// Size in bytes.
-    pub size: u64,
-    /// Whether it is a directory.
-    pub is_dir: bool,
-    /// Modification time.
-    pub mtime: SystemTime,
-}
-
-/// What a driver can do beyond the operations every driver has.
-///
-/// Only what the common layer branches on is here; each flag must be true of the
-/// driver on every repository it opens, so a driver in doubt says `false`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Capabilities {
-    /// [`Storage::hard_link_all`] works: a second name for the same stored bytes,
-    /// costing no space. Without it, [`Storage::link_or_copy_all`] copies.
-    pub hard_links: bool,
-    /// Committing with [`Overwrite::Never`] is atomic: of racing writers of one name
-    /// exactly one wins and the others change nothing (guarantee 2, never overwrite
-    /// history, rests on it).
-    pub atomic_no_replace: bool,
-}
-
-/// A file being written under a temporary name until [`AtomicFile::commit`].
-///
-/// Dropping it without committing removes the temporary file (best effort).
-pub trait AtomicFile: Write + Send {
-    /// Flush and fsync the data, give it `final_name` in the directory it was created
-    /// in, and fsync that directory.
-    fn commit(self: Box<Self>, final_name: &str, overwrite: Overwrite) -> Result<Committed>;
-}
-
-/// The operations pgcellar needs from a repository's storage.
-pub trait Storage: Send + Sync {
-    /// Human description of the location, for messages (no secrets).
-    fn location(&self) -> String;
-
-    /// List a directory; a missing directory is an empty list.
-    fn list(&self, dir: &str) -> Result<Vec<DirEntry>>;
-
-    /// Metadata of a path, or `None` when it does not exist.
-    fn stat(&self, path: &str) -> Result<Option<FileInfo>>;
-
-    /// Open a file for streaming reads; a missing file is [`crate::ErrorKind::NotFound`].
-    fn open_read(&self, path: &str) -> Result<Box<dyn Read + Send>>;
-
-    /// Start writing a new file in directory `dir` (which must exist).
-    fn create(&self, dir: &str) -> Result<Box<dyn AtomicFile>>;
-
-    /// Like [`Storage::create`], but committing may skip the fsyncs: the caller must
-    /// call [`Storage::sync_deferred`] before anything relies on the file (base-backup
-    /// does, before its manifest). By default the same as `create`.
-    fn create_deferred(&self, dir: &str) -> Result<Box<dyn AtomicFile>> {
-        self.create(dir)
-    }
-
-    /// Make every file committed through [`Storage::create_deferred`] durable, with its
-    /// directory entry. By default nothing to do (they were synced on commit).
-    fn sync_deferred(&self) -> Result<()> {
-        Ok(())
-    }
-
-    /// Create a directory and its parents (mode 0700), durably.
-    fn create_dir_all(&self, dir: &str) -> Result<()>;
-
-    /// Remove one file; a missing file is not an error.
-    fn remove_file(&self, path: &str) -> Result<()>;
-
-    /// Remove one file and make the removal durable (the directory entry is synced
-    /// where the backend can); a missing file is not an error.
-    fn remove_file_synced(&self, path: &str) -> Result<()>;
-
-    /// Remove a directory tree; a missing one is not an error.
-    fn remove_dir_all(&self, path: &str) -> Result<()>;
-
-    /// What this driver can do (see [`Capabilities`]).
-    fn capabilities(&self) -> Capabilities;
-
-    /// Create hard links `(existing, new)` in one batch, then make them durable.
-    /// Only for drivers with [`Capabilities::hard_links`]; callers use
-    /// [`Storage::link_or_copy_all`].
-    fn hard_link_all(&self, links: &[(String, String)]) -> Result<()>;
-
-    /// Give the stored bytes of each `existing` path the name `new` too, durably: hard
-    /// links where the driver has them, else a copy (more space, same content). An
-    /// existing `new` is kept, like an existing link. The one place that choice is
-    /// made.
-    fn link_or_copy_all(&self, links: &[(String, String)]) -> Result<()> {
-        if self.capabilities().hard_links {
-            return self.hard_link_all(links);
-        }
-        if links.is_empty() {
-            return Ok(());
-        }
-        crate::log_info!(
-            "{} has no hard links: copying {} unchanged file(s) instead",
-            self.location(),
-            links.len()
-        );
-        for (existing, new) in links {
-            let (dir, name) = split_path(new)?;
-            let mut from = self.open_read(existing)?;
-            // Synced all at once below, as a batch of links is.
-            let mut to = self.create_deferred(dir)?;
-            std::io::copy(&mut from, &mut to).map_err(|e| {
-                Error::io(
-                    format!("copying {existing} to {new} in {}", self.location()),
-                    e,
-                )
-            })?;
-            to.commit(name, Overwrite::Never)?;
-        }
-        self.sync_deferred()
-    }
-
-    /// Read a whole (small) file into memory.
-    fn read_all(&self, path: &str) -> Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        self.open_read(path)?
-            .read_to_end(&mut buf)
-            .map_err(|e| Error::io(format!("reading {} in {}", path, self.location()), e))?;
-        Ok(buf)
-    }
-
-    /// Write a small file atomically and durably under `path`.
-    fn write_all(&self, path: &str, data: &[u8], overwrite: Overwrite) -> Result<Committed> {
-        let (dir, name) = split_path(path)?;
-        let mut f = self.create(dir)?;
-        f.write_all(data)
-            .map_err(|e| Error::io(format!("writing {} in {}", path, self.location()), e))?;
-        f.commit(name, overwrite)
-    }
-}
+use crate::error::Result;
 
 pub use crate::util::TEMP_PREFIX;
-
-/// Reject any path that is absolute, empty, or has `.`/`..`/empty components.
-pub fn check_path(path: &str) -> Result<()> {
-    let bad = path.is_empty()
-        || path.starts_with('/')
-        || path.contains('\0')
-        || path.contains('\\')
-        || path
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..");
-    if bad {
-        return Err(Error::invalid(format!(
-            "refusing repository path {:?}: it must be relative with no empty, '.' or '..' parts",
-            crate::wal::truncate_for_display(path)
-        )));
-    }
-    Ok(())
-}
-
-/// Reject a final name (of [`AtomicFile::commit`]) that is not one valid component.
-pub fn check_final_name(name: &str) -> Result<()> {
-    check_path(name)?;
-    if name.contains('/') {
-        return Err(Error::invalid(format!(
-            "final name {name:?} must not contain '/'"
-        )));
-    }
-    Ok(())
-}
-
-/// Split `a/b/c` into (`a/b`, `c`); a path must have a directory part.
-pub fn split_path(path: &str) -> Result<(&str, &str)> {
-    check_path(path)?;
-    match path.rsplit_once('/') {
-        Some((d, n)) => Ok((d, n)),
-        None => Ok(("", path)),
-    }
-}
-
-/// Join repository path components (which must already be valid names).
-pub fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() {
-        name.to_string()
-    } else {
-        format!("{dir}/{name}")
-    }
-}
 
 /// What opening a repository's storage needs, whichever driver its URL names.
 #[derive(Debug, Clone)]
@@ -267,22 +61,3 @@ pub fn open_with(url: &RepoUrl, options: &StorageOptions) -> Result<Box<dyn Stor
 
 #[cfg(test)]
 mod capability_tests;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_cannot_escape() {
-        for p in [
-            "", "/abs", "a/../b", "..", "a//b", "a/./b", "a/", "a\\b", "x\0",
-        ] {
-            assert!(check_path(p).is_err(), "{p:?}");
-        }
-        for p in ["a", "a/b", "main/wal/0000000100000000/x-1.zst", ".tmp-x"] {
-            check_path(p).unwrap();
-        }
-        assert_eq!(split_path("a/b/c").unwrap(), ("a/b", "c"));
-        assert_eq!(split_path("c").unwrap(), ("", "c"));
-    }
-}

@@ -3,10 +3,10 @@
 
 use crate::error::{Error, Result};
 use crate::log_debug;
-use crate::storage::{
-    check_final_name, check_path, join, split_path, AtomicFile, Capabilities, Committed, DirEntry,
-    FileInfo, Overwrite, Storage,
+use crate::storage::api::{
+    AtomicFile, Capabilities, Committed, DirEntry, FileInfo, Overwrite, Storage,
 };
+use crate::storage::path::{check_final_name, check_path, join, split_path};
 use std::io::{self, Read, Write};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,9 +1,9 @@
 //! Public key authentication: the configured identity, else the agent, else the
 //! default `~/.ssh/id_*` keys, with a message that says what to fix.
 
-use super::connect::{home_dir, Target};
 use super::errors::{classify, ssh_error};
-use super::SshOptions;
+use super::options::{home_dir, SshOptions};
+use super::target::Target;
 use crate::error::{Error, ErrorKind, Result};
 use ssh2::Session;
 

@@ -3,8 +3,7 @@
 //! recursive mkdir.
 
 use super::errors::{classify, is_sftp_status, ssh_error, FX_NO_SUCH_FILE};
-use super::parent_of;
-use super::pool::{DIR_FSYNC_OK, DIR_FSYNC_UNSUPPORTED};
+use super::target::parent_of;
 use crate::error::{Error, ErrorKind, Result};
 use crate::log_info;
 use crate::util::shell_quote;
@@ -14,6 +13,13 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+
+/// Whether fsync of a directory handle works on the server: not tried yet.
+pub(super) const DIR_FSYNC_UNKNOWN: u8 = 0;
+/// It worked.
+pub(super) const DIR_FSYNC_OK: u8 = 1;
+/// The server refused it (see the module docs of the driver).
+pub(super) const DIR_FSYNC_UNSUPPORTED: u8 = 2;
 
 /// One authenticated session with its SFTP channel.
 pub(super) struct Conn {

@@ -6,12 +6,12 @@ use super::conn::Conn;
 use super::errors::{classify, ssh_error, transient};
 use super::ffi::install_quickack_recv;
 use super::host_key::verify_host_key;
-use super::SshOptions;
+use super::options::SshOptions;
+use super::target::Target;
 use crate::error::{Error, Result};
 use crate::log_debug;
 use ssh2::{MethodType, Session};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::path::PathBuf;
 use std::sync::atomic::AtomicU8;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,63 +25,8 @@ ecdsa-sha2-nistp521,rsa-sha2-512,rsa-sha2-256,ssh-rsa";
 pub(super) const CIPHER_PREFS: &str = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,\
 chacha20-poly1305@openssh.com,aes128-ctr,aes256-ctr";
 
-/// Where the repository is: login, host, port and the absolute root path.
-#[derive(Debug, Clone)]
-pub(super) struct Target {
-    pub(super) user: String,
-    pub(super) host: String,
-    pub(super) port: u16,
-    pub(super) root: String,
-}
-
-impl Target {
-    pub(super) fn url(&self) -> String {
-        crate::storage::RepoUrl::Ssh {
-            user: self.user.clone(),
-            host: self.host.clone(),
-            port: self.port,
-            path: self.root.clone(),
-        }
-        .to_string()
-    }
-
-    /// The host as known_hosts names it: `host` on port 22, else `[host]:port`.
-    pub(super) fn known_hosts_name(&self) -> String {
-        if self.port == 22 {
-            self.host.clone()
-        } else {
-            format!("[{}]:{}", self.host, self.port)
-        }
-    }
-}
-
 pub(super) fn millis(d: Duration) -> u32 {
     d.as_millis().clamp(1, u32::MAX as u128) as u32
-}
-
-/// The home directory of the effective user, as OpenSSH finds `~` (the password
-/// database, not `$HOME`, which `runuser` and cron may leave pointing elsewhere).
-pub(super) fn home_dir() -> Option<PathBuf> {
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: passwd is plain data; getpwuid_r writes only into `pwd` and `buf`
-    // (whose length we pass) and sets `result` to null or to `&pwd`.
-    unsafe {
-        let mut pwd: libc::passwd = std::mem::zeroed();
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = libc::getpwuid_r(
-            libc::geteuid(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        );
-        if rc == 0 && !result.is_null() && !pwd.pw_dir.is_null() {
-            let dir = std::ffi::CStr::from_ptr(pwd.pw_dir);
-            use std::os::unix::ffi::OsStrExt;
-            return Some(PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes())));
-        }
-    }
-    std::env::var_os("HOME").map(PathBuf::from)
 }
 
 /// Resolve `host`, bounded by `timeout`: getaddrinfo has no timeout of its own, and a

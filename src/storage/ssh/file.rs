@@ -4,10 +4,11 @@
 use super::errors::{
     is_sftp_status, ssh_error, stream_error, FX_FAILURE, FX_FILE_ALREADY_EXISTS, FX_OP_UNSUPPORTED,
 };
-use super::join_abs;
 use super::pool::Lease;
+use super::target::join_abs;
 use crate::error::{Error, ErrorKind, Result};
-use crate::storage::{check_final_name, AtomicFile, Committed, FileInfo, Overwrite};
+use crate::storage::api::{AtomicFile, Committed, FileInfo, Overwrite};
+use crate::storage::path::check_final_name;
 use ssh2::{FileStat, RenameFlags};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
@@ -144,8 +145,8 @@ impl SshAtomicFile {
         file.close()
             .map_err(|e| ssh_error(&loc, format!("closing {}", self.tmp), e))?;
         drop(file);
-        crate::fault::pause_before_rename();
-        crate::fault::crash_before_rename();
+        crate::util::fault::pause_before_rename();
+        crate::util::fault::crash_before_rename();
         let dest = join_abs(&self.dir, final_name);
         let conn = self.lease.conn();
         let outcome = match overwrite {

@@ -1,8 +1,8 @@
 //! Host key verification against OpenSSH's known_hosts, with opt-in accept-new.
 
-use super::connect::{home_dir, Target};
 use super::errors::ssh_error;
-use super::SshOptions;
+use super::options::{home_dir, SshOptions};
+use super::target::Target;
 use crate::error::{Error, Result};
 use crate::{log_debug, log_notice};
 use ssh2::{CheckResult, HashType, HostKeyType, KnownHostFileKind, Session};

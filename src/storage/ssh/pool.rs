@@ -3,8 +3,9 @@
 //! idempotent operations).
 
 use super::conn::Conn;
-use super::connect::{connect, Target};
-use super::{SshOptions, SshStorage};
+use super::connect::connect;
+use super::options::SshOptions;
+use super::target::Target;
 use crate::error::Result;
 use crate::log_debug;
 use std::net::Shutdown;
@@ -14,22 +15,19 @@ use std::sync::{Arc, Mutex};
 /// Idle sessions kept for reuse; more concurrent callers open more, then close them.
 pub(super) const MAX_IDLE: usize = 8;
 
-pub(super) struct Shared {
+/// The sessions of one repository, shared by every clone of its handles.
+pub(super) struct Pool {
     pub(super) target: Target,
-    pub(super) settings: SshOptions,
+    pub(super) options: SshOptions,
     pub(super) idle: Mutex<Vec<Conn>>,
-    /// [`DIR_FSYNC_UNKNOWN`], [`DIR_FSYNC_OK`] or [`DIR_FSYNC_UNSUPPORTED`].
+    /// [`DIR_FSYNC_UNKNOWN`](super::conn::DIR_FSYNC_UNKNOWN), `_OK` or `_UNSUPPORTED`.
     pub(super) dir_fsync: Arc<AtomicU8>,
 }
-
-pub(super) const DIR_FSYNC_UNKNOWN: u8 = 0;
-pub(super) const DIR_FSYNC_OK: u8 = 1;
-pub(super) const DIR_FSYNC_UNSUPPORTED: u8 = 2;
 
 /// A connection taken from the pool; goes back on drop unless poisoned.
 pub(super) struct Lease {
     pub(super) conn: Option<Conn>,
-    pub(super) shared: Arc<Shared>,
+    pub(super) pool: Arc<Pool>,
     pub(super) poisoned: bool,
     /// Whether the connection came from the idle pool (it may have gone stale).
     pub(super) reused: bool,
@@ -60,7 +58,7 @@ impl Drop for Lease {
                 drop(conn);
                 return;
             }
-            let mut idle = self.shared.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < MAX_IDLE {
                 idle.push(conn);
             }
@@ -68,24 +66,21 @@ impl Drop for Lease {
     }
 }
 
-impl SshStorage {
-    pub(super) fn lease(&self) -> Result<Lease> {
+impl Pool {
+    /// An idle connection, or a new one.
+    pub(super) fn lease(self: &Arc<Self>) -> Result<Lease> {
         let idle = {
-            let mut idle = self.shared.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             idle.pop()
         };
         let reused = idle.is_some();
         let conn = match idle {
             Some(c) => c,
-            None => connect(
-                &self.shared.target,
-                &self.shared.settings,
-                self.shared.dir_fsync.clone(),
-            )?,
+            None => connect(&self.target, &self.options, self.dir_fsync.clone())?,
         };
         Ok(Lease {
             conn: Some(conn),
-            shared: self.shared.clone(),
+            pool: self.clone(),
             poisoned: false,
             reused,
         })
@@ -96,7 +91,10 @@ impl SshStorage {
     /// Every `f` given here is idempotent, so when a connection that sat idle in the
     /// pool fails (the server may have dropped it meanwhile), `f` runs once more on a
     /// fresh connection before the failure is reported.
-    pub(super) fn with_conn<T>(&self, mut f: impl FnMut(&mut Conn) -> Result<T>) -> Result<T> {
+    pub(super) fn with_conn<T>(
+        self: &Arc<Self>,
+        mut f: impl FnMut(&mut Conn) -> Result<T>,
+    ) -> Result<T> {
         let mut lease = self.lease()?;
         let r = f(lease.conn());
         match r {

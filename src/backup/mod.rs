@@ -13,12 +13,12 @@ use crate::archive;
 use crate::codec::{self, Codec};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::lock::Lock;
-use crate::manifest::{
+use crate::pg;
+use crate::repo::lock::Lock;
+use crate::repo::manifest::{
     self, BackupId, BackupStatus, DirEntry, FileEntry, Manifest, Tablespace, DATA_PREFIX,
     MANIFEST_FORMAT, TABLESPACE_PREFIX,
 };
-use crate::pg;
 use crate::repo::{layout, to_json, Repository, ServerInfo};
 use crate::storage::{self, Overwrite, Storage};
 use crate::wal::{Segment, WalName};
@@ -684,7 +684,7 @@ fn store_files(
         progress: progress_bar(total, opts.progress),
     };
     let results: Mutex<Vec<FileEntry>> = Mutex::new(Vec::with_capacity(files.len()));
-    let stored = crate::workers::try_for_each(jobs, &files, |_, job| {
+    let stored = crate::util::workers::try_for_each(jobs, &files, |_, job| {
         if let Some(entry) = store_one(&ctx, job)? {
             if let Ok(mut r) = results.lock() {
                 r.push(entry);
@@ -1147,7 +1147,7 @@ mod tests {
     }
 
     fn parent_with(entry: FileEntry, start: DateTime<Utc>) -> Manifest {
-        use crate::manifest::Totals;
+        use crate::repo::manifest::Totals;
         let v = serde_json::json!({
             "format": 1, "id": "20261122T000000Z", "label": "", "status": "done",
             "parent": null, "server": "main", "pg_version_num": 150010,

@@ -1,5 +1,10 @@
 //! The WAL archive: push one file in, look one up, get one out.
 
+pub mod localdir;
+pub mod lookahead;
+pub mod prefetch;
+pub mod timeline;
+
 use crate::codec::{self, Codec, Compression};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::repo::{layout, Repository, ServerInfo};

@@ -11,7 +11,7 @@
 use crate::codec;
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::manifest::{self, FileEntry, Manifest, DATA_PREFIX, TABLESPACE_PREFIX};
+use crate::repo::manifest::{self, FileEntry, Manifest, DATA_PREFIX, TABLESPACE_PREFIX};
 use crate::repo::Repository;
 use crate::storage::Storage;
 use crate::util::{shell_quote, sync_dir};
@@ -59,7 +59,7 @@ impl Target {
             None => Err(Error::invalid(format!(
                 "--target-time {:?} is not a timestamp with a time zone \
                  (e.g. '2026-11-03 13:00:00+00' or 2026-11-03T13:00:00Z)",
-                crate::wal::truncate_for_display(s)
+                crate::names::truncate_for_display(s)
             ))),
         }
     }
@@ -881,7 +881,7 @@ fn restore_files(
     let progress = crate::backup::progress_bar(total, opts.progress && files.len() > 1);
     let written = AtomicUsize::new(0);
     let kept = AtomicUsize::new(0);
-    let restored = crate::workers::try_for_each(jobs, &files, |_, entry| {
+    let restored = crate::util::workers::try_for_each(jobs, &files, |_, entry| {
         let counter = if restore_one(storage, server, m, mapper, owner, entry, opts.delta)? {
             &written
         } else {

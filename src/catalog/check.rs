@@ -4,14 +4,14 @@
 //! the names are stable (scripts and `--json` consumers match on them). A check
 //! that cannot run because an earlier one failed is `unknown`, never `ok`.
 
+use crate::archive::timeline::ArchiveIndex;
 use crate::catalog::{self, CatalogSettings};
 use crate::config::Settings;
 use crate::error::Result;
-use crate::manifest;
 use crate::pg;
+use crate::repo::manifest;
 use crate::repo::{layout, Repository, ServerInfo};
 use crate::storage::Overwrite;
-use crate::timeline::ArchiveIndex;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::fmt;
@@ -528,7 +528,7 @@ fn check_catalog(r: &mut CheckReport, repo: &Repository, s: &ServerInfo, cat: &C
         );
         return;
     };
-    match crate::verify::backup_wal(storage, &index, oldest) {
+    match crate::catalog::verify::backup_wal(storage, &index, oldest) {
         Ok(c) if c.complete() => r.push(
             "wal_continuity",
             Status::Ok,

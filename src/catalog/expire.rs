@@ -1,21 +1,21 @@
 //! Removing things: `pgcellar delete`, `expire` and `cron`.
 //!
-//! Which backups and WAL go is decided by the pure rules of [`crate::retention`];
+//! Which backups and WAL go is decided by the pure rules of [`crate::catalog::retention`];
 //! this module gathers the catalog, takes the server's writer lock and removes. A
 //! backup is removed manifest first, so an interruption leaves an aborted backup,
 //! never a damaged complete one.
 
+use crate::archive::timeline::{self, ArchiveIndex};
 use crate::archive::StoredWal;
+use crate::catalog::retention::{self, BackupSummary, KeepReason, Plan, Policy};
 use crate::catalog::{is_kept, server_names, CatalogSettings};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
-use crate::lock::Lock;
-use crate::manifest::{self, BackupId};
+use crate::repo::lock::Lock;
+use crate::repo::manifest::{self, BackupId};
 use crate::repo::{layout, Repository, ServerInfo};
-use crate::retention::{self, BackupSummary, KeepReason, Plan, Policy};
 use crate::storage::layer::DryRun;
 use crate::storage::Storage;
-use crate::timeline::{self, ArchiveIndex};
 use crate::wal::Segment;
 use chrono::{DateTime, Utc};
 use serde::Serialize;

@@ -1,10 +1,12 @@
-//! The repository: its layout (one function per kind of path), the root file and the
-//! per-server registration. See `docs/repository-format.md`.
+//! The repository as a whole: opening it, its root file, and the registration of
+//! each server (`server.json`). See `docs/repository-format.md`.
 
+use super::json::{now_rfc3339, parse_json, read_small, to_json};
+use super::layout;
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
+use crate::names::check_server_name;
 use crate::storage::{self, Overwrite, RepoUrl, Storage};
-use crate::wal::WalName;
 use serde::{Deserialize, Serialize};
 
 /// The repository format this build reads and writes.
@@ -64,7 +66,7 @@ impl ServerInfo {
                     "system_identifier",
                     format!(
                         "is {:?}, not a non-zero decimal number",
-                        crate::wal::truncate_for_display(&self.system_identifier)
+                        crate::names::truncate_for_display(&self.system_identifier)
                     ),
                 )
             }
@@ -98,74 +100,6 @@ impl ServerInfo {
                 self.name, self.system_identifier
             ))
         })
-    }
-}
-
-/// Check a server name: 1-64 characters of `[A-Za-z0-9_.-]`, starting with a letter or digit.
-pub fn check_server_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "server name {:?} is not allowed: use 1-64 letters, digits, '_', '-' or '.', \
-             starting with a letter or digit",
-            crate::wal::truncate_for_display(name)
-        )))
-    }
-}
-
-/// Paths inside the repository. Every repository path is built here.
-pub mod layout {
-    use super::*;
-
-    /// `<server>/server.json`
-    pub fn server_file(server: &str) -> String {
-        format!("{server}/server.json")
-    }
-    /// `<server>/wal`
-    pub fn wal_root(server: &str) -> String {
-        format!("{server}/wal")
-    }
-    /// The directory holding `name`: `<server>/wal/<first 16 hex>` or `<server>/wal`.
-    pub fn wal_dir(server: &str, name: &WalName) -> String {
-        match name.archive_subdir() {
-            Some(sub) => format!("{server}/wal/{sub}"),
-            None => wal_root(server),
-        }
-    }
-    /// `<server>/backups`
-    pub fn backups_dir(server: &str) -> String {
-        format!("{server}/backups")
-    }
-    /// `<server>/locks`
-    pub fn locks_dir(server: &str) -> String {
-        format!("{server}/locks")
-    }
-    /// `<server>/backups/<id>` (the id must be validated by the caller).
-    pub fn backup_dir(server: &str, id: &str) -> String {
-        format!("{server}/backups/{id}")
-    }
-    /// `<server>/backups/<id>/backup.json`
-    pub fn backup_manifest(server: &str, id: &str) -> String {
-        format!("{server}/backups/{id}/{}", crate::manifest::MANIFEST_FILE)
-    }
-    /// `<server>/backups/<id>/keep`: present while the backup is pinned (`pgcellar keep`).
-    pub fn backup_keep_marker(server: &str, id: &str) -> String {
-        format!("{server}/backups/{id}/keep")
-    }
-    /// `<server>/locks/check-<token>.tmp`: the probe `pgcellar check` writes and removes.
-    pub fn check_probe(server: &str, token: &str) -> String {
-        format!("{server}/locks/check-{token}.tmp")
-    }
-    /// `<server>/locks/<name>.lock`
-    pub fn lock_file(server: &str, name: &str) -> String {
-        format!("{server}/locks/{name}.lock")
     }
 }
 
@@ -239,11 +173,14 @@ impl Repository {
         };
         let root: RootFile = parse_json(&bytes, &format!("{}/{ROOT_FILE}", self.url))?;
         if root.format != FORMAT {
-            return Err(Error::config(format!(
-                "{}/{ROOT_FILE}: the repository uses format {}, but this pgcellar reads only \
+            return Err(Error::new(
+                ErrorKind::UnsupportedFormat,
+                format!(
+                    "{}/{ROOT_FILE}: the repository uses format {}, but this pgcellar reads only \
                  format {FORMAT}; use a matching pgcellar version",
-                self.url, root.format
-            )));
+                    self.url, root.format
+                ),
+            ));
         }
         Ok(root)
     }
@@ -255,10 +192,13 @@ impl Repository {
         let bytes = match read_small(self.storage.as_ref(), &path) {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(Error::config(format!(
-                    "server {server:?} is not registered in {}; run 'pgcellar init' for it",
-                    self.url
-                )))
+                return Err(Error::new(
+                    ErrorKind::NotRegistered,
+                    format!(
+                        "server {server:?} is not registered in {}; run 'pgcellar init' for it",
+                        self.url
+                    ),
+                ))
             }
             Err(e) => return Err(e),
         };
@@ -313,7 +253,7 @@ impl Repository {
                 }
                 Ok(false)
             }
-            Err(e) if e.kind() == ErrorKind::Config => {
+            Err(e) if e.kind() == ErrorKind::NotRegistered => {
                 for dir in [
                     layout::wal_root(&info.name),
                     layout::backups_dir(&info.name),
@@ -332,74 +272,6 @@ impl Repository {
             Err(e) => Err(e),
         }
     }
-}
-
-/// Largest root or server file a reader accepts; real ones are a few hundred bytes.
-pub const MAX_SMALL_FILE: u64 = 64 * 1024;
-
-/// Read a small repository file, refusing (without reading it all) one far larger
-/// than any pgcellar writes: a damaged or foreign file.
-pub fn read_small(storage: &dyn Storage, path: &str) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let mut buf = Vec::new();
-    storage
-        .open_read(path)?
-        .take(MAX_SMALL_FILE + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| Error::io(format!("reading {path} in {}", storage.location()), e))?;
-    if buf.len() as u64 > MAX_SMALL_FILE {
-        return Err(Error::corrupt(format!(
-            "{}/{path} is larger than {MAX_SMALL_FILE} bytes, far more than pgcellar ever \
-             writes there; it is damaged or not pgcellar's",
-            storage.location()
-        )));
-    }
-    Ok(buf)
-}
-
-/// Parse a repository JSON file; `file` names it in the one-line error, which also
-/// names the offending field where serde reports one.
-pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], file: &str) -> Result<T> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(Error::corrupt(format!(
-            "{file} is empty (a truncated write?); it must hold a JSON object"
-        )));
-    }
-    let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| Error::corrupt(format!("{file} is not valid JSON: {e}")))?;
-    let serde_json::Value::Object(fields) = &value else {
-        return Err(Error::corrupt(format!(
-            "{file} does not hold a JSON object"
-        )));
-    };
-    serde_json::from_value(value.clone()).map_err(|e| {
-        // serde names a missing field, but not the field of a wrong type. Find it:
-        // without the one bad field, serde complains that exactly that one is missing.
-        let field = fields
-            .keys()
-            .find(|k| {
-                let mut rest = fields.clone();
-                rest.remove(*k);
-                serde_json::from_value::<T>(serde_json::Value::Object(rest))
-                    .is_err_and(|e| e.to_string() == format!("missing field `{k}`"))
-            })
-            .map(|k| format!(" (field {k:?})"))
-            .unwrap_or_default();
-        Error::corrupt(format!("{file} is not valid{field}: {e}"))
-    })
-}
-
-/// Serialise for the repository: pretty JSON with a trailing newline, readable with `cat`.
-pub fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
-    let mut v = serde_json::to_vec_pretty(value)
-        .map_err(|e| Error::invalid(format!("cannot serialise JSON: {e}")))?;
-    v.push(b'\n');
-    Ok(v)
-}
-
-/// The current time in RFC 3339 (UTC, seconds).
-pub fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 #[cfg(test)]

@@ -1,22 +1,27 @@
 //! Catalog commands that work on the repository: `init`, `servers`, `list`, `show`,
 //! `keep`, `switch-wal`, and the settings they share. Removal (`delete`, `expire`,
-//! `cron`) lives in [`crate::expire`], `check` in [`crate::check`], `verify` in
-//! [`crate::verify`], the retention rules in [`crate::retention`].
+//! `cron`) lives in [`crate::catalog::expire`], `check` in [`crate::catalog::check`], `verify` in
+//! [`crate::catalog::verify`], the retention rules in [`crate::catalog::retention`].
 //!
 //! Each command is one function returning a serialisable report; the `render_*`
 //! functions turn reports into the human output (aligned tables). The JSON of the
 //! reports is documented in `docs/cli-json.md`.
 
+pub mod check;
+pub mod expire;
+pub mod retention;
+pub mod verify;
+
+use crate::archive::timeline::{self, ArchiveIndex, Continuity};
 use crate::archive::StoredWal;
+use crate::catalog::retention::Policy;
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
-use crate::lock::Lock;
-use crate::manifest::{self, BackupId, Manifest};
 use crate::pg;
+use crate::repo::lock::Lock;
+use crate::repo::manifest::{self, BackupId, Manifest};
 use crate::repo::{layout, now_rfc3339, to_json, Repository, ServerInfo};
-use crate::retention::Policy;
 use crate::storage::{Overwrite, Storage, TEMP_PREFIX};
-use crate::timeline::{self, ArchiveIndex, Continuity};
 use crate::wal::{Segment, WalName};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -90,7 +95,7 @@ pub fn server_names(repo: &Repository) -> Result<Vec<String>> {
         if !e.is_dir || e.name.starts_with(TEMP_PREFIX) {
             continue;
         }
-        if crate::repo::check_server_name(&e.name).is_err() {
+        if crate::names::check_server_name(&e.name).is_err() {
             continue;
         }
         if storage.stat(&layout::server_file(&e.name))?.is_some() {
@@ -219,7 +224,7 @@ pub fn unfinished_backups(
     server: &str,
     stale_after: Duration,
 ) -> Result<Vec<Unfinished>> {
-    let holder = crate::lock::live_holder(storage, server, stale_after)?
+    let holder = crate::repo::lock::live_holder(storage, server, stale_after)?
         .filter(|h| h.command == "base-backup");
     let mut out = Vec::new();
     for id in manifest::list_aborted(storage, server)? {
@@ -807,7 +812,7 @@ pub fn parse_age(text: &str) -> Result<chrono::Duration> {
     let bad = || {
         Error::config(format!(
             "{:?} is not an age: use 'n HOURS', 'n DAYS' or 'n WEEKS' (n at least 1)",
-            crate::wal::truncate_for_display(text)
+            crate::names::truncate_for_display(text)
         ))
     };
     let [n, unit] = words.as_slice() else {

@@ -35,11 +35,11 @@
 //! If recovery ends or the cluster is promoted meanwhile, the filler finishes at
 //! most its few downloads into the spool, which can be deleted at any time.
 
+use crate::archive::localdir;
 use crate::archive::{self, StoredWal};
 use crate::codec::{self, Compression};
 use crate::config::Settings;
 use crate::error::{Error, IoContext, Result};
-use crate::localdir;
 use crate::repo::{layout, Repository};
 use crate::storage::{self, Storage, TEMP_PREFIX};
 use crate::wal::{Segment, WalKind, WalName};
@@ -465,7 +465,7 @@ impl Filler {
                     .env(FILL_ENV, format!("{}:{fd}", self.segment_size))
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
-                    .stderr(if crate::log::enabled(1) {
+                    .stderr(if crate::util::log::enabled(1) {
                         Stdio::inherit()
                     } else {
                         Stdio::null()

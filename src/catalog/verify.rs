@@ -2,13 +2,13 @@
 //! decompressed bytes, streaming) and check that the WAL from the backup's start to
 //! the newest archived segment has no gap along its timeline chain.
 
+use crate::archive::timeline::{self, ArchiveIndex, Continuity};
 use crate::codec;
 use crate::config::Settings;
 use crate::error::{ErrorKind, Result};
-use crate::manifest::{self, BackupId, FileEntry, Manifest};
+use crate::repo::manifest::{self, BackupId, FileEntry, Manifest};
 use crate::repo::Repository;
 use crate::storage::Storage;
-use crate::timeline::{self, ArchiveIndex, Continuity};
 use serde::Serialize;
 use std::io;
 use std::sync::Mutex;
@@ -99,7 +99,7 @@ pub fn verify_one(
     let m = match manifest::load(storage, server, id) {
         Ok(m) => m,
         // A damaged manifest is a finding about this backup, not a reason to stop.
-        Err(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::Config) => {
+        Err(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::UnsupportedFormat) => {
             report.problems.push(Problem {
                 kind: "manifest_invalid",
                 subject: id.to_string(),
@@ -158,7 +158,7 @@ fn verify_files(
     let found: Mutex<Vec<(usize, Problem)>> = Mutex::new(Vec::new());
     let totals: Mutex<(u64, u64)> = Mutex::new((0, 0));
     // Problems are collected, not returned, so every file gets checked.
-    crate::workers::try_for_each(jobs, &m.files, |i, entry| {
+    crate::util::workers::try_for_each(jobs, &m.files, |i, entry| {
         let (size, problem) = verify_file(storage, server, m, entry);
         if let Ok(mut t) = totals.lock() {
             t.0 += 1;

@@ -313,7 +313,7 @@ impl Settings {
         };
         let server = args.server.clone().or(file.server.clone());
         if let Some(s) = &server {
-            crate::repo::check_server_name(s)
+            crate::names::check_server_name(s)
                 .map_err(|e| e.context(origin("server", args.server.is_some(), cfg)))?;
         }
         let codec = resolve_codec(comp, &file, cfg)?;

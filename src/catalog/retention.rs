@@ -21,7 +21,7 @@
 //!   never go.
 
 use crate::error::{Error, Result};
-use crate::manifest::BackupId;
+use crate::repo::manifest::BackupId;
 use chrono::{DateTime, Duration, Months, Utc};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -67,7 +67,7 @@ impl Policy {
             Error::config(format!(
                 "retention policy {:?} is not valid: use 'REDUNDANCY n' or \
                  'RECOVERY WINDOW OF n DAYS|WEEKS|MONTHS' (n at least 1)",
-                crate::wal::truncate_for_display(text)
+                crate::names::truncate_for_display(text)
             ))
         };
         let count = |s: &str| -> Result<u32> {

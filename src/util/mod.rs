@@ -1,6 +1,11 @@
 //! Small host helpers with no pgcellar concept in them, each in one place: shell
 //! quoting, process liveness, directory fsync and unique temporary names.
 
+pub(crate) mod fault;
+pub mod log;
+pub mod retry;
+pub mod workers;
+
 use std::fs::{self, File};
 use std::io;
 use std::path::Path;

@@ -4,9 +4,9 @@
 //! written last and atomically, so a directory without one is an aborted backup and
 //! is invisible here (see `docs/backups.md`).
 
+use super::layout::{self, MANIFEST_FILE};
 use crate::codec::Compression;
 use crate::error::{Error, ErrorKind, Result};
-use crate::repo::layout;
 use crate::storage::{Storage, TEMP_PREFIX};
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
@@ -14,8 +14,6 @@ use std::fmt;
 
 /// Manifest format this build reads and writes; readers refuse others.
 pub const MANIFEST_FORMAT: u32 = 1;
-/// File name of the manifest inside a backup directory.
-pub const MANIFEST_FILE: &str = "backup.json";
 /// Manifest path prefix of files from the data directory.
 pub const DATA_PREFIX: &str = "data";
 /// Manifest path prefix of tablespace files (`tablespaces/<oid>/...`).
@@ -43,7 +41,7 @@ impl BackupId {
             Err(Error::invalid(format!(
                 "{:?} is not a backup id (expected YYYYMMDDTHHMMSSZ, e.g. 20261123T184500Z, \
                  or 'latest'/'oldest')",
-                crate::wal::truncate_for_display(s)
+                crate::names::truncate_for_display(s)
             )))
         }
     }
@@ -235,10 +233,13 @@ impl Manifest {
     pub fn validate(&self, server: &str, dir_id: &BackupId) -> Result<()> {
         let whose = format!("manifest of backup {dir_id} of server {server}");
         if self.format != MANIFEST_FORMAT {
-            return Err(Error::config(format!(
-                "{whose} has format {}, this pgcellar reads only {MANIFEST_FORMAT}",
-                self.format
-            )));
+            return Err(Error::new(
+                ErrorKind::UnsupportedFormat,
+                format!(
+                    "{whose} has format {}, this pgcellar reads only {MANIFEST_FORMAT}",
+                    self.format
+                ),
+            ));
         }
         if &self.id != dir_id || self.server != server {
             return Err(Error::corrupt(format!(
@@ -514,7 +515,7 @@ mod tests {
         }
         s.create_dir_all("main/backups/not-an-id").unwrap();
         for id in ["20261101T000000Z", "20261102T000000Z"] {
-            let json = crate::repo::to_json(&sample(id)).unwrap();
+            let json = super::super::json::to_json(&sample(id)).unwrap();
             s.write_all(
                 &layout::backup_manifest("main", id),
                 &json,
@@ -554,7 +555,7 @@ mod tests {
             "main/backups/20261102T000000Z/data/PG_VERSION.zst"
         );
         // A manifest copied into the wrong directory is refused.
-        let wrong = crate::repo::to_json(&sample("20261101T000000Z")).unwrap();
+        let wrong = super::super::json::to_json(&sample("20261101T000000Z")).unwrap();
         s.create_dir_all(&layout::backup_dir("main", "20261104T000000Z"))
             .unwrap();
         s.write_all(
@@ -588,7 +589,7 @@ mod tests {
             .iter()
             .find(|b| b.contains("\"token\""))
             .expect("lock example");
-        serde_json::from_str::<crate::lock::LockInfo>(lock).unwrap();
+        serde_json::from_str::<crate::repo::lock::LockInfo>(lock).unwrap();
     }
 
     impl Manifest {

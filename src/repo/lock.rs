@@ -17,9 +17,11 @@
 //! a breaker removes the lock only if it is still the one it judged stale (same token,
 //! still stale), and a holder rewrites it only if it still carries its own token.
 
+use super::json::to_json;
+use super::layout;
+use super::server::Repository;
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
-use crate::repo::{layout, to_json, Repository};
 use crate::storage::{self, Committed, Overwrite, Storage};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

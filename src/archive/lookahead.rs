@@ -29,11 +29,11 @@
 //! `push_lookahead`) would be acknowledged without being in the new repository.
 //! Delete the status directory whenever the repository is re-created.
 
+use crate::archive::localdir;
 use crate::archive::{self, PushOutcome, WalSource};
 use crate::codec::{self, Codec};
 use crate::config::Settings;
 use crate::error::{Error, IoContext, Result};
-use crate::localdir;
 use crate::repo::{Repository, ServerInfo};
 use crate::storage::{self, Storage};
 use crate::wal::{WalKind, WalName};
@@ -355,7 +355,7 @@ impl Lookahead {
         let st = stamp(&path)?;
         let mut src = WalSource::open(&path, server)?;
         let outcome = archive::push_source(storage, server, &mut src, codec)?;
-        crate::fault::lookahead_abort_after_commit();
+        crate::util::fault::lookahead_abort_after_commit();
         let sha256 = match &outcome {
             PushOutcome::Stored { sha256, .. } | PushOutcome::AlreadyArchived { sha256 } => {
                 sha256.clone()

@@ -35,16 +35,16 @@ pub fn line(level: i8, tag: &str, msg: std::fmt::Arguments<'_>) {
 
 /// Log an error line (always shown).
 #[macro_export]
-macro_rules! log_error { ($($t:tt)*) => { $crate::log::line(-1, "ERROR: ", format_args!($($t)*)) } }
+macro_rules! log_error { ($($t:tt)*) => { $crate::util::log::line(-1, "ERROR: ", format_args!($($t)*)) } }
 /// Log a warning line (hidden by -q).
 #[macro_export]
-macro_rules! log_warn { ($($t:tt)*) => { $crate::log::line(0, "WARNING: ", format_args!($($t)*)) } }
+macro_rules! log_warn { ($($t:tt)*) => { $crate::util::log::line(0, "WARNING: ", format_args!($($t)*)) } }
 /// Log a notice shown by default (hidden by -q).
 #[macro_export]
-macro_rules! log_notice { ($($t:tt)*) => { $crate::log::line(0, "", format_args!($($t)*)) } }
+macro_rules! log_notice { ($($t:tt)*) => { $crate::util::log::line(0, "", format_args!($($t)*)) } }
 /// Log an informational line (shown with -v).
 #[macro_export]
-macro_rules! log_info { ($($t:tt)*) => { $crate::log::line(1, "", format_args!($($t)*)) } }
+macro_rules! log_info { ($($t:tt)*) => { $crate::util::log::line(1, "", format_args!($($t)*)) } }
 /// Log a debug line (shown with -vv).
 #[macro_export]
-macro_rules! log_debug { ($($t:tt)*) => { $crate::log::line(2, "debug: ", format_args!($($t)*)) } }
+macro_rules! log_debug { ($($t:tt)*) => { $crate::util::log::line(2, "debug: ", format_args!($($t)*)) } }

@@ -1,0 +1,52 @@
+//! Every path inside a repository, built in one place. Callers never format a
+//! repository path themselves, so the layout in `docs/repository-format.md` is this
+//! file and nothing else.
+
+use crate::wal::WalName;
+
+/// Name of a backup's manifest inside its directory.
+pub const MANIFEST_FILE: &str = "backup.json";
+
+/// `<server>/server.json`
+pub fn server_file(server: &str) -> String {
+    format!("{server}/server.json")
+}
+/// `<server>/wal`
+pub fn wal_root(server: &str) -> String {
+    format!("{server}/wal")
+}
+/// The directory holding `name`: `<server>/wal/<first 16 hex>` or `<server>/wal`.
+pub fn wal_dir(server: &str, name: &WalName) -> String {
+    match name.archive_subdir() {
+        Some(sub) => format!("{server}/wal/{sub}"),
+        None => wal_root(server),
+    }
+}
+/// `<server>/backups`
+pub fn backups_dir(server: &str) -> String {
+    format!("{server}/backups")
+}
+/// `<server>/locks`
+pub fn locks_dir(server: &str) -> String {
+    format!("{server}/locks")
+}
+/// `<server>/backups/<id>` (the id must be validated by the caller).
+pub fn backup_dir(server: &str, id: &str) -> String {
+    format!("{server}/backups/{id}")
+}
+/// `<server>/backups/<id>/backup.json`
+pub fn backup_manifest(server: &str, id: &str) -> String {
+    format!("{server}/backups/{id}/{}", MANIFEST_FILE)
+}
+/// `<server>/backups/<id>/keep`: present while the backup is pinned (`pgcellar keep`).
+pub fn backup_keep_marker(server: &str, id: &str) -> String {
+    format!("{server}/backups/{id}/keep")
+}
+/// `<server>/locks/check-<token>.tmp`: the probe `pgcellar check` writes and removes.
+pub fn check_probe(server: &str, token: &str) -> String {
+    format!("{server}/locks/check-{token}.tmp")
+}
+/// `<server>/locks/<name>.lock`
+pub fn lock_file(server: &str, name: &str) -> String {
+    format!("{server}/locks/{name}.lock")
+}

@@ -2,7 +2,7 @@
 //! where they go by default, creating them 0700, atomic small writes, and the
 //! clean-up of temporary files left by killed processes.
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -96,14 +96,6 @@ pub fn remove_orphan_temps(dir: &Path) {
             }
         }
     }
-}
-
-/// Parse a positive count from flag/env/file, naming the key on error.
-pub fn positive(value: u32, key: &str) -> Result<usize> {
-    if value == 0 {
-        return Err(Error::config(format!("{key}: must be at least 1")));
-    }
-    Ok(value as usize)
 }
 
 #[cfg(test)]

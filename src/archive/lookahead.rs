@@ -32,8 +32,8 @@
 use crate::archive::localdir;
 use crate::archive::{self, PushOutcome, WalSource};
 use crate::codec::{self, Codec};
-use crate::config::Settings;
-use crate::error::{Error, IoContext, Result};
+use crate::config::{LookaheadSettings, Settings};
+use crate::error::{IoContext, Result};
 use crate::repo::{Repository, ServerInfo};
 use crate::storage::{self, Storage};
 use crate::wal::{WalKind, WalName};
@@ -44,76 +44,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-
-/// wal-push's look-ahead options (flag > env > file > default).
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct LookaheadArgs {
-    /// Also push up to N other segments already marked .ready (0 turns look-ahead off)
-    #[arg(long, env = "PGCELLAR_PUSH_LOOKAHEAD", value_name = "N")]
-    pub push_lookahead: Option<u32>,
-    /// Threads pushing in parallel during look-ahead
-    #[arg(long, env = "PGCELLAR_PUSH_PARALLEL", value_name = "N")]
-    pub push_parallel: Option<u32>,
-    /// Local directory for look-ahead records (default: <data dir>.pgcellar-status beside the data directory)
-    #[arg(long, env = "PGCELLAR_WAL_STATUS_DIR", value_name = "DIR")]
-    pub wal_status_dir: Option<PathBuf>,
-}
-
-/// Resolved look-ahead settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LookaheadSettings {
-    /// Most segments pushed ahead per call; 0 = off.
-    pub count: usize,
-    /// Threads (including the one pushing the requested file).
-    pub parallel: usize,
-    /// Explicit status directory, else derived from the data directory.
-    pub status_dir: Option<PathBuf>,
-}
-
-/// Default look-ahead depth: enough to absorb a burst of 16 MiB segments without
-/// making one archive_command call take much longer than a few segment pushes.
-pub const DEFAULT_LOOKAHEAD: u32 = 16;
-
-/// Default parallelism: one thread per core, at least 2 (pushes wait on I/O too),
-/// at most 8 (beyond that, compression starves the database on small hosts).
-pub fn default_parallel() -> u32 {
-    std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(2)
-        .clamp(2, 8)
-}
-
-impl LookaheadSettings {
-    /// Resolve flags/env over the configuration file over defaults.
-    pub fn resolve(args: &LookaheadArgs, settings: &Settings) -> Result<LookaheadSettings> {
-        let f = &settings.file;
-        let count = args
-            .push_lookahead
-            .or(f.push_lookahead)
-            .unwrap_or(DEFAULT_LOOKAHEAD) as usize;
-        let parallel = localdir::positive(
-            args.push_parallel
-                .or(f.push_parallel)
-                .unwrap_or_else(default_parallel),
-            &settings.origin("push_parallel", args.push_parallel.is_some()),
-        )?;
-        let status_dir = args.wal_status_dir.clone().or(f.wal_status_dir.clone());
-        if let Some(d) = &status_dir {
-            if !d.is_absolute() {
-                return Err(Error::config(format!(
-                    "{}: {} must be an absolute path",
-                    settings.origin("wal_status_dir", args.wal_status_dir.is_some()),
-                    d.display()
-                )));
-            }
-        }
-        Ok(LookaheadSettings {
-            count,
-            parallel,
-            status_dir,
-        })
-    }
-}
 
 /// What a look-ahead record holds: enough to recognise the exact file again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -503,42 +433,6 @@ pub fn push_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::CommonArgs;
-    use std::io::Write;
-
-    fn settings_with(text: &str) -> (Settings, tempfile::NamedTempFile) {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        f.write_all(text.as_bytes()).unwrap();
-        let args = CommonArgs {
-            config: Some(f.path().into()),
-            ..Default::default()
-        };
-        (Settings::resolve(&args, None).unwrap(), f)
-    }
-
-    #[test]
-    fn flag_beats_file_beats_default() {
-        let (s, _f) = settings_with("push_lookahead = 4\nwal_status_dir = '/var/tmp/st'\n");
-        let r = LookaheadSettings::resolve(&LookaheadArgs::default(), &s).unwrap();
-        assert_eq!(r.count, 4);
-        assert_eq!(r.parallel, default_parallel() as usize);
-        assert_eq!(r.status_dir.as_deref(), Some(Path::new("/var/tmp/st")));
-        let flags = LookaheadArgs {
-            push_lookahead: Some(0),
-            push_parallel: Some(3),
-            wal_status_dir: None,
-        };
-        let r = LookaheadSettings::resolve(&flags, &s).unwrap();
-        assert_eq!((r.count, r.parallel), (0, 3));
-        let (s, f) = settings_with("push_parallel = 0\n");
-        let msg = LookaheadSettings::resolve(&LookaheadArgs::default(), &s)
-            .unwrap_err()
-            .to_string();
-        assert!(msg.contains("push_parallel"), "{msg}");
-        assert!(msg.contains(&f.path().display().to_string()), "{msg}");
-        let (s, _f) = settings_with("wal_status_dir = 'relative'\n");
-        assert!(LookaheadSettings::resolve(&LookaheadArgs::default(), &s).is_err());
-    }
 
     #[test]
     fn records_round_trip_and_reject_unknown_fields() {

@@ -3,6 +3,7 @@
 pub mod localdir;
 pub mod lookahead;
 pub mod prefetch;
+pub mod spool;
 pub mod timeline;
 
 use crate::codec::{self, Codec, Compression};

@@ -287,7 +287,7 @@ fn backup_locked(
         for d in &walk.dirs {
             storage.create_dir_all(&storage::join(&dir, &d.path))?;
         }
-        let jobs = opts.jobs.unwrap_or(settings.jobs).max(1);
+        let jobs = settings.backup.workers(opts.jobs);
         let files = store_files(
             storage,
             server,
@@ -320,7 +320,7 @@ fn backup_locked(
             server,
             &started.wal,
             &stopped.wal,
-            settings.backup_wal_timeout,
+            settings.backup.backup_wal_timeout,
             client,
             archiver_before,
             opts.progress,

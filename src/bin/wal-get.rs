@@ -2,8 +2,8 @@
 //! above 125 any other failure (so PostgreSQL stops instead of ending recovery early).
 
 use clap::Parser;
-use pgcellar::archive::prefetch::{self, Fetched, PrefetchArgs, PrefetchSettings};
-use pgcellar::config::{CommonArgs, Settings};
+use pgcellar::archive::prefetch::{self, Fetched};
+use pgcellar::config::{CommonArgs, PrefetchArgs, PrefetchSettings, Settings};
 use pgcellar::util::retry;
 use pgcellar::wal::WalName;
 use pgcellar::{cli, log_error, log_info};

@@ -1,9 +1,9 @@
 //! `archive_command`: archive one WAL file durably. Exit 0 only when it is safe.
 
 use clap::Parser;
-use pgcellar::archive::lookahead::{self, FileOutcome, LookaheadArgs, LookaheadSettings};
+use pgcellar::archive::lookahead::{self, FileOutcome};
 use pgcellar::archive::PushOutcome;
-use pgcellar::config::{CommonArgs, CompressionArgs, Settings};
+use pgcellar::config::{CommonArgs, CompressionArgs, LookaheadArgs, LookaheadSettings, Settings};
 use pgcellar::util::retry;
 use pgcellar::{cli, log_info};
 use std::path::PathBuf;

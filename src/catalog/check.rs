@@ -5,8 +5,8 @@
 //! that cannot run because an earlier one failed is `unknown`, never `ok`.
 
 use crate::archive::timeline::ArchiveIndex;
-use crate::catalog::{self, CatalogSettings};
-use crate::config::Settings;
+use crate::catalog;
+use crate::config::{CatalogSettings, Settings};
 use crate::error::Result;
 use crate::pg;
 use crate::repo::manifest;
@@ -720,10 +720,10 @@ fn archive_command_check(
     };
     let mut notes = Vec::new();
     if let Some(cfg) = &t.config {
-        match crate::config::FileConfig::load(std::path::Path::new(cfg)) {
-            Ok(f) => {
-                t.repo = t.repo.or(f.repo);
-                t.server = t.server.or(f.server);
+        match crate::config::repo_and_server(std::path::Path::new(cfg)) {
+            Ok((repo, server)) => {
+                t.repo = t.repo.or(repo);
+                t.server = t.server.or(server);
             }
             Err(e) => notes.push(format!("cannot read its configuration file: {e}")),
         }

@@ -8,8 +8,8 @@
 use crate::archive::timeline::{self, ArchiveIndex};
 use crate::archive::StoredWal;
 use crate::catalog::retention::{self, BackupSummary, KeepReason, Plan, Policy};
-use crate::catalog::{is_kept, server_names, CatalogSettings};
-use crate::config::Settings;
+use crate::catalog::{is_kept, server_names};
+use crate::config::{CatalogSettings, Settings};
 use crate::error::{Error, ErrorKind, Result};
 use crate::repo::lock::Lock;
 use crate::repo::manifest::{self, BackupId};
@@ -145,15 +145,10 @@ pub fn expire(
     policy_override: Option<&str>,
     dry_run: bool,
 ) -> Result<ExpireReport> {
-    let cat = CatalogSettings::from_settings(settings)?;
-    let policy = match policy_override {
-        Some(text) => Policy::parse(text).map_err(|e| e.context("--retention"))?,
-        None => cat.retention.ok_or_else(|| {
-            Error::config(
-                "no retention policy: set 'retention' in the config file or pass --retention",
-            )
-        })?,
-    };
+    let cat = CatalogSettings::resolve(settings, policy_override)?;
+    let policy = cat.retention.ok_or_else(|| {
+        Error::config("no retention policy: set 'retention' in the config file or pass --retention")
+    })?;
     let (repo, server) = Repository::open_server(settings)?;
     expire_server(&repo, &server, settings, &cat, policy, dry_run, Utc::now())
 }

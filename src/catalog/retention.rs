@@ -20,77 +20,14 @@
 //!   start (Barman's `keep:full`); release old pins to let WAL go. History files
 //!   never go.
 
-use crate::error::{Error, Result};
 use crate::repo::manifest::BackupId;
 use chrono::{DateTime, Duration, Months, Utc};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
-/// A retention policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Policy {
-    /// Keep the newest `n` backups.
-    Redundancy {
-        /// How many.
-        n: u32,
-    },
-    /// Keep what is needed to recover to any point in the last `n` units.
-    RecoveryWindow {
-        /// How many units.
-        n: u32,
-        /// Which unit.
-        unit: WindowUnit,
-    },
-}
-
-/// Unit of a recovery window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WindowUnit {
-    /// 24 hours.
-    Days,
-    /// 7 days.
-    Weeks,
-    /// Calendar months (31 March minus one month is 28 or 29 February).
-    Months,
-}
+pub use crate::config::{Policy, WindowUnit};
 
 impl Policy {
-    /// Parse `REDUNDANCY n` or `RECOVERY WINDOW OF n DAYS|WEEKS|MONTHS`
-    /// (case-insensitive, any whitespace, singular units accepted).
-    pub fn parse(text: &str) -> Result<Policy> {
-        let words: Vec<String> = text.split_whitespace().map(str::to_uppercase).collect();
-        let words: Vec<&str> = words.iter().map(String::as_str).collect();
-        let bad = || {
-            Error::config(format!(
-                "retention policy {:?} is not valid: use 'REDUNDANCY n' or \
-                 'RECOVERY WINDOW OF n DAYS|WEEKS|MONTHS' (n at least 1)",
-                crate::names::truncate_for_display(text)
-            ))
-        };
-        let count = |s: &str| -> Result<u32> {
-            match s.parse::<u32>() {
-                Ok(n) if n >= 1 => Ok(n),
-                _ => Err(bad()),
-            }
-        };
-        match words.as_slice() {
-            ["REDUNDANCY", n] => Ok(Policy::Redundancy { n: count(n)? }),
-            ["RECOVERY", "WINDOW", "OF", n, unit] => {
-                let unit = match *unit {
-                    "DAY" | "DAYS" => WindowUnit::Days,
-                    "WEEK" | "WEEKS" => WindowUnit::Weeks,
-                    "MONTH" | "MONTHS" => WindowUnit::Months,
-                    _ => return Err(bad()),
-                };
-                Ok(Policy::RecoveryWindow { n: count(n)?, unit })
-            }
-            _ => Err(bad()),
-        }
-    }
-
     /// The start of the recovery window at `now` (`None` for redundancy policies).
     pub fn window_start(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match *self {
@@ -112,22 +49,6 @@ pub fn subtract(now: DateTime<Utc>, n: u32, unit: WindowUnit) -> DateTime<Utc> {
             .unwrap_or(earliest),
         // chrono clamps to the last day of a shorter month.
         WindowUnit::Months => now.checked_sub_months(Months::new(n)).unwrap_or(earliest),
-    }
-}
-
-impl fmt::Display for Policy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Policy::Redundancy { n } => write!(f, "REDUNDANCY {n}"),
-            Policy::RecoveryWindow { n, unit } => {
-                let u = match unit {
-                    WindowUnit::Days => "DAYS",
-                    WindowUnit::Weeks => "WEEKS",
-                    WindowUnit::Months => "MONTHS",
-                };
-                write!(f, "RECOVERY WINDOW OF {n} {u}")
-            }
-        }
     }
 }
 

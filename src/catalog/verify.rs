@@ -74,7 +74,7 @@ pub fn run(settings: &Settings, which: &Selection) -> Result<Vec<BackupVerificat
             &server.name,
             &id,
             &index,
-            settings.jobs,
+            settings.backup.jobs,
         )?);
     }
     Ok(out)

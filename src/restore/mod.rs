@@ -392,7 +392,7 @@ pub fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreOutcome>
     // pg_control first, under its temporary name: a damaged one fails the restore
     // before the long part, and it gets its final name only at the very end.
     let control_tmp = restore_to_temp(storage, &server, &m, &mapper, &owner, control)?;
-    let jobs = opts.jobs.unwrap_or(settings.jobs).max(1);
+    let jobs = settings.backup.workers(opts.jobs);
     let (written, kept) = restore_files(storage, &server, &m, &mapper, &owner, others, jobs, opts)?;
 
     let label = dest.join("backup_label");

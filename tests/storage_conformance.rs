@@ -152,6 +152,17 @@ fn conformance(s: &dyn Storage, disk: &Path) {
         .unwrap_err();
     assert!(err.to_string().contains("absent"), "{err}");
 
+    // Both drivers advertise hard links, so the common layer links, never copies.
+    let caps = s.capabilities();
+    assert!(caps.hard_links && caps.atomic_no_replace, "{caps:?}");
+    s.link_or_copy_all(&[("a/b/f".into(), "a/d/via-common".into())])
+        .unwrap();
+    assert_eq!(
+        fs::metadata(disk.join("a/b/f")).unwrap().ino(),
+        fs::metadata(disk.join("a/d/via-common")).unwrap().ino(),
+        "link_or_copy_all copied on a driver with hard links"
+    );
+
     // Removal: files and trees, missing ones are not errors.
     s.remove_file("a/b/g").unwrap();
     s.remove_file("a/b/g").unwrap();

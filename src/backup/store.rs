@@ -108,7 +108,7 @@ pub(super) fn store_files(
     stored?;
     let links = ctx.links.into_inner().unwrap_or_default();
     for chunk in links.chunks(1000) {
-        storage.hard_link_all(chunk)?;
+        storage.link_or_copy_all(chunk)?;
     }
     // One flush for every file instead of an fsync each (about 15 ms apiece on
     // ordinary disks); still well before the manifest makes the backup count.

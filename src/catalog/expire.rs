@@ -15,6 +15,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::repo::lock::Lock;
 use crate::repo::manifest::{self, BackupId};
 use crate::repo::{layout, Repository, ServerInfo};
+use crate::storage::layer::DryRun;
 use crate::storage::Storage;
 use crate::wal::Segment;
 use chrono::{DateTime, Utc};
@@ -185,13 +186,12 @@ fn expire_server(
     }
     let plan = retention::plan(&summaries, now, policy, cat.minimum_redundancy);
     let aborted = aborted_backups(storage, &server.name, now, cat.aborted_backup_max_age)?;
-    if !dry_run {
-        for id in &plan.delete {
-            remove_backup(storage, &server.name, id)?;
-        }
-        for id in &aborted {
-            storage.remove_dir_all(&layout::backup_dir(&server.name, id))?;
-        }
+    let removals = DryRun::when(storage, dry_run);
+    for id in &plan.delete {
+        remove_backup(&removals, &server.name, id)?;
+    }
+    for id in &aborted {
+        removals.remove_dir_all(&layout::backup_dir(&server.name, id))?;
     }
     let index = ArchiveIndex::scan(storage, &server.name, server.wal_segment_size)?;
     let wal = remove_wal(storage, &server.name, &index, &plan, dry_run)?;
@@ -256,6 +256,8 @@ fn remove_wal(
     plan: &Plan,
     dry_run: bool,
 ) -> Result<Vec<WalRemoval>> {
+    // A dry run takes every step against a layer that removes nothing.
+    let storage = &DryRun::when(storage, dry_run);
     let size = index.segment_size;
     let mut doomed: Vec<&StoredWal> = Vec::new();
     for (tli, segs) in &index.segments {
@@ -291,13 +293,9 @@ fn remove_wal(
             r.first = Some(s.name.to_string());
         }
         r.last = Some(s.name.to_string());
-        if !dry_run {
-            storage.remove_file(&s.path)?;
-        }
+        storage.remove_file(&s.path)?;
     }
-    if !dry_run {
-        remove_empty_wal_dirs(storage, server, index, plan)?;
-    }
+    remove_empty_wal_dirs(storage, server, index, plan)?;
     Ok(by_tl.into_values().collect())
 }
 

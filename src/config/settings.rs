@@ -9,7 +9,7 @@ use super::file::FileConfig;
 use super::resolve::Layers;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::storage::RepoUrl;
+use crate::storage::{RepoUrl, StorageOptions};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -60,22 +60,18 @@ impl BackupSettings {
     }
 }
 
-/// SSH connection settings.
-#[derive(Debug, Clone)]
-pub struct SshSettings {
-    /// Private key file; `None` means the agent, then `~/.ssh/id_*`.
-    pub identity: Option<PathBuf>,
-    /// known_hosts file.
-    pub known_hosts: Option<PathBuf>,
-    /// Accept and store an unknown host key.
-    pub accept_new_host_key: bool,
-    /// Connection timeout.
-    pub connect_timeout: Duration,
-    /// Per-operation I/O timeout.
-    pub io_timeout: Duration,
-}
+/// SSH connection settings: the SSH driver's own options, resolved here.
+pub use crate::storage::SshOptions as SshSettings;
 
 impl Settings {
+    /// What the storage drivers need of these settings.
+    pub fn storage_options(&self) -> StorageOptions {
+        StorageOptions {
+            allow_root: self.allow_root,
+            ssh: self.ssh.clone(),
+        }
+    }
+
     /// Resolve flags/env (already merged by clap) over the file over defaults.
     pub fn resolve(args: &CommonArgs, comp: Option<&CompressionArgs>) -> Result<Settings> {
         let file = match &args.config {

@@ -113,7 +113,7 @@ impl Repository {
     /// Open an existing repository, refusing unknown formats.
     pub fn open(settings: &Settings) -> Result<Repository> {
         let url = settings.repo_url()?.clone();
-        let storage = storage::open_with(&url, settings)?;
+        let storage = storage::open_with(&url, &settings.storage_options())?;
         let repo = Repository { storage, url };
         repo.read_root()?;
         Ok(repo)
@@ -130,7 +130,7 @@ impl Repository {
     /// Open a repository, creating its root (0700) and `pgcellar.json` if missing.
     pub fn open_or_create(settings: &Settings) -> Result<(Repository, bool)> {
         let url = settings.repo_url()?.clone();
-        let storage = storage::open_with(&url, settings)?;
+        let storage = storage::open_with(&url, &settings.storage_options())?;
         let repo = Repository { storage, url };
         match repo.read_root() {
             Ok(_) => Ok((repo, false)),

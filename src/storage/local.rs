@@ -1,6 +1,7 @@
 //! The local-filesystem driver (also used for NFS and other mounts).
 
-use super::{check_path, AtomicFile, Committed, DirEntry, FileInfo, Overwrite, Storage};
+use super::api::{AtomicFile, Capabilities, Committed, DirEntry, FileInfo, Overwrite, Storage};
+use super::path::{check_final_name, check_path};
 use crate::error::{Error, IoContext, Result};
 use crate::util::{sync_dir, temp_name};
 use std::fs::{self, File, OpenOptions};
@@ -231,6 +232,15 @@ impl Storage for LocalStorage {
         }
     }
 
+    fn capabilities(&self) -> Capabilities {
+        // link(2) for both; a mount whose filesystem refuses it (vfat, some FUSE)
+        // fails the link with the system's error rather than silently copying.
+        Capabilities {
+            hard_links: true,
+            atomic_no_replace: true,
+        }
+    }
+
     fn hard_link_all(&self, links: &[(String, String)]) -> Result<()> {
         self.check_writer()?;
         let mut dirs = std::collections::BTreeSet::new();
@@ -290,12 +300,7 @@ impl Write for LocalAtomicFile {
 
 impl AtomicFile for LocalAtomicFile {
     fn commit(mut self: Box<Self>, final_name: &str, overwrite: Overwrite) -> Result<Committed> {
-        check_path(final_name)?;
-        if final_name.contains('/') {
-            return Err(Error::invalid(format!(
-                "final name {final_name:?} must not contain '/'"
-            )));
-        }
+        check_final_name(final_name)?;
         let writer = self
             .writer
             .take()

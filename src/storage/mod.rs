@@ -5,201 +5,59 @@
 //! repository. Writes are atomic and durable by default: a temporary name in the
 //! target directory, fsync, then rename (or link, when the final name must not be
 //! replaced), then an fsync of the directory.
+//!
+//! A driver says what it can do in [`Capabilities`]; the provided methods of the
+//! trait (e.g. [`Storage::link_or_copy_all`]) fall back on what every driver has when
+//! a capability is missing, so commands never fail halfway on a weaker store.
+//! Cross-cutting behaviour wraps any driver as a [`layer`] (e.g. [`layer::DryRun`]).
+//! Drivers take their own options ([`StorageOptions`]), never the program's settings.
+//!
+//! Files: `api` (the trait and its types), `path` (path checks), `local` and `ssh/`
+//! (the drivers), `layer/` (wrappers around any driver), `url` (repository URLs).
+//! Drivers and layers import `api` and `path`, never this facade, so no module here
+//! imports one that imports it back.
 
-use crate::error::{Error, Result};
-use std::io::{Read, Write};
-use std::time::SystemTime;
-
+mod api;
+pub mod layer;
 pub mod local;
+mod path;
 pub mod ssh;
 pub mod url;
 
+pub use api::{AtomicFile, Capabilities, Committed, DirEntry, FileInfo, Overwrite, Storage};
 pub use local::LocalStorage;
-pub use ssh::SshStorage;
+pub use path::{check_final_name, check_path, join, split_path};
+pub use ssh::{SshOptions, SshStorage};
 pub use url::RepoUrl;
 
-/// What to do when the final name of a committed file already exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Overwrite {
-    /// Keep the existing file and report [`Committed::AlreadyExists`].
-    Never,
-    /// Atomically replace it (manifests, status files).
-    Replace,
-}
-
-/// Result of committing an [`AtomicFile`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Committed {
-    /// The file is now visible under its final name.
-    Created,
-    /// With [`Overwrite::Never`]: something already had that name; nothing changed.
-    AlreadyExists,
-}
-
-/// One entry of a directory listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirEntry {
-    /// File name (no directory part).
-    pub name: String,
-    /// Whether it is a directory.
-    pub is_dir: bool,
-    /// Size in bytes (0 for directories).
-    pub size: u64,
-}
-
-/// Metadata of one file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileInfo {
-    /// Size in bytes.
-    pub size: u64,
-    /// Whether it is a directory.
-    pub is_dir: bool,
-    /// Modification time.
-    pub mtime: SystemTime,
-}
-
-/// A file being written under a temporary name until [`AtomicFile::commit`].
-///
-/// Dropping it without committing removes the temporary file (best effort).
-pub trait AtomicFile: Write + Send {
-    /// Flush and fsync the data, give it `final_name` in the directory it was created
-    /// in, and fsync that directory.
-    fn commit(self: Box<Self>, final_name: &str, overwrite: Overwrite) -> Result<Committed>;
-}
-
-/// The operations pgcellar needs from a repository's storage.
-pub trait Storage: Send + Sync {
-    /// Human description of the location, for messages (no secrets).
-    fn location(&self) -> String;
-
-    /// List a directory; a missing directory is an empty list.
-    fn list(&self, dir: &str) -> Result<Vec<DirEntry>>;
-
-    /// Metadata of a path, or `None` when it does not exist.
-    fn stat(&self, path: &str) -> Result<Option<FileInfo>>;
-
-    /// Open a file for streaming reads; a missing file is [`crate::ErrorKind::NotFound`].
-    fn open_read(&self, path: &str) -> Result<Box<dyn Read + Send>>;
-
-    /// Start writing a new file in directory `dir` (which must exist).
-    fn create(&self, dir: &str) -> Result<Box<dyn AtomicFile>>;
-
-    /// Like [`Storage::create`], but committing may skip the fsyncs: the caller must
-    /// call [`Storage::sync_deferred`] before anything relies on the file (base-backup
-    /// does, before its manifest). By default the same as `create`.
-    fn create_deferred(&self, dir: &str) -> Result<Box<dyn AtomicFile>> {
-        self.create(dir)
-    }
-
-    /// Make every file committed through [`Storage::create_deferred`] durable, with its
-    /// directory entry. By default nothing to do (they were synced on commit).
-    fn sync_deferred(&self) -> Result<()> {
-        Ok(())
-    }
-
-    /// Create a directory and its parents (mode 0700), durably.
-    fn create_dir_all(&self, dir: &str) -> Result<()>;
-
-    /// Remove one file; a missing file is not an error.
-    fn remove_file(&self, path: &str) -> Result<()>;
-
-    /// Remove one file and make the removal durable (the directory entry is synced
-    /// where the backend can); a missing file is not an error.
-    fn remove_file_synced(&self, path: &str) -> Result<()>;
-
-    /// Remove a directory tree; a missing one is not an error.
-    fn remove_dir_all(&self, path: &str) -> Result<()>;
-
-    /// Create hard links `(existing, new)` in one batch, then make them durable.
-    fn hard_link_all(&self, links: &[(String, String)]) -> Result<()>;
-
-    /// Read a whole (small) file into memory.
-    fn read_all(&self, path: &str) -> Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        self.open_read(path)?
-            .read_to_end(&mut buf)
-            .map_err(|e| Error::io(format!("reading {} in {}", path, self.location()), e))?;
-        Ok(buf)
-    }
-
-    /// Write a small file atomically and durably under `path`.
-    fn write_all(&self, path: &str, data: &[u8], overwrite: Overwrite) -> Result<Committed> {
-        let (dir, name) = split_path(path)?;
-        let mut f = self.create(dir)?;
-        f.write_all(data)
-            .map_err(|e| Error::io(format!("writing {} in {}", path, self.location()), e))?;
-        f.commit(name, overwrite)
-    }
-}
+use crate::error::Result;
 
 pub use crate::util::TEMP_PREFIX;
 
-/// Reject any path that is absolute, empty, or has `.`/`..`/empty components.
-pub fn check_path(path: &str) -> Result<()> {
-    let bad = path.is_empty()
-        || path.starts_with('/')
-        || path.contains('\0')
-        || path.contains('\\')
-        || path
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..");
-    if bad {
-        return Err(Error::invalid(format!(
-            "refusing repository path {:?}: it must be relative with no empty, '.' or '..' parts",
-            crate::names::truncate_for_display(path)
-        )));
-    }
-    Ok(())
+/// What opening a repository's storage needs, whichever driver its URL names.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    /// Whether a local repository may be written while running as root (see
+    /// [`LocalStorage::refusing_root_writes`]).
+    pub allow_root: bool,
+    /// How to reach an `ssh://` repository.
+    pub ssh: SshOptions,
 }
 
-/// Split `a/b/c` into (`a/b`, `c`); a path must have a directory part.
-pub fn split_path(path: &str) -> Result<(&str, &str)> {
-    check_path(path)?;
-    match path.rsplit_once('/') {
-        Some((d, n)) => Ok((d, n)),
-        None => Ok(("", path)),
-    }
-}
-
-/// Join repository path components (which must already be valid names).
-pub fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() {
-        name.to_string()
-    } else {
-        format!("{dir}/{name}")
-    }
-}
-
-/// Open the storage a repository URL points to, with the SSH settings it may need.
-pub fn open_with(url: &RepoUrl, settings: &crate::config::Settings) -> Result<Box<dyn Storage>> {
+/// Open the storage a repository URL points to.
+pub fn open_with(url: &RepoUrl, options: &StorageOptions) -> Result<Box<dyn Storage>> {
     match url {
         RepoUrl::Local(path) => {
             let local = LocalStorage::new(path.clone());
-            Ok(Box::new(if settings.allow_root {
+            Ok(Box::new(if options.allow_root {
                 local
             } else {
                 local.refusing_root_writes()
             }))
         }
-        RepoUrl::Ssh { .. } => Ok(Box::new(SshStorage::open(url, &settings.ssh)?)),
+        RepoUrl::Ssh { .. } => Ok(Box::new(SshStorage::open(url, &options.ssh)?)),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_cannot_escape() {
-        for p in [
-            "", "/abs", "a/../b", "..", "a//b", "a/./b", "a/", "a\\b", "x\0",
-        ] {
-            assert!(check_path(p).is_err(), "{p:?}");
-        }
-        for p in ["a", "a/b", "main/wal/0000000100000000/x-1.zst", ".tmp-x"] {
-            check_path(p).unwrap();
-        }
-        assert_eq!(split_path("a/b/c").unwrap(), ("a/b", "c"));
-        assert_eq!(split_path("c").unwrap(), ("", "c"));
-    }
-}
+mod capability_tests;

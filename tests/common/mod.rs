@@ -602,7 +602,7 @@ impl RepoDir {
     /// ssh:// repository), as the binaries open it.
     pub fn storage(&self) -> Box<dyn pgcellar::storage::Storage> {
         let s = self.settings();
-        pgcellar::storage::open_with(s.repo_url().expect("repo url"), &s)
+        pgcellar::storage::open_with(s.repo_url().expect("repo url"), &s.storage_options())
             .unwrap_or_else(|e| panic!("opening {}: {e}", self.url()))
     }
 

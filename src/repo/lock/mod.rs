@@ -181,9 +181,9 @@ impl<'a> Lock<'a> {
         let mut lock = Self::acquire(repo.storage(), server, command, settings.lock_stale_after)?;
         let interval = heartbeat_interval(settings.lock_stale_after);
         let url = repo.url().clone();
-        let settings = settings.clone();
+        let options = settings.storage_options();
         lock.start_heartbeat(
-            Box::new(move || storage::open_with(&url, &settings)),
+            Box::new(move || storage::open_with(&url, &options)),
             interval,
         );
         Ok(lock)

@@ -203,6 +203,9 @@ impl Storage for NoRemove {
     fn remove_dir_all(&self, path: &str) -> Result<()> {
         self.remove_file(path)
     }
+    fn capabilities(&self) -> crate::storage::Capabilities {
+        self.0.capabilities()
+    }
     fn hard_link_all(&self, links: &[(String, String)]) -> Result<()> {
         self.0.hard_link_all(links)
     }

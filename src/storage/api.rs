@@ -1,0 +1,174 @@
+//! The storage interface: the trait every driver implements, the types it speaks,
+//! and the provided methods that fall back on what every driver has when a
+//! [`Capabilities`] flag is missing.
+
+use super::path::split_path;
+use crate::error::{Error, Result};
+use std::io::{Read, Write};
+use std::time::SystemTime;
+
+/// What to do when the final name of a committed file already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overwrite {
+    /// Keep the existing file and report [`Committed::AlreadyExists`].
+    Never,
+    /// Atomically replace it (manifests, status files).
+    Replace,
+}
+
+/// Result of committing an [`AtomicFile`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// The file is now visible under its final name.
+    Created,
+    /// With [`Overwrite::Never`]: something already had that name; nothing changed.
+    AlreadyExists,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// File name (no directory part).
+    pub name: String,
+    /// Whether it is a directory.
+    pub is_dir: bool,
+    /// Size in bytes (0 for directories).
+    pub size: u64,
+}
+
+/// Metadata of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo {
+    /// Size in bytes.
+    pub size: u64,
+    /// Whether it is a directory.
+    pub is_dir: bool,
+    /// Modification time.
+    pub mtime: SystemTime,
+}
+
+/// What a driver can do beyond the operations every driver has.
+///
+/// Only what the common layer branches on is here; each flag must be true of the
+/// driver on every repository it opens, so a driver in doubt says `false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// [`Storage::hard_link_all`] works: a second name for the same stored bytes,
+    /// costing no space. Without it, [`Storage::link_or_copy_all`] copies.
+    pub hard_links: bool,
+    /// Committing with [`Overwrite::Never`] is atomic: of racing writers of one name
+    /// exactly one wins and the others change nothing (guarantee 2, never overwrite
+    /// history, rests on it).
+    pub atomic_no_replace: bool,
+}
+
+/// A file being written under a temporary name until [`AtomicFile::commit`].
+///
+/// Dropping it without committing removes the temporary file (best effort).
+pub trait AtomicFile: Write + Send {
+    /// Flush and fsync the data, give it `final_name` in the directory it was created
+    /// in, and fsync that directory.
+    fn commit(self: Box<Self>, final_name: &str, overwrite: Overwrite) -> Result<Committed>;
+}
+
+/// The operations pgcellar needs from a repository's storage.
+pub trait Storage: Send + Sync {
+    /// Human description of the location, for messages (no secrets).
+    fn location(&self) -> String;
+
+    /// List a directory; a missing directory is an empty list.
+    fn list(&self, dir: &str) -> Result<Vec<DirEntry>>;
+
+    /// Metadata of a path, or `None` when it does not exist.
+    fn stat(&self, path: &str) -> Result<Option<FileInfo>>;
+
+    /// Open a file for streaming reads; a missing file is [`crate::ErrorKind::NotFound`].
+    fn open_read(&self, path: &str) -> Result<Box<dyn Read + Send>>;
+
+    /// Start writing a new file in directory `dir` (which must exist).
+    fn create(&self, dir: &str) -> Result<Box<dyn AtomicFile>>;
+
+    /// Like [`Storage::create`], but committing may skip the fsyncs: the caller must
+    /// call [`Storage::sync_deferred`] before anything relies on the file (base-backup
+    /// does, before its manifest). By default the same as `create`.
+    fn create_deferred(&self, dir: &str) -> Result<Box<dyn AtomicFile>> {
+        self.create(dir)
+    }
+
+    /// Make every file committed through [`Storage::create_deferred`] durable, with its
+    /// directory entry. By default nothing to do (they were synced on commit).
+    fn sync_deferred(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Create a directory and its parents (mode 0700), durably.
+    fn create_dir_all(&self, dir: &str) -> Result<()>;
+
+    /// Remove one file; a missing file is not an error.
+    fn remove_file(&self, path: &str) -> Result<()>;
+
+    /// Remove one file and make the removal durable (the directory entry is synced
+    /// where the backend can); a missing file is not an error.
+    fn remove_file_synced(&self, path: &str) -> Result<()>;
+
+    /// Remove a directory tree; a missing one is not an error.
+    fn remove_dir_all(&self, path: &str) -> Result<()>;
+
+    /// What this driver can do (see [`Capabilities`]).
+    fn capabilities(&self) -> Capabilities;
+
+    /// Create hard links `(existing, new)` in one batch, then make them durable.
+    /// Only for drivers with [`Capabilities::hard_links`]; callers use
+    /// [`Storage::link_or_copy_all`].
+    fn hard_link_all(&self, links: &[(String, String)]) -> Result<()>;
+
+    /// Give the stored bytes of each `existing` path the name `new` too, durably: hard
+    /// links where the driver has them, else a copy (more space, same content). An
+    /// existing `new` is kept, like an existing link. The one place that choice is
+    /// made.
+    fn link_or_copy_all(&self, links: &[(String, String)]) -> Result<()> {
+        if self.capabilities().hard_links {
+            return self.hard_link_all(links);
+        }
+        if links.is_empty() {
+            return Ok(());
+        }
+        crate::log_info!(
+            "{} has no hard links: copying {} unchanged file(s) instead",
+            self.location(),
+            links.len()
+        );
+        for (existing, new) in links {
+            let (dir, name) = split_path(new)?;
+            let mut from = self.open_read(existing)?;
+            // Synced all at once below, as a batch of links is.
+            let mut to = self.create_deferred(dir)?;
+            std::io::copy(&mut from, &mut to).map_err(|e| {
+                Error::io(
+                    format!("copying {existing} to {new} in {}", self.location()),
+                    e,
+                )
+            })?;
+            to.commit(name, Overwrite::Never)?;
+        }
+        self.sync_deferred()
+    }
+
+    /// Read a whole (small) file into memory.
+    fn read_all(&self, path: &str) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.open_read(path)?
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io(format!("reading {} in {}", path, self.location()), e))?;
+        Ok(buf)
+    }
+
+    /// Write a small file atomically and durably under `path`.
+    fn write_all(&self, path: &str, data: &[u8], overwrite: Overwrite) -> Result<Committed> {
+        let (dir, name) = split_path(path)?;
+        let mut f = self.create(dir)?;
+        f.write_all(data)
+            .map_err(|e| Error::io(format!("writing {} in {}", path, self.location()), e))?;
+        f.commit(name, overwrite)
+    }
+}

@@ -273,7 +273,7 @@ impl Drop for Sshd {
         let ours = self.pids();
         self.kill();
         if let Some(lock) = is_root().then(HostLock::take).flatten() {
-            restore_host(&lock, &ours);
+            restore_host(&lock, &ours, self.dir.path());
         }
     }
 }
@@ -342,12 +342,13 @@ fn prepare_host(_lock: &HostLock) {
 
 /// Undo [`prepare_host`] unless another sshd still needs it: another test sshd for
 /// the account, any other sshd for the directory. `ours` are the processes of the
-/// server being stopped (killed, maybe not yet reaped). Never panics: it runs in
-/// Drop, perhaps while a failed test unwinds.
-fn restore_host(_lock: &HostLock, ours: &[i32]) {
+/// server being stopped (killed, maybe not yet reaped), `our_dir` its TestDir, named
+/// in its command line. Never panics: it runs in Drop, perhaps while a test unwinds.
+fn restore_host(_lock: &HostLock, ours: &[i32], our_dir: &Path) {
+    let our_dir = our_dir.display().to_string();
     let others: Vec<String> = sshd_processes()
         .into_iter()
-        .filter(|(pid, _)| !ours.contains(pid))
+        .filter(|(pid, cmdline)| !ours.contains(pid) && !cmdline.contains(&our_dir))
         .map(|(_, cmdline)| cmdline)
         .collect();
     // Test servers read their config from a TestDir (`-f .../pgcellar-test-*/`).

@@ -77,6 +77,7 @@ pub fn bin_dir() -> &'static Path {
 /// by every run rather than one per run.
 fn bin_dir_parent() -> PathBuf {
     let target_tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    fs::create_dir_all(&target_tmp).expect("create CARGO_TARGET_TMPDIR");
     let reachable = target_tmp
         .ancestors()
         .all(|d| fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));

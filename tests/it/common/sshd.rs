@@ -3,13 +3,15 @@
 //! Throwaway host key, client key (plus a second key the server does not know) and
 //! authorized_keys, a hand-written sshd_config (`Subsystem sftp internal-sftp`; SFTP is
 //! off without it), `sshd -D -e` killed on drop. When we are root, the login user is
-//! `postgres` (unlocked with `usermod -p '*'`, since sshd without PAM refuses locked
-//! accounts), so that PostgreSQL's `archive_command`, which runs as `postgres`, can
-//! log in with the same key; key files are readable by that user.
+//! `postgres`, so that PostgreSQL's `archive_command`, which runs as `postgres`, can
+//! log in with the same key; key files are readable by that user. What that needs
+//! from the host (the account unlocked, /run/sshd) is undone by the last test sshd
+//! on the machine to stop; see [`prepare_host`].
 
 use super::*;
 use std::io::Read;
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::process::Child;
 
 const SSHD: &str = "/usr/sbin/sshd";
@@ -46,19 +48,6 @@ fn keygen(path: &Path, comment: &str) {
     );
 }
 
-/// Make sure sshd accepts key logins for `postgres` (Debian ships it locked).
-fn unlock_postgres() {
-    let shadow = Command::new("getent")
-        .args(["shadow", "postgres"])
-        .output()
-        .expect("getent shadow");
-    let line = String::from_utf8_lossy(&shadow.stdout);
-    let pw = line.split(':').nth(1).unwrap_or("");
-    if pw.starts_with('!') || pw.is_empty() {
-        run_ok(Command::new("usermod").args(["-p", "*", "postgres"]));
-    }
-}
-
 impl Sshd {
     /// Start sshd; `None` (loudly) when it is not installed and we are not under CI.
     pub fn start() -> Option<Sshd> {
@@ -68,9 +57,6 @@ impl Sshd {
         }
         let dir = TestDir::new();
         let user = if is_root() {
-            unlock_postgres();
-            // Privilege separation needs this directory; Debian creates it at boot only.
-            fs::create_dir_all("/run/sshd").expect("mkdir /run/sshd");
             "postgres".to_string()
         } else {
             whoami()
@@ -148,6 +134,12 @@ impl Sshd {
     }
 
     fn spawn(&mut self) {
+        // Held until our sshd runs, so no other test process undoes the host changes
+        // between our check and our start.
+        let lock = is_root().then(HostLock::take).flatten();
+        if let Some(l) = &lock {
+            prepare_host(l);
+        }
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -164,6 +156,7 @@ impl Sshd {
             .spawn()
             .expect("spawn sshd");
         self.child = Some(child);
+        drop(lock);
         self.wait_ready();
     }
 
@@ -277,6 +270,120 @@ impl Sshd {
 impl Drop for Sshd {
     fn drop(&mut self) {
         self.thaw();
+        let ours = self.pids();
         self.kill();
+        if let Some(lock) = is_root().then(HostLock::take).flatten() {
+            restore_host(&lock, &ours, self.dir.path());
+        }
     }
+}
+// ---------------------------------------------------------------------------
+// What sshd needs from the host, and undoing it.
+//
+// sshd without PAM refuses key logins to a locked account (Debian ships `postgres`
+// locked: `!` in /etc/shadow), and its privilege separation needs /run/sshd, which
+// only the boot scripts create. Test processes of several checkouts may run sshd at
+// once, so the changes are made and undone under one machine-wide lock, and undone
+// only when no other test sshd needs them.
+
+/// Prefix of `postgres`' password field while the tests have it unlocked, followed
+/// by the original field. Like `*` it matches no password; sshd refuses key logins
+/// only to fields starting with `!`.
+const UNLOCKED_MARK: &str = "*pgcellar-tests-unlocked*";
+
+/// Sshd's privilege separation directory.
+const PRIVSEP_DIR: &str = "/run/sshd";
+
+/// In [`PRIVSEP_DIR`] when the tests created it, so that they remove it again.
+const PRIVSEP_MARK: &str = "/run/sshd/.created-by-pgcellar-tests";
+
+/// An exclusive flock on /etc, held while a test changes the host for sshd or undoes
+/// it; a lock on a directory that always exists leaves no lock file behind.
+struct HostLock {
+    _etc: fs::File,
+}
+
+impl HostLock {
+    /// Wait for the lock; `None` (with a warning) if /etc cannot be locked.
+    fn take() -> Option<HostLock> {
+        let f = fs::File::open("/etc")
+            .map_err(|e| eprintln!("warning: open /etc to lock it: {e}"))
+            .ok()?;
+        // SAFETY: flock(2) on a descriptor we own; the lock goes with the file.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            eprintln!("warning: flock /etc: {}", std::io::Error::last_os_error());
+            return None;
+        }
+        Some(HostLock { _etc: f })
+    }
+}
+
+/// `postgres`' password field in /etc/shadow (empty if it cannot be read).
+fn shadow_field() -> String {
+    let out = Command::new("getent").args(["shadow", "postgres"]).output();
+    let line = out.map(|o| o.stdout).unwrap_or_default();
+    let line = String::from_utf8_lossy(&line);
+    line.split(':').nth(1).unwrap_or("").to_string()
+}
+
+/// Unlock `postgres` for key logins and create [`PRIVSEP_DIR`] if missing, each
+/// marked as the tests' change.
+fn prepare_host(_lock: &HostLock) {
+    let pw = shadow_field();
+    if pw.starts_with('!') || pw.is_empty() {
+        let unlocked = format!("{UNLOCKED_MARK}{pw}");
+        run_ok(Command::new("usermod").args(["-p", &unlocked, "postgres"]));
+    }
+    if !Path::new(PRIVSEP_DIR).exists() {
+        fs::create_dir_all(PRIVSEP_DIR).expect("mkdir /run/sshd");
+        fs::write(PRIVSEP_MARK, "").expect("mark /run/sshd as ours");
+    }
+}
+
+/// Undo [`prepare_host`] unless another sshd still needs it: another test sshd for
+/// the account, any other sshd for the directory. `ours` are the processes of the
+/// server being stopped (killed, maybe not yet reaped), `our_dir` its TestDir, named
+/// in its command line. Never panics: it runs in Drop, perhaps while a test unwinds.
+fn restore_host(_lock: &HostLock, ours: &[i32], our_dir: &Path) {
+    let our_dir = our_dir.display().to_string();
+    let others: Vec<String> = sshd_processes()
+        .into_iter()
+        .filter(|(pid, cmdline)| !ours.contains(pid) && !cmdline.contains(&our_dir))
+        .map(|(_, cmdline)| cmdline)
+        .collect();
+    // Test servers read their config from a TestDir (`-f .../pgcellar-test-*/`).
+    if others.iter().any(|c| c.contains("pgcellar-test-")) {
+        return;
+    }
+    if let Some(orig) = shadow_field().strip_prefix(UNLOCKED_MARK) {
+        let st = Command::new("usermod")
+            .args(["-p", orig, "postgres"])
+            .stdout(Stdio::null())
+            .status();
+        if !st.is_ok_and(|s| s.success()) {
+            eprintln!("warning: could not lock postgres again (password field {orig:?})");
+        }
+    }
+    if others.is_empty() && Path::new(PRIVSEP_MARK).exists() {
+        let _ = fs::remove_file(PRIVSEP_MARK);
+        let _ = fs::remove_dir(PRIVSEP_DIR);
+    }
+}
+
+/// Pid and command line of each live sshd process on this machine.
+fn sshd_processes() -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // A zombie has no exe link: it needs nothing any more.
+        if fs::read_link(e.path().join("exe")).ok().as_deref() != Some(Path::new(SSHD)) {
+            continue;
+        }
+        if let Ok(c) = fs::read(e.path().join("cmdline")) {
+            out.push((pid, String::from_utf8_lossy(&c).replace('\0', " ")));
+        }
+    }
+    out
 }

@@ -5,9 +5,7 @@
 //! what expire left, verify catching damage, cron); another serves check and
 //! switch-wal, healthy and with a broken `archive_command`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use pgcellar::repo::lock::{Lock, DEFAULT_STALE_AFTER};
 use pgcellar::storage::LocalStorage;
 use serde_json::Value;

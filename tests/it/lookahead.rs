@@ -4,11 +4,9 @@
 //! to a data directory, `.ready` files in `archive_status`) with synthetic segments;
 //! the second half runs real PostgreSQL clusters with 1 MiB segments.
 
-mod common;
-
+use crate::common::synthetic::*;
+use crate::common::*;
 use assert_cmd::Command;
-use common::synthetic::*;
-use common::*;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -850,7 +848,7 @@ fn pgbench_with_lookahead_archives_everything_without_failures() {
 
 #[test]
 fn lookahead_and_prefetch_work_over_ssh() {
-    let Some(sshd) = common::sshd::Sshd::start() else {
+    let Some(sshd) = crate::common::sshd::Sshd::start() else {
         return;
     };
     let (repo, _) = register_synthetic(RepoDir::over_ssh(&sshd), SYSID);

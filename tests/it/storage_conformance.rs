@@ -3,10 +3,8 @@
 //! suite also checks on disk what the driver promises (modes, hard links, no temp
 //! files left behind, nothing written outside the root).
 
-mod common;
-
-use common::sshd::Sshd;
-use common::*;
+use crate::common::sshd::Sshd;
+use crate::common::*;
 use pgcellar::config::SshSettings;
 use pgcellar::storage::{
     Committed, LocalStorage, Overwrite, RepoUrl, SshStorage, Storage, TEMP_PREFIX,

@@ -10,9 +10,7 @@
 //! loopback. The SSH repository's root is a directory on this machine too, so the
 //! on-disk checks (manifests, hard links, damaged files) look at it directly.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use pgcellar::repo::lock::{Lock, DEFAULT_STALE_AFTER};
 use pgcellar::repo::manifest::Manifest;
 use std::fs;

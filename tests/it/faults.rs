@@ -6,10 +6,8 @@
 //! gives a repository a few MiB of space, and `unshare -m` gives one command a
 //! resolv.conf of its own. Without root they skip loudly (and fail under CI).
 
-mod common;
-
-use common::synthetic::*;
-use common::*;
+use crate::common::synthetic::*;
+use crate::common::*;
 use std::fs;
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,5 @@
 //! Synthetic clusters for tests that need no PostgreSQL: a registered server and
 //! segments with a correct long page header.
-#![allow(dead_code)]
 
 use super::RepoDir;
 use pgcellar::repo::{Repository, ServerInfo};

@@ -4,7 +4,6 @@
 //! server command (and therefore `archive_command`/`restore_command`) runs as the
 //! `postgres` user through `runuser`, in directories that user owns. The binaries
 //! under test are copied to a directory that user can reach.
-#![allow(dead_code)]
 
 pub mod sshd;
 pub mod synthetic;
@@ -41,26 +40,57 @@ pub fn skip_or_fail(what: &str) -> Option<()> {
 }
 
 /// Directory holding copies of the built binaries, readable and executable by all.
+///
+/// One per profile under the target directory (`CARGO_TARGET_TMPDIR`), refreshed by
+/// every run, so that it is nothing to clean up. New copies replace old ones by
+/// rename: a concurrent run of the same checkout keeps the files it executes.
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         allow_root_writes();
-        let dir = std::env::temp_dir().join(format!("pgcellar-bin-{}", std::process::id()));
+        let built = assert_cmd::cargo::cargo_bin("wal-push");
+        let built_dir = built.parent().expect("binary dir");
+        let profile = built_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dir = bin_dir_parent().join(format!("pgcellar-bin-{profile}"));
         fs::create_dir_all(&dir).expect("create bin dir");
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod bin dir");
         // Binaries added by later work may not exist in every build: copy what is there.
-        let built = assert_cmd::cargo::cargo_bin("wal-push");
-        let built_dir = built.parent().expect("binary dir");
         for name in BINARIES {
             let src = built_dir.join(name);
             if src.exists() {
-                let dst = dir.join(name);
-                fs::copy(&src, &dst).expect("copy binary");
-                fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).expect("chmod");
+                let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+                fs::copy(&src, &tmp).expect("copy binary");
+                fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).expect("chmod");
+                fs::rename(&tmp, dir.join(name)).expect("rename binary");
             }
         }
         dir
     })
+}
+
+/// Where [`bin_dir`] lives: the target directory's scratch space when the `postgres`
+/// user can reach it (or we are not root); otherwise, as in a checkout under
+/// `/root`, one directory in the system temp dir for this target directory, reused
+/// by every run rather than one per run.
+fn bin_dir_parent() -> PathBuf {
+    let target_tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    fs::create_dir_all(&target_tmp).expect("create CARGO_TARGET_TMPDIR");
+    let reachable = target_tmp
+        .ancestors()
+        .all(|d| fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
+    if !is_root() || reachable {
+        return target_tmp;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    target_tmp.hash(&mut h);
+    let dir = std::env::temp_dir().join(format!("pgcellar-bins-{:016x}", h.finish()));
+    fs::create_dir_all(&dir).expect("create bin dir parent");
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod bin dir");
+    dir
 }
 
 /// Let the binaries this test process starts write repositories as root.
@@ -85,7 +115,7 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A temporary directory, owned by `postgres` when we are root, removed on drop.
 pub struct TestDir {
-    dir: tempfile::TempDir,
+    path: PathBuf,
 }
 
 impl TestDir {
@@ -98,17 +128,35 @@ impl TestDir {
             .expect("temp dir");
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
         chown_postgres(dir.path());
-        TestDir { dir }
+        // From here on our Drop removes it, retrying where TempDir's gives up.
+        TestDir { path: dir.keep() }
     }
 
     /// The directory.
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.path
     }
 
     /// A path inside it.
     pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
-        self.dir.path().join(p)
+        self.path.join(p)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        // A process the test started may still be writing here for a moment (a
+        // detached prefetcher, a server shutting down): retry for up to 5 s.
+        for _ in 0..50 {
+            if fs::remove_dir_all(&self.path).is_ok() || fs::symlink_metadata(&self.path).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!(
+            "warning: could not remove test directory {}",
+            self.path.display()
+        );
     }
 }
 
@@ -209,8 +257,8 @@ impl Default for ClusterOpts {
 
 /// A PostgreSQL cluster in a temporary directory, stopped on drop.
 pub struct Cluster {
-    /// Holds data directory, socket directory and log.
-    pub root: TestDir,
+    /// Holds data directory, socket directory and log; removed after the server stops.
+    pub _root: TestDir,
     /// The data directory.
     pub pgdata: PathBuf,
     /// Socket directory (the server listens on no TCP address unless configured).
@@ -277,7 +325,7 @@ impl Cluster {
         let port = free_port();
         let log = root.join("server.log");
         let c = Cluster {
-            root,
+            _root: root,
             pgdata,
             sockdir,
             port,
@@ -662,7 +710,6 @@ pub fn with_repo(backend: Backend, test: fn(&RepoDir)) {
 /// `<case>::ssh`, one per [`Backend`], each with a fresh repository from
 /// [`with_repo`]. `runner: case, ...` calls `runner(Backend, case)` of the calling
 /// module instead (e.g. to register a synthetic cluster first).
-#[allow(unused_macros)]
 macro_rules! on_both_backends {
     ($runner:ident: $($case:ident),* $(,)?) => {
         $(mod $case {
@@ -689,7 +736,6 @@ macro_rules! on_both_backends {
         })*
     };
 }
-#[allow(unused_imports)]
 pub(crate) use on_both_backends;
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {

@@ -1,11 +1,9 @@
 //! The SSH backend against a real sshd on loopback: the archive hooks over ssh://,
 //! host-key and client-key checks, and a backup host that dies or hangs mid-push.
 
-mod common;
-
+use crate::common::sshd::Sshd;
+use crate::common::*;
 use assert_cmd::Command as Cmd;
-use common::sshd::Sshd;
-use common::*;
 use pgcellar::config::{CommonArgs, Settings, SshSettings};
 use pgcellar::repo::{Repository, ServerInfo};
 use pgcellar::storage::{Overwrite, RepoUrl, SshStorage, Storage, TEMP_PREFIX};

@@ -7,11 +7,9 @@
 //! `<name>::ssh` (a real sshd on loopback); the exit-code, name-validation and
 //! configuration tests use a local repository only.
 
-mod common;
-
+use crate::common::synthetic::*;
+use crate::common::*;
 use assert_cmd::Command;
-use common::synthetic::*;
-use common::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

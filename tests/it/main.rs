@@ -1,0 +1,19 @@
+//! The integration tests: one binary, one module per area, all sharing `common`.
+//!
+//! Tests run in parallel threads of this one process. Each uses its own temporary
+//! directories, socket directory, ports and sshd; none changes the process
+//! environment after the harness sets `PGCELLAR_ALLOW_ROOT` once, and the changes to
+//! the host that sshd needs are taken and undone under one lock (common/sshd.rs), so
+//! no test has to run alone.
+
+mod common;
+
+mod architecture;
+
+mod backup_restore;
+mod catalog;
+mod faults;
+mod lookahead;
+mod ssh;
+mod storage_conformance;
+mod wal_archive;

@@ -2,6 +2,9 @@
 //! it back (directly or through others), and no file outside `tests/` grows past about
 //! 600 lines without saying why in its header (a `//! Why this file is long:` line).
 //!
+//! It also holds the code map of README.md to its word: each top-level folder (or
+//! file) imports only the ones its row names.
+//!
 //! The import graph is read from `use` declarations and inline `crate::`/`super::`
 //! paths, after dropping comments and each file's `#[cfg(test)]` module (tests may
 //! reach anywhere). A path resolves to the deepest module it names.
@@ -279,6 +282,92 @@ fn no_module_imports_one_that_imports_it_back() {
         })
         .collect();
     assert!(found.is_empty(), "import cycles:\n{}", explain.join("\n"));
+}
+
+/// README.md's code map: each top-level module and what it may import.
+const MAP: &[(&str, &[&str])] = &[
+    ("error", &[]),
+    ("util", &["error"]),
+    ("names", &["error"]),
+    ("pg", &["error"]),
+    ("codec", &["error"]),
+    ("wal", &["error", "names"]),
+    ("storage", &["error", "util", "names"]),
+    ("config", &["error", "util", "names", "codec", "storage"]),
+    (
+        "repo",
+        &[
+            "error", "util", "names", "codec", "wal", "storage", "config",
+        ],
+    ),
+    (
+        "archive",
+        &[
+            "error", "util", "names", "codec", "wal", "storage", "config", "repo",
+        ],
+    ),
+    (
+        "backup",
+        &[
+            "error", "util", "names", "pg", "codec", "wal", "storage", "config", "repo", "archive",
+        ],
+    ),
+    (
+        "restore",
+        &[
+            "error", "util", "names", "pg", "codec", "wal", "storage", "config", "repo", "archive",
+        ],
+    ),
+    (
+        "catalog",
+        &[
+            "error", "util", "names", "pg", "codec", "wal", "storage", "config", "repo", "archive",
+        ],
+    ),
+    ("cli", &["error", "util"]),
+];
+
+#[test]
+fn folders_import_only_what_the_code_map_allows() {
+    let (src, files) = sources();
+    let modules: BTreeSet<String> = files.iter().map(|f| module_of(&src, f)).collect();
+    let map: BTreeMap<&str, &[&str]> = MAP.iter().copied().collect();
+    let mut wrong = Vec::new();
+    for f in &files {
+        let from = module_of(&src, f);
+        let top = from.split("::").next().unwrap().to_string();
+        let Some(allowed) = map.get(top.as_str()) else {
+            wrong.push(format!(
+                "{top} is not in the code map (README.md and MAP here)"
+            ));
+            continue;
+        };
+        let code = code_of(&fs::read_to_string(f).unwrap());
+        for p in paths_of(&code) {
+            // Items the crate root re-exports: the error type and the log macros.
+            let root_item = p
+                .strip_prefix("crate::")
+                .map(|rest| rest.split("::").next().unwrap());
+            let to = match root_item {
+                Some("Error" | "ErrorKind" | "Result") => "error".to_string(),
+                Some(m) if m.starts_with("log_") => "util".to_string(),
+                _ => match resolve(&from, &p, &modules) {
+                    Some(m) => m.split("::").next().unwrap().to_string(),
+                    None => continue,
+                },
+            };
+            if to != top && !allowed.contains(&to.as_str()) {
+                wrong.push(format!("{from} imports {to} ({p})"));
+            }
+        }
+    }
+    wrong.sort();
+    wrong.dedup();
+    assert!(
+        wrong.is_empty(),
+        "imports outside the code map:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]

@@ -65,6 +65,14 @@ impl<W: Write> Write for HashWriter<W> {
         Ok(n)
     }
 
+    // Forwarded so the writer below sees whole chunks, and the hash is taken once per
+    // chunk. After an error the stream is abandoned, so the hash no longer matters.
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.inner.write_all(buf)?;
+        self.hasher.update(buf);
+        Ok(())
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }

@@ -1,17 +1,20 @@
 //! pgcellar: a PostgreSQL backup and WAL-archive suite.
 //!
 //! The binaries (`wal-push`, `wal-get`, `pgcellar`, ...) are thin shells over this
-//! library. Modules by concern:
+//! library. The public surface is one module per concern (the code map in README.md
+//! says what each may import), plus the error type at the root:
 //!
-//! - [`wal`]: WAL file names and the segment page header.
-//! - [`codec`]: streaming compression + SHA-256.
-//! - [`storage`]: the storage trait and its drivers.
-//! - [`repo`]: the repository layout and registration of servers.
-//! - [`archive`]: pushing and getting WAL files.
-//! - [`lookahead`] and [`prefetch`]: the speed-ups of `wal-push` and `wal-get`.
-//! - [`config`]: settings from flags, environment and file.
-//! - [`pg`]: connections to PostgreSQL.
-//! - [`retry`]: bounded retries of transient (network) failures.
+//! - [`archive`]: WAL in the repository: `wal-push` (with look-ahead), `wal-get` (with
+//!   prefetch), the archive index and timelines.
+//! - [`backup`] and [`restore`]: `base-backup` and `restore`.
+//! - [`catalog`]: commands over the whole repository (list, show, keep, check, verify,
+//!   expire, delete, cron, switch-wal).
+//! - [`repo`]: the repository layout, its JSON files, server registration, manifests
+//!   and the one-writer lock.
+//! - [`storage`]: the storage trait, its capabilities, drivers and layers.
+//! - [`codec`]: the hash and compression filters every stored file passes through.
+//! - [`config`]: every setting, resolved once from flags, environment and file.
+//! - [`wal`], [`names`], [`pg`], [`util`], [`error`], [`cli`]: the leaves.
 //!
 //! ```no_run
 //! use pgcellar::{archive, config::{CommonArgs, Settings}, repo::Repository};

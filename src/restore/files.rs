@@ -16,16 +16,26 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
+/// Where restored files come from and go: the same for every file of one restore.
+#[derive(Clone, Copy)]
+pub(super) struct Source<'a> {
+    /// The repository's storage.
+    pub storage: &'a dyn Storage,
+    /// The server the backup belongs to.
+    pub server: &'a str,
+    /// The backup's manifest.
+    pub m: &'a Manifest,
+    /// Manifest paths to local paths (data directory, tablespaces).
+    pub mapper: &'a PathMapper,
+    /// Who the restored files belong to.
+    pub owner: &'a Owner,
+}
+
 /// The control file, written last.
 pub(super) const PG_CONTROL: &str = "data/global/pg_control";
 
-#[allow(clippy::too_many_arguments)]
 pub(super) fn restore_files(
-    storage: &dyn Storage,
-    server: &str,
-    m: &Manifest,
-    mapper: &PathMapper,
-    owner: &Owner,
+    src: Source<'_>,
     mut files: Vec<&FileEntry>,
     jobs: usize,
     opts: &RestoreOptions,
@@ -36,7 +46,7 @@ pub(super) fn restore_files(
     let written = AtomicUsize::new(0);
     let kept = AtomicUsize::new(0);
     let restored = crate::util::workers::try_for_each(jobs, &files, |_, entry| {
-        let counter = if restore_one(storage, server, m, mapper, owner, entry, opts.delta)? {
+        let counter = if restore_one(src, entry, opts.delta)? {
             &written
         } else {
             &kept
@@ -51,15 +61,8 @@ pub(super) fn restore_files(
 }
 
 /// Restore one file; `false` when `--delta` found it already identical.
-fn restore_one(
-    storage: &dyn Storage,
-    server: &str,
-    m: &Manifest,
-    mapper: &PathMapper,
-    owner: &Owner,
-    entry: &FileEntry,
-    delta: bool,
-) -> Result<bool> {
+fn restore_one(src: Source<'_>, entry: &FileEntry, delta: bool) -> Result<bool> {
+    let Source { mapper, .. } = src;
     let local = mapper.local(&entry.path)?;
     if delta {
         if let Ok(meta) = fs::symlink_metadata(&local) {
@@ -77,7 +80,7 @@ fn restore_one(
         }
     }
     // Durable later, with everything else (one syncfs before pg_control).
-    restore_to_temp(storage, server, m, mapper, owner, entry)?.commit(false)?;
+    restore_to_temp(src, entry)?.commit(false)?;
     Ok(true)
 }
 
@@ -119,14 +122,14 @@ impl Drop for Pending {
 
 /// Rebuild `entry` under a temporary name next to its final one and verify its size
 /// and SHA-256 against the manifest.
-pub(super) fn restore_to_temp(
-    storage: &dyn Storage,
-    server: &str,
-    m: &Manifest,
-    mapper: &PathMapper,
-    owner: &Owner,
-    entry: &FileEntry,
-) -> Result<Pending> {
+pub(super) fn restore_to_temp(src: Source<'_>, entry: &FileEntry) -> Result<Pending> {
+    let Source {
+        storage,
+        server,
+        m,
+        mapper,
+        owner,
+    } = src;
     let local = mapper.local(&entry.path)?;
     let mut tmp_name = local
         .file_name()

@@ -5,7 +5,7 @@ use super::dest::{
     check_tablespace_target, prepare_dest, prune, remove_if_exists, tablespace_locations,
     write_small, PathMapper,
 };
-use super::files::{restore_files, restore_to_temp, PG_CONTROL};
+use super::files::{restore_files, restore_to_temp, Source, PG_CONTROL};
 use super::options::{RestoreOptions, RestoreOutcome, Target};
 use super::owner::{check_runnable_by_owner, Owner};
 use super::recovery::{absolute, wal_get_path, write_recovery_settings};
@@ -90,9 +90,16 @@ pub fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreOutcome>
 
     // pg_control first, under its temporary name: a damaged one fails the restore
     // before the long part, and it gets its final name only at the very end.
-    let control_tmp = restore_to_temp(storage, &server, &m, &mapper, &owner, control)?;
+    let src = Source {
+        storage,
+        server: &server,
+        m: &m,
+        mapper: &mapper,
+        owner: &owner,
+    };
+    let control_tmp = restore_to_temp(src, control)?;
     let jobs = settings.backup.workers(opts.jobs);
-    let (written, kept) = restore_files(storage, &server, &m, &mapper, &owner, others, jobs, opts)?;
+    let (written, kept) = restore_files(src, others, jobs, opts)?;
 
     let label = dest.join("backup_label");
     write_small(&label, m.backup_label.as_bytes(), &owner)?;

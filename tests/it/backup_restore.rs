@@ -1144,7 +1144,10 @@ fn a_long_running_holder_keeps_its_lock_and_a_dead_one_loses_it() {
         .unwrap()
         .clone();
     assert_eq!(row["status"], "warning", "{r}");
-    assert!(row["message"].as_str().unwrap().contains(&id), "{r}");
+    let message = row["message"].as_str().unwrap();
+    assert!(message.contains(&id), "{r}");
+    // One line a person reads: no runs of blanks from a broken string continuation.
+    assert!(!message.contains("  "), "{message:?}");
     let o = pgcellar_cmd(&repo, &["cron"]);
     assert!(o.status.success(), "{}", out_text(&o));
     assert!(

@@ -159,7 +159,9 @@ pub(super) fn check_unfinished(
                     "aborted_backups",
                     Status::Warning,
                     format!(
-                        "{} aborted backup(s) (no manifest, writer gone; not restorable): {};                          see why in base-backup's log; cron removes them after                          aborted_backup_max_age",
+                        "{} aborted backup(s) (no manifest, writer gone; not restorable): {}; \
+                         see why in base-backup's log; cron removes them after \
+                         aborted_backup_max_age",
                         aborted.len(),
                         aborted.join(", ")
                     ),

@@ -186,6 +186,7 @@ fn expire_server(
     }
     let plan = retention::plan(&summaries, now, policy, cat.minimum_redundancy);
     let aborted = aborted_backups(storage, &server.name, now, cat.aborted_backup_max_age)?;
+    // A dry run takes every step against a layer that removes nothing.
     let removals = DryRun::when(storage, dry_run);
     for id in &plan.delete {
         remove_backup(&removals, &server.name, id)?;
@@ -194,7 +195,7 @@ fn expire_server(
         removals.remove_dir_all(&layout::backup_dir(&server.name, id))?;
     }
     let index = ArchiveIndex::scan(storage, &server.name, server.wal_segment_size)?;
-    let wal = remove_wal(storage, &server.name, &index, &plan, dry_run)?;
+    let wal = remove_wal(&removals, &server.name, &index, &plan)?;
     if let Some(lock) = lock {
         lock.release();
     }
@@ -254,10 +255,7 @@ fn remove_wal(
     server: &str,
     index: &ArchiveIndex,
     plan: &Plan,
-    dry_run: bool,
 ) -> Result<Vec<WalRemoval>> {
-    // A dry run takes every step against a layer that removes nothing.
-    let storage = &DryRun::when(storage, dry_run);
     let size = index.segment_size;
     let mut doomed: Vec<&StoredWal> = Vec::new();
     for (tli, segs) in &index.segments {
@@ -564,10 +562,10 @@ mod tests {
             wal_boundary: [(1, per_log + 5)].into(),
             ..Default::default()
         };
-        let dry = remove_wal(&st, "main", &idx, &plan, true).unwrap();
+        let dry = remove_wal(&DryRun::when(&st, true), "main", &idx, &plan).unwrap();
         assert_eq!(dry[0].files, 4);
         assert_eq!(ArchiveIndex::scan(&st, "main", MB).unwrap().file_count(), 6);
-        let done = remove_wal(&st, "main", &idx, &plan, false).unwrap();
+        let done = remove_wal(&st, "main", &idx, &plan).unwrap();
         assert_eq!(done[0].files, 4);
         assert_eq!(done[0].keep_from, "000000010000000100000005");
         let left = ArchiveIndex::scan(&st, "main", MB).unwrap();

@@ -1136,13 +1136,7 @@ fn a_long_running_holder_keeps_its_lock_and_a_dead_one_loses_it() {
     let o = pgcellar_cmd(&repo, &["--conninfo", &c.conninfo(), "check", "--json"]);
     let r: serde_json::Value =
         serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", out_text(&o)));
-    let row = r["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "aborted_backups")
-        .unwrap()
-        .clone();
+    let row = check_row(&r, "aborted_backups");
     assert_eq!(row["status"], "warning", "{r}");
     let message = row["message"].as_str().unwrap();
     assert!(message.contains(&id), "{r}");

@@ -412,13 +412,7 @@ fn backup_life_cycle_list_keep_expire_restore_verify_cron() {
     let o = pgcellar(&repo, None, &["check", "--json"]);
     assert_eq!(o.status.code(), Some(1));
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
-    let row = v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "wal_continuity")
-        .unwrap()
-        .clone();
+    let row = check_row(&v, "wal_continuity");
     assert_eq!(row["status"], "critical", "{v}");
     assert!(
         row["message"].as_str().unwrap().contains(b3_stop.as_str()),
@@ -562,26 +556,14 @@ fn check_and_switch_wal_healthy_and_with_a_broken_archive_command() {
     set_command(&format!("{wal_push} --config {} %p", pushcfg.display()));
     let r: Value =
         serde_json::from_str(&stdout(&pgcellar(&repo, cfg, &["check", "--json"]))).unwrap();
-    let cmd_row = r["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "archive_command")
-        .unwrap()
-        .clone();
+    let cmd_row = check_row(&r, "archive_command");
     assert_eq!(cmd_row["status"], "critical", "{r}");
     // Names the command line does not show (PostgreSQL's environment may set them):
     // a WARNING saying so, never a silent OK.
     set_command(&format!("{wal_push} %p"));
     let r: Value =
         serde_json::from_str(&stdout(&pgcellar(&repo, cfg, &["check", "--json"]))).unwrap();
-    let cmd_row = r["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "archive_command")
-        .unwrap()
-        .clone();
+    let cmd_row = check_row(&r, "archive_command");
     assert_eq!(cmd_row["status"], "warning", "{r}");
     assert!(
         cmd_row["message"]
@@ -619,15 +601,7 @@ fn check_and_switch_wal_healthy_and_with_a_broken_archive_command() {
     assert_eq!(o.status.code(), Some(1));
     let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(r["status"], "critical");
-    let by_name = |n: &str| {
-        r["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == n)
-            .unwrap()["status"]
-            .clone()
-    };
+    let by_name = |n: &str| check_row(&r, n)["status"].clone();
     assert_eq!(by_name("archiver_failures"), "critical", "{r}");
     assert_eq!(by_name("archive_command"), "ok");
     assert_eq!(by_name("archiving"), "critical");
@@ -640,15 +614,7 @@ fn check_and_switch_wal_healthy_and_with_a_broken_archive_command() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let r: Value = serde_json::from_str(&stdout(&o))
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}{}", stdout(&o), stderr(&o)));
-    let status = |n: &str| {
-        r["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == n)
-            .unwrap_or_else(|| panic!("no check {n} in {r}"))["status"]
-            .clone()
-    };
+    let status = |n: &str| check_row(&r, n)["status"].clone();
     assert_eq!(r["status"], "critical", "{r}");
     assert_eq!(status("repository"), "critical", "{r}");
     assert_eq!(status("postgres_connection"), "ok", "{r}");

@@ -562,28 +562,7 @@ fn postgres_archives_over_ssh_and_a_copy_recovers_to_the_last_row() {
     );
     let accounts = pg.psql("SELECT sum(abalance) FROM pgbench_accounts");
 
-    let copy = Cluster::adopt_restored(base_root, base);
-    copy.append_conf(&[
-        "archive_mode = off".into(),
-        format!("restore_command = '{restore}'"),
-    ]);
-    fs::write(copy.pgdata.join("recovery.signal"), "").unwrap();
-    chown_postgres(&copy.pgdata.join("recovery.signal"));
-    copy.start();
-    copy.wait_for_promotion(Duration::from_secs(120));
-    assert_eq!(copy.psql("SELECT count(*) FROM marks"), "1001");
-    assert_eq!(
-        copy.psql("SELECT note FROM marks WHERE id = 1001"),
-        "last committed row"
-    );
-    assert_eq!(
-        copy.psql("SELECT sum(abalance) FROM pgbench_accounts"),
-        accounts
-    );
-    assert!(
-        copy.log_text().contains("restored log file"),
-        "wal-get was not used"
-    );
+    recover_to_the_last_row(base_root, base, &restore, &accounts);
 }
 
 /// The full PITR over SSH: archive, two base backups (the second incremental, its

@@ -509,28 +509,7 @@ fn postgres_archives_pgbench_and_a_copy_recovers_to_the_last_row(repo: &RepoDir)
     let accounts = pg.psql("SELECT sum(abalance) FROM pgbench_accounts");
 
     // Recover the earlier copy through wal-get.
-    let copy = Cluster::adopt_restored(base_root, base);
-    copy.append_conf(&[
-        "archive_mode = off".into(),
-        format!("restore_command = '{}'", repo.restore_command()),
-    ]);
-    fs::write(copy.pgdata.join("recovery.signal"), "").unwrap();
-    chown_postgres(&copy.pgdata.join("recovery.signal"));
-    copy.start();
-    copy.wait_for_promotion(Duration::from_secs(120));
-    assert_eq!(copy.psql("SELECT count(*) FROM marks"), "1001");
-    assert_eq!(
-        copy.psql("SELECT note FROM marks WHERE id = 1001"),
-        "last committed row"
-    );
-    assert_eq!(
-        copy.psql("SELECT sum(abalance) FROM pgbench_accounts"),
-        accounts
-    );
-    assert!(
-        copy.log_text().contains("restored log file"),
-        "wal-get was not used"
-    );
+    recover_to_the_last_row(base_root, base, &repo.restore_command(), &accounts);
 }
 
 fn init_refuses_another_cluster_under_the_same_name(repo: &RepoDir) {

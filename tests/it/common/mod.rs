@@ -770,3 +770,45 @@ pub fn pg_basebackup(cluster: &Cluster, dest: &Path) {
         .arg(dest);
     run_ok(&mut c);
 }
+
+/// Recover a base copy (`root`/`pgdata`) through `restore_command` to the end of the
+/// archive and check what the archiving tests wrote last: 1,001 `marks` rows ending
+/// in "last committed row", the pgbench balance `accounts`, and wal-get in the log.
+pub fn recover_to_the_last_row(
+    root: TestDir,
+    pgdata: PathBuf,
+    restore_command: &str,
+    accounts: &str,
+) {
+    let copy = Cluster::adopt_restored(root, pgdata);
+    copy.append_conf(&[
+        "archive_mode = off".into(),
+        format!("restore_command = '{restore_command}'"),
+    ]);
+    fs::write(copy.pgdata.join("recovery.signal"), "").unwrap();
+    chown_postgres(&copy.pgdata.join("recovery.signal"));
+    copy.start();
+    copy.wait_for_promotion(Duration::from_secs(120));
+    assert_eq!(copy.psql("SELECT count(*) FROM marks"), "1001");
+    assert_eq!(
+        copy.psql("SELECT note FROM marks WHERE id = 1001"),
+        "last committed row"
+    );
+    assert_eq!(
+        copy.psql("SELECT sum(abalance) FROM pgbench_accounts"),
+        accounts
+    );
+    assert!(
+        copy.log_text().contains("restored log file"),
+        "wal-get was not used"
+    );
+}
+
+/// The row of check `name` in a `pgcellar check --json` document.
+pub fn check_row(report: &serde_json::Value, name: &str) -> serde_json::Value {
+    report["checks"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no check {name} in {report}"))
+        .clone()
+}

@@ -6,6 +6,7 @@
 use crate::common::sshd::Sshd;
 use crate::common::*;
 use pgcellar::config::SshSettings;
+use pgcellar::storage::layer::DryRun;
 use pgcellar::storage::{
     Committed, LocalStorage, Overwrite, RepoUrl, SshStorage, Storage, TEMP_PREFIX,
 };
@@ -160,6 +161,17 @@ fn conformance(s: &dyn Storage, disk: &Path) {
         fs::metadata(disk.join("a/d/via-common")).unwrap().ino(),
         "link_or_copy_all copied on a driver with hard links"
     );
+
+    // The dry-run layer over this driver: reads pass through, no change reaches it.
+    let dry = DryRun::new(s);
+    assert_eq!(dry.read_all("a/b/g").unwrap(), s.read_all("a/b/g").unwrap());
+    dry.remove_file("a/b/g").unwrap();
+    dry.remove_dir_all("a/d").unwrap();
+    dry.write_all("a/b/dry", b"x", Overwrite::Never).unwrap();
+    dry.create_dir_all("a/dry").unwrap();
+    assert_eq!(dry.skipped(), 4);
+    assert!(disk.join("a/b/g").exists() && disk.join("a/d").exists());
+    assert!(!disk.join("a/b/dry").exists() && !disk.join("a/dry").exists());
 
     // Removal: files and trees, missing ones are not errors.
     s.remove_file("a/b/g").unwrap();

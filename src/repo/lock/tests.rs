@@ -142,11 +142,20 @@ fn the_heartbeat_refreshes_and_never_overwrites_a_lock_taken_over() {
     assert_eq!(later.token, l.info().token);
     assert!(later.refreshed.unwrap() > first, "{later:?}");
     assert!(l.ensure_held().is_ok());
-    // Someone else takes the lock over (as after breaking it): the heartbeat must
-    // leave their lock alone and report the loss.
+    // Someone else takes the lock over, as a breaker does: under the break lock,
+    // which the heartbeat holds while it reads and rewrites (written without it, the
+    // takeover could land between the heartbeat's read and its write). The heartbeat
+    // must leave their lock alone and report the loss.
     let theirs = info("elsewhere.invalid", 1, 0, Some(0));
+    let brk = loop {
+        if let Some(b) = take_break_lock(&s, "main").unwrap() {
+            break b;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     s.write_all(path, &to_json(&theirs).unwrap(), Overwrite::Replace)
         .unwrap();
+    release(&s, &layout::lock_file("main", BREAK_LOCK), &brk.token).unwrap();
     std::thread::sleep(Duration::from_millis(450));
     assert_eq!(read_info(&s, path).unwrap().unwrap(), theirs);
     let err = l.ensure_held().unwrap_err();

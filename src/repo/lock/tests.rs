@@ -129,6 +129,21 @@ fn lock_files_without_a_refresh_time_still_parse() {
     assert_eq!(i.last_refresh(), i.started);
 }
 
+/// The first `Some` of `probe`, polled every 10 ms for up to 30 s.
+fn eventually<T>(mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not met in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn the_heartbeat_refreshes_and_never_overwrites_a_lock_taken_over() {
     let dir = tempfile::tempdir().unwrap();
@@ -137,10 +152,13 @@ fn the_heartbeat_refreshes_and_never_overwrites_a_lock_taken_over() {
     let mut l = Lock::acquire(&s, "main", "base-backup", Duration::from_secs(2)).unwrap();
     l.keep_fresh(Box::new(s.clone()), Duration::from_millis(100));
     let first = read_info(&s, path).unwrap().unwrap().refreshed.unwrap();
-    std::thread::sleep(Duration::from_millis(450));
-    let later = read_info(&s, path).unwrap().unwrap();
+    // Polled, not slept: on a loaded CI machine four intervals of wall clock once
+    // passed before the heartbeat thread ran at all.
+    let later = eventually(|| {
+        let now = read_info(&s, path).unwrap().unwrap();
+        (now.refreshed.unwrap() > first).then_some(now)
+    });
     assert_eq!(later.token, l.info().token);
-    assert!(later.refreshed.unwrap() > first, "{later:?}");
     assert!(l.ensure_held().is_ok());
     // Someone else takes the lock over, as a breaker does: under the break lock,
     // which the heartbeat holds while it reads and rewrites (written without it, the
@@ -156,9 +174,8 @@ fn the_heartbeat_refreshes_and_never_overwrites_a_lock_taken_over() {
     s.write_all(path, &to_json(&theirs).unwrap(), Overwrite::Replace)
         .unwrap();
     release(&s, &layout::lock_file("main", BREAK_LOCK), &brk.token).unwrap();
-    std::thread::sleep(Duration::from_millis(450));
+    let err = eventually(|| l.ensure_held().err());
     assert_eq!(read_info(&s, path).unwrap().unwrap(), theirs);
-    let err = l.ensure_held().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Locked);
     // Releasing does not remove their lock either.
     l.try_release().unwrap();

@@ -5,7 +5,7 @@ use super::options::BackupOptions;
 use super::session::{
     check_archiving, check_data_directory, start_backup, stop_backup, tablespace_names,
 };
-use super::store::{find_parent, store_files};
+use super::store::{find_parent, store_files, StoreCtx};
 use super::wal_wait::{archiver_status, wait_for_wal};
 use super::walk::walk_cluster;
 use crate::config::Settings;
@@ -14,7 +14,7 @@ use crate::pg;
 use crate::repo::lock::Lock;
 use crate::repo::manifest::{BackupId, BackupStatus, Manifest, MANIFEST_FORMAT};
 use crate::repo::{layout, to_json, Repository, ServerInfo};
-use crate::storage::{self, Overwrite, Storage};
+use crate::storage::{Overwrite, Storage};
 use crate::wal::WalName;
 use chrono::{DateTime, Utc};
 use std::fs;
@@ -97,7 +97,7 @@ fn backup_locked(
     let parent = if opts.full {
         None
     } else {
-        find_parent(storage, server, codec)
+        find_parent(storage, server)
     };
     let (id, start_time) = new_backup_id(storage, &server.name)?;
     let dir = layout::backup_dir(&server.name, id.as_str());
@@ -121,24 +121,15 @@ fn backup_locked(
         );
         let tablespace_names = tablespace_names(client)?;
         let walk = walk_cluster(pgdata, server.pg_major, &tablespace_names)?;
-        for d in &walk.dirs {
-            storage.create_dir_all(&storage::join(&dir, &d.path))?;
-        }
         let jobs = settings.backup.workers(opts.jobs);
-        let files = store_files(
-            storage,
-            server,
-            &id,
-            codec,
-            parent.as_ref(),
-            opts,
-            jobs,
-            walk.files,
-        )?;
+        let total = walk.files.iter().map(|f| f.size).sum();
+        let ctx = StoreCtx::new(storage, &server.name, codec, parent.as_ref(), opts, total);
+        let files = store_files(&ctx, jobs, walk.files)?;
         crate::log_info!(
-            "stored {} files ({} linked to the parent) at {:.2}s",
+            "stored {} files ({} unchanged, {} with new objects) at {:.2}s",
             files.len(),
-            files.iter().filter(|f| f.reused).count(),
+            files.iter().filter(|f| f.added_size == 0).count(),
+            files.iter().filter(|f| f.added_size > 0).count(),
             secs()
         );
         // Before the stop: its WAL switch wakes the archiver, whose failures from then

@@ -1,17 +1,19 @@
-//! Storing the walked files: each compressed into the backup, or hard-linked to the
-//! parent backup's copy when it is provably unchanged.
+//! Storing the walked files as content-addressed objects, reusing the parent backup's
+//! objects for whatever is provably unchanged (`docs/repository-format.md`, "Change
+//! detection"): a whole file by size and mtime, or page by page by page hash.
 
 use super::options::BackupOptions;
 use super::walk::{mode_of, Job};
-use crate::codec::{self, Codec};
+use crate::codec::{self, Codec, HashWriter, BUF_SIZE};
 use crate::error::{Error, IoContext, Result};
-use crate::repo::manifest::{self, BackupId, FileEntry, Manifest};
+use crate::repo::manifest::{self, FileEntry, Manifest, ObjectRef, MAX_DELTAS, MAX_DELTA_SHARE};
+use crate::repo::objects::{page_hash, DeltaWriter, ObjectStore, PageHashes, Stored, PAGE};
 use crate::repo::ServerInfo;
-use crate::storage::{self, Overwrite, Storage};
+use crate::storage::Storage;
 use crate::util::progress::progress_bar;
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
 
@@ -19,84 +21,77 @@ use std::sync::Mutex;
 /// many seconds before the parent backup started (covers 1 s timestamp granularity).
 pub const SAFE_HORIZON_SECS: i64 = 2;
 
-/// The most recent complete backup, to hard-link unchanged files to; `None` with a
-/// warning when it cannot be read (the backup is then a full one).
-pub(super) fn find_parent(
-    storage: &dyn Storage,
-    server: &ServerInfo,
-    codec: Codec,
-) -> Option<Manifest> {
+/// Main-fork relation files at least this large are compared page by page; smaller
+/// ones cost less to store whole than to track.
+pub const PAGE_LEVEL_MIN_SIZE: u64 = 256 * 1024;
+
+/// Proof from outside the file (WAL summaries) that a path is unchanged since the
+/// parent started: `true` means its parent version may be reused unread.
+pub(super) type Untouched<'a> = &'a (dyn Fn(&str) -> bool + Sync);
+
+/// The most recent complete backup of the same cluster, to compare with; `None` with a
+/// warning when it cannot be read (every file is then stored whole).
+pub(super) fn find_parent(storage: &dyn Storage, server: &ServerInfo) -> Option<Manifest> {
     let ids = match manifest::list_ids(storage, &server.name) {
         Ok(ids) => ids,
         Err(e) => {
-            crate::log_warn!("cannot list backups ({e}); taking a full backup");
+            crate::log_warn!("cannot list backups ({e}); storing every file whole");
             return None;
         }
     };
     let id = ids.last()?;
     match manifest::load(storage, &server.name, id) {
         Ok(m) if m.system_identifier != server.system_identifier => None,
-        // Reused files are links to the parent's stored bytes, so they must be
-        // compressed the same way as this backup's.
-        Ok(m) if m.compression != codec.compression => {
-            crate::log_info!(
-                "backup {id} uses {} compression, not {}: copying every file",
-                m.compression,
-                codec.compression
-            );
-            None
-        }
         Ok(m) => Some(m),
         Err(e) => {
-            crate::log_warn!("cannot read backup {id} ({e}); taking a full backup");
+            crate::log_warn!("cannot read backup {id} ({e}); storing every file whole");
             None
         }
     }
 }
 
 /// Shared state of the storing workers.
-struct StoreCtx<'a> {
-    storage: &'a dyn Storage,
-    server: &'a str,
-    id: &'a BackupId,
-    codec: Codec,
-    parent: Option<&'a Manifest>,
-    parent_files: HashMap<&'a str, &'a FileEntry>,
-    checksum: bool,
-    links: Mutex<Vec<(String, String)>>,
-    progress: indicatif::ProgressBar,
+pub(super) struct StoreCtx<'a> {
+    pub(super) objects: ObjectStore<'a>,
+    pub(super) codec: Codec,
+    pub(super) parent: Option<&'a Manifest>,
+    pub(super) parent_files: HashMap<&'a str, &'a FileEntry>,
+    pub(super) checksum: bool,
+    pub(super) untouched: Option<Untouched<'a>>,
+    pub(super) progress: indicatif::ProgressBar,
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn store_files(
-    storage: &dyn Storage,
-    server: &ServerInfo,
-    id: &BackupId,
-    codec: Codec,
-    parent: Option<&Manifest>,
-    opts: &BackupOptions,
-    jobs: usize,
-    mut files: Vec<Job>,
-) -> Result<Vec<FileEntry>> {
+impl<'a> StoreCtx<'a> {
+    /// The context for storing `server`'s files, compared with `parent`.
+    pub(super) fn new(
+        storage: &'a dyn Storage,
+        server: &str,
+        codec: Codec,
+        parent: Option<&'a Manifest>,
+        opts: &BackupOptions,
+        total: u64,
+    ) -> StoreCtx<'a> {
+        StoreCtx {
+            objects: ObjectStore::new(storage, server),
+            codec,
+            parent,
+            parent_files: parent
+                .map(|p| p.files.iter().map(|f| (f.path.as_str(), f)).collect())
+                .unwrap_or_default(),
+            checksum: opts.checksum,
+            untouched: None,
+            progress: progress_bar(total, opts.progress),
+        }
+    }
+}
+
+/// Store every file with `jobs` workers; entries sorted by path.
+pub(super) fn store_files(ctx: &StoreCtx<'_>, jobs: usize, mut files: Vec<Job>) -> Result<Vec<FileEntry>> {
     // Largest first, so that the last worker does not start a huge file alone.
     files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
-    let total: u64 = files.iter().map(|f| f.size).sum();
-    let ctx = StoreCtx {
-        storage,
-        server: &server.name,
-        id,
-        codec,
-        parent,
-        parent_files: parent
-            .map(|p| p.files.iter().map(|f| (f.path.as_str(), f)).collect())
-            .unwrap_or_default(),
-        checksum: opts.checksum,
-        links: Mutex::new(Vec::new()),
-        progress: progress_bar(total, opts.progress),
-    };
     let results: Mutex<Vec<FileEntry>> = Mutex::new(Vec::with_capacity(files.len()));
     let stored = crate::util::workers::try_for_each(jobs, &files, |_, job| {
-        if let Some(entry) = store_one(&ctx, job)? {
+        if let Some(entry) = store_one(ctx, job)? {
             if let Ok(mut r) = results.lock() {
                 r.push(entry);
             }
@@ -106,16 +101,44 @@ pub(super) fn store_files(
     });
     ctx.progress.finish_and_clear();
     stored?;
-    let links = ctx.links.into_inner().unwrap_or_default();
-    for chunk in links.chunks(1000) {
-        storage.link_or_copy_all(chunk)?;
-    }
-    // One flush for every file instead of an fsync each (about 15 ms apiece on
+    // One flush for every object instead of an fsync each (about 15 ms apiece on
     // ordinary disks); still well before the manifest makes the backup count.
-    storage.sync_deferred()?;
+    ctx.objects.storage().sync_deferred()?;
     let mut out = results.into_inner().unwrap_or_default();
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
+}
+
+/// Whether `path` is a main-fork relation file: `<db>/<relfilenode>[.<segment>]` under
+/// `data/base/`, `data/global/` or a tablespace. Only those have 8 KiB pages that
+/// PostgreSQL rewrites in place; `_fsm`, `_vm` and `_init` forks are stored whole.
+pub fn is_main_fork(path: &str) -> bool {
+    let Some((dir, name)) = path.rsplit_once('/') else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let (rel, seg) = name.split_once('.').unwrap_or((name, "0"));
+    if !digits(rel) || !digits(seg) {
+        return false;
+    }
+    let parts: Vec<&str> = dir.split('/').collect();
+    match parts.as_slice() {
+        ["data", "global"] => true,
+        ["data", "base", db] => digits(db),
+        ["tablespaces", ts, version, db] => {
+            digits(ts) && version.starts_with("PG_") && digits(db)
+        }
+        _ => false,
+    }
+}
+
+/// What storing one file found, before it becomes a manifest entry.
+struct Version {
+    sha256: String,
+    size: u64,
+    objects: Vec<Stored>,
+    reused: Vec<ObjectRef>,
+    pages: Option<Stored>,
 }
 
 /// Store one file; `None` when it vanished meanwhile.
@@ -128,215 +151,256 @@ fn store_one(ctx: &StoreCtx<'_>, job: &Job) -> Result<Option<FileEntry>> {
     let size = meta.len();
     let mtime = meta.mtime();
     let mode = mode_of(&meta);
-    let parent_entry = match (ctx.parent, ctx.parent_files.get(job.path.as_str())) {
+    let entry = |v: Version| -> FileEntry {
+        let mut objects: Vec<ObjectRef> = v.reused;
+        let mut added = 0;
+        for s in &v.objects {
+            if s.created {
+                added += s.object.stored_size;
+            }
+            objects.push(s.object.clone());
+        }
+        if let Some(p) = &v.pages {
+            if p.created {
+                added += p.object.stored_size;
+            }
+        }
+        let pages = v.pages.map(|p| p.object);
+        let stored_size = objects.iter().chain(pages.iter()).map(|o| o.stored_size).sum();
+        FileEntry {
+            path: job.path.clone(),
+            size: v.size,
+            mtime,
+            mode,
+            sha256: v.sha256,
+            objects,
+            pages,
+            stored_size,
+            added_size: added,
+        }
+    };
+    let reuse = |prev: &FileEntry| FileEntry {
+        path: job.path.clone(),
+        size,
+        mtime,
+        mode,
+        added_size: 0,
+        ..prev.clone()
+    };
+    let page_level = is_main_fork(&job.path) && size >= PAGE_LEVEL_MIN_SIZE && size % PAGE as u64 == 0;
+    let prev = match (ctx.parent, ctx.parent_files.get(job.path.as_str())) {
         (Some(parent), Some(prev)) if prev.size == size => Some((parent, *prev)),
         _ => None,
     };
-    let link = |parent: &Manifest, prev: &FileEntry| -> FileEntry {
-        let from = manifest::stored_path(ctx.server, &parent.id, &prev.path, parent.compression);
-        let to = manifest::stored_path(ctx.server, ctx.id, &job.path, ctx.codec.compression);
-        if let Ok(mut l) = ctx.links.lock() {
-            l.push((from, to));
+    if let Some((parent, prev)) = prev {
+        let old_enough = mtime + SAFE_HORIZON_SECS <= parent.start_time.timestamp();
+        if !ctx.checksum && prev.mtime == mtime && old_enough {
+            return Ok(Some(reuse(prev)));
         }
-        FileEntry {
-            path: job.path.clone(),
-            size,
-            mtime,
-            mode,
-            sha256: prev.sha256.clone(),
-            stored_size: prev.stored_size,
-            reused: true,
+        if !ctx.checksum && is_main_fork(&job.path) && ctx.untouched.is_some_and(|f| f(&job.path)) {
+            return Ok(Some(reuse(prev)));
         }
-    };
-    if let Some((parent, prev)) = parent_entry {
-        if prev.mtime == mtime {
-            let trusted =
-                !ctx.checksum && mtime + SAFE_HORIZON_SECS <= parent.start_time.timestamp();
+        if prev.mtime == mtime && !page_level {
             // Same size and mtime but not provably old (or --checksum): most likely
             // unchanged, so hashing first usually saves the compression.
-            let same = trusted
-                || match File::open(&job.src) {
-                    Ok(mut f) => {
-                        let (sha, _) = codec::hash(&[], &mut f)
-                            .io_context(|| format!("reading {}", job.src.display()))?;
-                        sha == prev.sha256
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                    Err(e) => return Err(Error::io(format!("opening {}", job.src.display()), e)),
-                };
-            if same {
-                return Ok(Some(link(parent, prev)));
+            let Some(mut f) = open(job)? else {
+                return Ok(None);
+            };
+            let (sha, _) = codec::hash(&[], &mut f)
+                .io_context(|| format!("reading {}", job.src.display()))?;
+            if sha == prev.sha256 {
+                return Ok(Some(reuse(prev)));
             }
         }
     }
-    let mut file = match File::open(&job.src) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(format!("opening {}", job.src.display()), e)),
-    };
-    let target = manifest::stored_path(ctx.server, ctx.id, &job.path, ctx.codec.compression);
-    let (dir, name) = storage::split_path(&target)?;
-    // Synced all at once by `sync_deferred` before the manifest is written.
-    let mut out = ctx.storage.create_deferred(dir)?;
-    // A file that changes while read is fine: WAL replay from the backup's start
-    // rewrites every block changed after it.
-    let stats = codec::encode(&[], &mut file, &mut out, ctx.codec).map_err(|e| {
-        Error::io(
-            format!(
-                "storing {} into {}",
-                job.src.display(),
-                ctx.storage.location()
-            ),
-            e,
-        )
-    })?;
-    if let Some((parent, prev)) = parent_entry {
-        // A newer mtime usually means new content, so the file was copied in one pass;
-        // if its SHA-256 shows it is the same after all, link it instead (dropping the
-        // uncommitted copy removes it).
-        if stats.sha256 == prev.sha256 && stats.size == prev.size {
-            drop(out);
-            return Ok(Some(link(parent, prev)));
+    let any_prev = ctx.parent_files.get(job.path.as_str()).copied();
+    if page_level {
+        if let Some(prev) = any_prev.filter(|p| p.pages.is_some() && p.objects.len() <= MAX_DELTAS) {
+            match store_delta(ctx, job, prev, size)? {
+                Delta::Vanished => return Ok(None),
+                Delta::Same(sha) if sha == prev.sha256 && size == prev.size => {
+                    return Ok(Some(reuse(prev)))
+                }
+                Delta::Stored(v) => return Ok(Some(entry(v))),
+                // Unchanged pages but another hash (cannot happen short of a collision),
+                // a rebase or a file that changed size while read: store it whole.
+                Delta::Same(_) | Delta::Whole => {}
+            }
         }
     }
-    out.commit(name, Overwrite::Replace)?;
-    Ok(Some(FileEntry {
-        path: job.path.clone(),
-        size: stats.size,
-        mtime,
-        mode,
-        sha256: stats.sha256,
-        stored_size: stats.stored_size,
-        reused: false,
+    match store_whole(ctx, job, page_level)? {
+        Some(v) => Ok(Some(entry(v))),
+        None => Ok(None),
+    }
+}
+
+fn open(job: &Job) -> Result<Option<File>> {
+    match File::open(&job.src) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("opening {}", job.src.display()), e)),
+    }
+}
+
+/// Read up to `buf.len()` bytes, fewer only at the end of the file.
+fn read_full(f: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+fn storing_error(ctx: &StoreCtx<'_>, job: &Job, e: io::Error) -> Error {
+    Error::io(
+        format!(
+            "storing {} into {}",
+            job.src.display(),
+            ctx.objects.storage().location()
+        ),
+        e,
+    )
+}
+
+/// Store the file as one whole-file object, with its page hashes when `page_level`
+/// (and the bytes read were whole pages). A file that changes while read is fine: WAL
+/// replay from the backup's start rewrites every block changed after it.
+fn store_whole(ctx: &StoreCtx<'_>, job: &Job, page_level: bool) -> Result<Option<Version>> {
+    let Some(mut file) = open(job)? else {
+        return Ok(None);
+    };
+    let mut w = ctx.objects.writer(ctx.codec)?;
+    let mut hashes = Vec::new();
+    let mut buf = vec![0u8; BUF_SIZE];
+    let mut whole_pages = true;
+    loop {
+        let n = read_full(&mut file, &mut buf).io_context(|| format!("reading {}", job.src.display()))?;
+        if n == 0 {
+            break;
+        }
+        let chunk = buf.get(..n).unwrap_or_default();
+        if page_level {
+            whole_pages &= n % PAGE == 0;
+            hashes.extend(chunk.chunks(PAGE).map(page_hash));
+        }
+        w.write_all(chunk).map_err(|e| storing_error(ctx, job, e))?;
+    }
+    let stored = w.finish()?;
+    let pages = if page_level && whole_pages {
+        Some(ctx.objects.put(&PageHashes(hashes).encode(), ctx.codec)?)
+    } else {
+        None
+    };
+    Ok(Some(Version {
+        sha256: stored.content.sha256.clone(),
+        size: stored.content.size,
+        objects: vec![stored],
+        reused: Vec::new(),
+        pages,
     }))
 }
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::{DateTime, Utc};
-    use std::time::Duration;
 
-    fn parent_with(entry: FileEntry, start: DateTime<Utc>) -> Manifest {
-        use crate::repo::manifest::Totals;
-        let v = serde_json::json!({
-            "format": 1, "id": "20261122T000000Z", "label": "", "status": "done",
-            "parent": null, "server": "main", "pg_version_num": 150010,
-            "system_identifier": "1", "wal_segment_size": 1048576, "timeline": 1,
-            "start_lsn": "0/1", "stop_lsn": "0/2", "start_wal": "000000010000000000000001",
-            "stop_wal": "000000010000000000000001", "start_time": start, "stop_time": start,
-            "backup_label": "", "tablespace_map": "", "tablespaces": [],
-            "compression": "zstd", "compression_level": 3, "totals": Totals::default(),
-            "directories": [], "files": [entry], "created_by": "test"
-        });
-        serde_json::from_value(v).unwrap()
-    }
-
-    #[test]
-    fn reuse_follows_the_safe_horizon() {
-        use crate::storage::LocalStorage;
-        let d = tempfile::tempdir().unwrap();
-        let s = LocalStorage::new(d.path().join("repo"));
-        let id = BackupId::parse("20261123T000000Z").unwrap();
-        s.create_dir_all("main/backups/20261123T000000Z/data")
-            .unwrap();
-        let src = d.path().join("f");
-        fs::write(&src, b"hello").unwrap();
-        let old = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        File::options()
-            .write(true)
-            .open(&src)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
-        let job = Job {
-            src: src.clone(),
-            path: "data/f".into(),
-            size: 5,
-        };
-        let hello = FileEntry {
-            path: "data/f".into(),
-            size: 5,
-            mtime: 1_700_000_000,
-            mode: 0o600,
-            sha256: codec::hash(b"hello", &mut io::empty()).unwrap().0,
-            stored_size: 14,
-            reused: false,
-        };
-        let other = FileEntry {
-            sha256: "0".repeat(64),
-            ..hello.clone()
-        };
-        let decide = |parent: Option<&Manifest>, checksum: bool| {
-            let ctx = StoreCtx {
-                storage: &s,
-                server: "main",
-                id: &id,
-                codec: Codec::default(),
-                parent,
-                parent_files: parent
-                    .map(|p| p.files.iter().map(|f| (f.path.as_str(), f)).collect())
-                    .unwrap_or_default(),
-                checksum,
-                links: Mutex::new(Vec::new()),
-                progress: indicatif::ProgressBar::hidden(),
-            };
-            let e = store_one(&ctx, &job).unwrap().unwrap();
-            let links = ctx.links.into_inner().unwrap();
-            assert_eq!(e.reused, links.len() == 1);
-            e
-        };
-        let start = |secs: i64| DateTime::<Utc>::from_timestamp(secs, 0).unwrap();
-        // No parent: copied, hashed.
-        let e = decide(None, false);
-        assert!(!e.reused);
-        assert_eq!(e.sha256, hello.sha256);
-        // Same size and mtime, well before the parent's start: trusted without reading
-        // (the parent's recorded hash differs, proving nothing was read).
-        let p = parent_with(other.clone(), start(1_700_000_100));
-        assert!(decide(Some(&p), false).reused);
-        // ... unless --checksum, which reads and sees the difference.
-        assert!(!decide(Some(&p), true).reused);
-        // Within the horizon of the parent's start, the hash decides.
-        let p = parent_with(other, start(1_700_000_001));
-        assert!(!decide(Some(&p), false).reused);
-        let p = parent_with(hello.clone(), start(1_700_000_001));
-        assert!(decide(Some(&p), false).reused);
-        // A newer mtime is copied in one pass, and linked after all when the hash
-        // matches (leaving no stored copy behind); a different hash keeps the copy.
-        let newer = FileEntry {
-            mtime: 1_600_000_000,
-            ..hello
-        };
-        let p = parent_with(newer.clone(), start(1_700_000_100));
-        assert!(decide(Some(&p), false).reused);
-        let copy = d
-            .path()
-            .join("repo/main/backups/20261123T000000Z/data/f.zst");
-        fs::remove_file(&copy).unwrap(); // from the earlier copies
-        assert!(decide(Some(&p), true).reused);
-        assert!(!copy.exists());
-        let p = parent_with(
-            FileEntry {
-                sha256: "1".repeat(64),
-                ..newer
-            },
-            start(1_700_000_100),
-        );
-        assert!(!decide(Some(&p), false).reused);
-        assert!(copy.exists());
-        // A file that vanished is skipped, not an error.
-        fs::remove_file(&src).unwrap();
-        let ctx = StoreCtx {
-            storage: &s,
-            server: "main",
-            id: &id,
-            codec: Codec::default(),
-            parent: None,
-            parent_files: HashMap::new(),
-            checksum: false,
-            links: Mutex::new(Vec::new()),
-            progress: indicatif::ProgressBar::hidden(),
-        };
-        assert!(store_one(&ctx, &job).unwrap().is_none());
-    }
+enum Delta {
+    /// Stored as the parent's objects plus one delta.
+    Stored(Version),
+    /// No page differs; the file's SHA-256.
+    Same(String),
+    /// Store it whole instead (bound reached, or the file changed size while read).
+    Whole,
+    /// The file is gone.
+    Vanished,
 }
+
+/// Compare the file page by page with `prev`'s page hashes and store the changed
+/// pages as one delta object over `prev`'s objects.
+fn store_delta(ctx: &StoreCtx<'_>, job: &Job, prev: &FileEntry, size: u64) -> Result<Delta> {
+    let Some(pages_ref) = &prev.pages else {
+        return Ok(Delta::Whole);
+    };
+    let old = match ctx
+        .objects
+        .read_verified(pages_ref)
+        .and_then(|b| PageHashes::decode(&b, &pages_ref.id))
+    {
+        Ok(h) => h,
+        Err(e) => {
+            crate::log_warn!("{}: cannot use the parent's page hashes ({e}); storing it whole", job.path);
+            return Ok(Delta::Whole);
+        }
+    };
+    if old.file_size() != prev.size {
+        crate::log_warn!("{}: the parent's page hashes describe another size; storing it whole", job.path);
+        return Ok(Delta::Whole);
+    }
+    let Some(file) = open(job)? else {
+        return Ok(Delta::Vanished);
+    };
+    // What was stat'ed is what the delta says; bytes appended meanwhile are WAL's.
+    let mut file = file.take(size);
+    let mut whole = HashWriter::new(io::sink());
+    let mut delta = DeltaWriter::new(ctx.objects.writer(ctx.codec)?, size)
+        .map_err(|e| storing_error(ctx, job, e))?;
+    let mut hashes = Vec::with_capacity((size / PAGE as u64) as usize);
+    let mut buf = vec![0u8; BUF_SIZE];
+    let mut block: u64 = 0;
+    loop {
+        let n = read_full(&mut file, &mut buf).io_context(|| format!("reading {}", job.src.display()))?;
+        if n == 0 {
+            break;
+        }
+        if n % PAGE != 0 {
+            return Ok(Delta::Whole); // shrank while read
+        }
+        let chunk = buf.get(..n).unwrap_or_default();
+        whole.write_all(chunk).map_err(|e| storing_error(ctx, job, e))?;
+        for page in chunk.chunks(PAGE) {
+            let h = page_hash(page);
+            if old.get(block) != Some(&h) {
+                let b = u32::try_from(block).map_err(|_| {
+                    Error::invalid(format!("{} has more than 2^32 pages", job.src.display()))
+                })?;
+                delta.page(b, page).map_err(|e| storing_error(ctx, job, e))?;
+            }
+            hashes.push(h);
+            block += 1;
+        }
+    }
+    let (_, content) = whole.finish();
+    if content.size != size {
+        return Ok(Delta::Whole);
+    }
+    if delta.pages() == 0 && size == old.file_size() {
+        // Dropping the unfinished object removes its temporary file.
+        return Ok(Delta::Same(content.sha256));
+    }
+    let stored = delta
+        .finish()
+        .map_err(|e| storing_error(ctx, job, e))?
+        .finish()?;
+    let (base, deltas) = match prev.objects.split_first() {
+        Some(split) => split,
+        None => return Ok(Delta::Whole),
+    };
+    let delta_bytes: u64 = deltas.iter().map(|d| d.stored_size).sum::<u64>() + stored.object.stored_size;
+    if delta_bytes as f64 > MAX_DELTA_SHARE * base.stored_size as f64 {
+        // Rebase: a restore must not read more than a few deltas' worth over the base.
+        // The delta just stored is left for the next sweep.
+        return Ok(Delta::Whole);
+    }
+    let pages = ctx.objects.put(&PageHashes(hashes).encode(), ctx.codec)?;
+    Ok(Delta::Stored(Version {
+        sha256: content.sha256,
+        size,
+        objects: vec![stored],
+        reused: prev.objects.clone(),
+        pages: Some(pages),
+    }))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,15 +1,17 @@
-//! `pgcellar verify`: re-read every stored file of a backup (size and SHA-256 of the
-//! decompressed bytes, streaming) and check that the WAL from the backup's start to
+//! `pgcellar verify`: re-read every object a backup needs (presence, stored size,
+//! SHA-256 of the decompressed bytes against its name, streaming), rebuild every file
+//! made of page deltas against its whole-file SHA-256, and check that the WAL from the backup's start to
 //! the newest archived segment has no gap along its timeline chain.
 
 use crate::archive::timeline::{self, ArchiveIndex, Continuity};
-use crate::codec;
 use crate::config::Settings;
 use crate::error::{ErrorKind, Result};
-use crate::repo::manifest::{self, BackupId, FileEntry, Manifest};
+use crate::repo::manifest::{self, BackupId, FileEntry, Manifest, ObjectRef};
+use crate::repo::objects::{check_rebuilt, rebuild, ObjectStore};
 use crate::repo::Repository;
 use crate::storage::Storage;
 use serde::Serialize;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::Mutex;
 
@@ -148,104 +150,149 @@ pub fn backup_wal(storage: &dyn Storage, index: &ArchiveIndex, m: &Manifest) -> 
     timeline::continuity(storage, index, tli, from, to)
 }
 
-/// Re-read every file of `m` with `jobs` workers; returns (files, bytes, problems).
+/// Re-read every object of `m` (each once, with `jobs` workers) and rebuild every
+/// file made of a base and deltas; returns (files, bytes, problems).
 fn verify_files(
     storage: &dyn Storage,
     server: &str,
     m: &Manifest,
     jobs: usize,
 ) -> Result<(u64, u64, Vec<Problem>)> {
-    let found: Mutex<Vec<(usize, Problem)>> = Mutex::new(Vec::new());
-    let totals: Mutex<(u64, u64)> = Mutex::new((0, 0));
-    // Problems are collected, not returned, so every file gets checked.
-    crate::util::workers::try_for_each(jobs, &m.files, |i, entry| {
-        let (size, problem) = verify_file(storage, server, m, entry);
-        if let Ok(mut t) = totals.lock() {
-            t.0 += 1;
-            t.1 += size;
+    let store = ObjectStore::new(storage, server);
+    let mut unique: Vec<&ObjectRef> = Vec::new();
+    let mut seen = HashSet::new();
+    for o in m.files.iter().flat_map(FileEntry::all_objects) {
+        if seen.insert(o.name()) {
+            unique.push(o);
         }
-        if let Some(p) = problem {
-            if let Ok(mut f) = found.lock() {
-                f.push((i, p));
-            }
+    }
+    let bad: Mutex<HashMap<String, Problem>> = Mutex::new(HashMap::new());
+    let bytes = Mutex::new(0u64);
+    crate::util::workers::try_for_each(jobs, &unique, |_, o| {
+        let (n, problem) = verify_object(&store, o);
+        if let Ok(mut b) = bytes.lock() {
+            *b += n;
+        }
+        if let (Some(p), Ok(mut b)) = (problem, bad.lock()) {
+            b.insert(o.name(), p);
         }
         Ok(())
     })?;
-    let (files, bytes) = totals.into_inner().unwrap_or_default();
+    let bad = bad.into_inner().unwrap_or_default();
+    let found: Mutex<Vec<(usize, Problem)>> = Mutex::new(Vec::new());
+    // Problems are collected, not returned, so every file gets checked.
+    crate::util::workers::try_for_each(jobs, &m.files, |i, entry| {
+        let problem = match entry.all_objects().find_map(|o| bad.get(&o.name())) {
+            Some(p) => Some(Problem {
+                subject: entry.path.clone(),
+                message: format!("{}: {}", entry.path, p.message),
+                ..p.clone()
+            }),
+            None => verify_file(&store, m, entry),
+        };
+        if let (Some(p), Ok(mut f)) = (problem, found.lock()) {
+            f.push((i, p));
+        }
+        Ok(())
+    })?;
     let mut problems = found.into_inner().unwrap_or_default();
     // Manifest order, whatever order the workers finished in.
     problems.sort_by_key(|(i, _)| *i);
-    Ok((files, bytes, problems.into_iter().map(|(_, p)| p).collect()))
+    let bytes = bytes.into_inner().unwrap_or_default();
+    Ok((
+        m.files.len() as u64,
+        bytes,
+        problems.into_iter().map(|(_, p)| p).collect(),
+    ))
 }
 
-/// Check one file; returns the bytes hashed and the problem, if any.
-fn verify_file(
-    storage: &dyn Storage,
-    server: &str,
-    m: &Manifest,
-    entry: &FileEntry,
-) -> (u64, Option<Problem>) {
-    let path = m.stored_path(server, entry);
+/// Check one object: present, of its recorded stored size, and hashing to its id.
+/// Returns the bytes hashed and the problem, if any.
+fn verify_object(store: &ObjectStore<'_>, o: &ObjectRef) -> (u64, Option<Problem>) {
+    let path = o.path(store.server());
+    let problem = |kind, message: String| Problem {
+        kind,
+        subject: path.clone(),
+        message,
+    };
+    match store.storage().stat(&path) {
+        Ok(Some(info)) if info.size != o.stored_size => {
+            return (
+                0,
+                Some(problem(
+                    "size_mismatch",
+                    format!(
+                        "object {path} has {} stored bytes, the manifest says {}",
+                        info.size, o.stored_size
+                    ),
+                )),
+            )
+        }
+        Ok(Some(_)) => {}
+        Ok(None) => return (0, Some(problem("file_missing", format!("object {path} is missing")))),
+        Err(e) => return (0, Some(problem("file_unreadable", e.to_string()))),
+    }
+    let mut input = match store.open(o) {
+        Ok(r) => r,
+        Err(e) => return (0, Some(problem("file_unreadable", e.to_string()))),
+    };
+    if let Err(e) = io::copy(&mut input, &mut io::sink()) {
+        return (
+            0,
+            Some(problem(
+                "file_unreadable",
+                format!("object {path} cannot be decompressed: {e}"),
+            )),
+        );
+    }
+    let (_, hashed) = input.finish();
+    if hashed.sha256 != o.id {
+        return (
+            hashed.size,
+            Some(problem(
+                "checksum_mismatch",
+                format!(
+                    "object {path} hashes to {}, not to its name",
+                    hashed.sha256.get(..12).unwrap_or("")
+                ),
+            )),
+        );
+    }
+    (hashed.size, None)
+}
+
+/// Check that one file's (sound) objects make the file its manifest entry describes.
+fn verify_file(store: &ObjectStore<'_>, m: &Manifest, entry: &FileEntry) -> Option<Problem> {
     let problem = |kind, message: String| Problem {
         kind,
         subject: entry.path.clone(),
         message,
     };
-    let mut input = match storage.open_read(&path) {
-        Ok(r) => r,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            return (
-                0,
-                Some(problem(
-                    "file_missing",
-                    format!("{} (stored as {path}) is missing", entry.path),
-                )),
-            )
-        }
-        Err(e) => return (0, Some(problem("file_unreadable", e.to_string()))),
-    };
-    let stats = match codec::decode(&mut input, &mut io::sink(), m.compression) {
-        Ok(s) => s,
-        Err(e) => {
-            return (
-                0,
-                Some(problem(
-                    "file_unreadable",
-                    format!(
-                        "{} (stored as {path}) cannot be decompressed: {e}",
-                        entry.path
-                    ),
-                )),
-            )
-        }
-    };
-    if stats.size != entry.size {
-        return (
-            stats.size,
-            Some(problem(
-                "size_mismatch",
-                format!(
-                    "{} has {} bytes, the manifest says {}",
-                    entry.path, stats.size, entry.size
-                ),
-            )),
-        );
-    }
-    if stats.sha256 != entry.sha256 {
-        return (
-            stats.size,
-            Some(problem(
+    if let [base] = entry.objects.as_slice() {
+        // A whole-file object is named by the file's SHA-256, already checked above.
+        return (base.id != entry.sha256).then(|| {
+            problem(
                 "checksum_mismatch",
-                format!(
-                    "{} hashes to {}, the manifest says {}",
-                    entry.path,
-                    &stats.sha256[..12],
-                    &entry.sha256[..entry.sha256.len().min(12)]
-                ),
-            )),
-        );
+                format!("{}: its object is not named by its SHA-256", entry.path),
+            )
+        });
     }
-    (stats.size, None)
+    let got = match rebuild(store, entry, &mut io::sink()) {
+        Ok(h) => h,
+        Err(e) => return Some(problem("file_unreadable", e.to_string())),
+    };
+    if got.size != entry.size {
+        return Some(problem(
+            "size_mismatch",
+            format!(
+                "{} rebuilds to {} bytes, the manifest says {}",
+                entry.path, got.size, entry.size
+            ),
+        ));
+    }
+    check_rebuilt(entry, &got, m.id.as_str())
+        .err()
+        .map(|e| problem("checksum_mismatch", e.to_string()))
 }
 
 /// The reports for people: one block per backup, one line per problem.

@@ -128,6 +128,11 @@ impl<W: Write> CountWriter<W> {
     pub fn count(&self) -> u64 {
         self.count
     }
+
+    /// The inner writer and the count.
+    pub fn into_inner(self) -> (W, u64) {
+        (self.inner, self.count)
+    }
 }
 
 impl<W: Write> Write for CountWriter<W> {

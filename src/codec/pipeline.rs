@@ -61,9 +61,15 @@ impl<W: Write> WriteStack<W> {
 
     /// End the stored stream, flush the sink and return the stored size.
     pub fn finish(self) -> io::Result<u64> {
+        Ok(self.finish_sink()?.1)
+    }
+
+    /// End the stored stream, flush the sink and return it with the stored size (a
+    /// sink that must still be committed, such as a repository file).
+    pub fn finish_sink(self) -> io::Result<(W, u64)> {
         let mut counted = self.top.finish()?;
         counted.flush()?;
-        Ok(counted.count())
+        Ok(counted.into_inner())
     }
 }
 

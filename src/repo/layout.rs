@@ -50,3 +50,16 @@ pub fn check_probe(server: &str, token: &str) -> String {
 pub fn lock_file(server: &str, name: &str) -> String {
     format!("{server}/locks/{name}.lock")
 }
+/// `<server>/objects`: content-addressed file contents, page deltas and page hashes.
+pub fn objects_dir(server: &str) -> String {
+    format!("{server}/objects")
+}
+/// Name of an object below [`objects_dir`]: `<first 2 hex>/<id>.<ext>` (the id must be
+/// validated by the caller).
+pub fn object_name(id: &str, ext: &str) -> String {
+    format!("{}/{id}.{ext}", id.get(..2).unwrap_or("00"))
+}
+/// `<server>/objects/<first 2 hex>/<id>.<ext>`
+pub fn object_file(server: &str, id: &str, ext: &str) -> String {
+    format!("{}/{}", objects_dir(server), object_name(id, ext))
+}

@@ -1,8 +1,9 @@
 //! Backups in the repository: ids, the `backup.json` manifest, and listing.
 //!
 //! A backup directory is `<server>/backups/<id>/`. Its manifest `backup.json` is
-//! written last and atomically, so a directory without one is an aborted backup and
-//! is invisible here (see `docs/backups.md`).
+//! written last and atomically, so a directory without one is a running or aborted
+//! backup and is invisible here. The manifest is self-sufficient: each file names
+//! the content-addressed objects that rebuild it (see `docs/repository-format.md`).
 
 use super::layout::{self, MANIFEST_FILE};
 use crate::codec::Compression;
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Manifest format this build reads and writes; readers refuse others.
-pub const MANIFEST_FORMAT: u32 = 1;
+pub const MANIFEST_FORMAT: u32 = 2;
 /// Manifest path prefix of files from the data directory.
 pub const DATA_PREFIX: &str = "data";
 /// Manifest path prefix of tablespace files (`tablespaces/<oid>/...`).
@@ -112,23 +113,65 @@ pub struct DirEntry {
     pub mode: u32,
 }
 
+/// Most deltas a file's object list may hold after its base; past it (or past
+/// [`MAX_DELTA_SHARE`]) a backup stores a fresh whole-file object, so a restore reads
+/// at most the base and this many deltas.
+pub const MAX_DELTAS: usize = 4;
+/// Most stored bytes a file's deltas may add up to, as a share of its base's.
+pub const MAX_DELTA_SHARE: f64 = 0.5;
+
 /// One stored file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
-    /// Manifest path (`data/...` or `tablespaces/<oid>/...`); stored as `<path>.<ext>`.
+    /// Manifest path (`data/...` or `tablespaces/<oid>/...`).
     pub path: String,
-    /// Size of the original bytes as read.
+    /// Size of the file's bytes as backed up.
     pub size: u64,
     /// Modification time when read (Unix seconds).
     pub mtime: i64,
     /// Permission bits.
     pub mode: u32,
-    /// SHA-256 of the original bytes, lower-case hex.
+    /// SHA-256 of the whole file as it restores, lower-case hex.
     pub sha256: String,
-    /// Size of the stored (compressed) file.
+    /// The objects that rebuild it: a whole-file object, then page deltas in order.
+    pub objects: Vec<ObjectRef>,
+    /// The page-hash object of this version (page-level files only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages: Option<ObjectRef>,
+    /// Stored bytes of every object it references (`objects` and `pages`).
     pub stored_size: u64,
-    /// Whether the stored file is a hard link to the parent backup's copy.
-    pub reused: bool,
+    /// Stored bytes of the objects this backup created for it (0: all reused).
+    pub added_size: u64,
+}
+
+impl FileEntry {
+    /// Every object this entry references.
+    pub fn all_objects(&self) -> impl Iterator<Item = &ObjectRef> {
+        self.objects.iter().chain(self.pages.iter())
+    }
+}
+
+/// A reference to one content-addressed object in `<server>/objects/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRef {
+    /// SHA-256 of the object's decompressed content, lower-case hex.
+    pub id: String,
+    /// How the object is stored (its file extension).
+    pub compression: Compression,
+    /// Stored size in bytes.
+    pub stored_size: u64,
+}
+
+impl ObjectRef {
+    /// The object's name below `<server>/objects/`.
+    pub fn name(&self) -> String {
+        layout::object_name(&self.id, self.compression.extension())
+    }
+
+    /// The object's repository path.
+    pub fn path(&self, server: &str) -> String {
+        layout::object_file(server, &self.id, self.compression.extension())
+    }
 }
 
 /// Totals over a backup's files.
@@ -140,13 +183,13 @@ pub struct Totals {
     pub size: u64,
     /// Sum of stored sizes.
     pub stored_size: u64,
-    /// Files hard-linked from the parent.
+    /// Files whose objects all existed already (nothing stored for them).
     pub reused_files: u64,
-    /// Stored bytes of the hard-linked files (not written again).
+    /// Stored bytes of those files (not written again).
     pub reused_stored_size: u64,
-    /// Files written by this backup.
+    /// Files for which this backup stored at least one object.
     pub copied_files: u64,
-    /// Stored bytes written by this backup (what it adds to the repository).
+    /// Stored bytes of the objects this backup created (what it adds to the repository).
     pub copied_stored_size: u64,
 }
 
@@ -161,7 +204,7 @@ pub struct Manifest {
     pub label: String,
     /// Status.
     pub status: BackupStatus,
-    /// The backup whose files the reused entries are hard links to.
+    /// The backup change detection compared with (restoring never reads it).
     pub parent: Option<BackupId>,
     /// Server name.
     pub server: String,
@@ -191,7 +234,7 @@ pub struct Manifest {
     pub tablespace_map: String,
     /// Tablespaces.
     pub tablespaces: Vec<Tablespace>,
-    /// Compression of the stored files.
+    /// Compression of the objects this backup stored (reused ones keep theirs).
     pub compression: Compression,
     /// Compression level.
     pub compression_level: i32,
@@ -206,11 +249,6 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Repository path of the stored copy of `entry`.
-    pub fn stored_path(&self, server: &str, entry: &FileEntry) -> String {
-        stored_path(server, &self.id, &entry.path, self.compression)
-    }
-
     /// Recompute [`Manifest::totals`] from the file list.
     pub fn compute_totals(&mut self) {
         let mut t = Totals::default();
@@ -218,12 +256,12 @@ impl Manifest {
             t.files += 1;
             t.size += f.size;
             t.stored_size += f.stored_size;
-            if f.reused {
+            if f.added_size == 0 {
                 t.reused_files += 1;
                 t.reused_stored_size += f.stored_size;
             } else {
                 t.copied_files += 1;
-                t.copied_stored_size += f.stored_size;
+                t.copied_stored_size += f.added_size;
             }
         }
         self.totals = t;
@@ -285,6 +323,21 @@ impl Manifest {
                     f.path
                 )));
             }
+            // Object ids become repository paths: only 64 lower-case hex may.
+            if f.objects.is_empty() || f.objects.len() > MAX_DELTAS + 1 {
+                return Err(Error::corrupt(format!(
+                    "{whose}: {} lists {} objects (a base and at most {MAX_DELTAS} deltas)",
+                    f.path,
+                    f.objects.len()
+                )));
+            }
+            if let Some(o) = f.all_objects().find(|o| !crate::codec::is_sha256_hex(&o.id)) {
+                return Err(Error::corrupt(format!(
+                    "{whose}: {} names object {:?}, which is not a SHA-256",
+                    f.path,
+                    crate::names::truncate_for_display(&o.id)
+                )));
+            }
         }
         for d in &self.directories {
             check_manifest_path(&d.path).map_err(|e| e.context(&whose))?;
@@ -309,15 +362,6 @@ pub fn check_manifest_path(path: &str) -> Result<()> {
             "manifest path {path:?} is not under {DATA_PREFIX}/ or {TABLESPACE_PREFIX}/<oid>/"
         )))
     }
-}
-
-/// Repository path of a stored file: `<server>/backups/<id>/<path>.<ext>`.
-pub fn stored_path(server: &str, id: &BackupId, path: &str, compression: Compression) -> String {
-    format!(
-        "{}/{path}.{}",
-        layout::backup_dir(server, id.as_str()),
-        compression.extension()
-    )
 }
 
 /// Ids of the complete backups of `server` (directories with a manifest), oldest first.
@@ -497,8 +541,14 @@ mod tests {
                 mtime: 1_700_000_000,
                 mode: 0o600,
                 sha256: "a".repeat(64),
+                objects: vec![ObjectRef {
+                    id: "a".repeat(64),
+                    compression: Compression::Zstd,
+                    stored_size: 12,
+                }],
+                pages: None,
                 stored_size: 12,
-                reused: false,
+                added_size: 12,
             }],
             created_by: "test".into(),
         };
@@ -551,8 +601,8 @@ mod tests {
         assert_eq!(m, sample("20261102T000000Z").clone_with_times(&m));
         assert_eq!(m.totals.files, 1);
         assert_eq!(
-            m.stored_path("main", &m.files[0]),
-            "main/backups/20261102T000000Z/data/PG_VERSION.zst"
+            m.files[0].objects[0].path("main"),
+            format!("main/objects/aa/{}.zst", "a".repeat(64))
         );
         // A manifest copied into the wrong directory is refused.
         let wrong = super::super::json::to_json(&sample("20261101T000000Z")).unwrap();

@@ -6,6 +6,7 @@ pub mod json;
 pub mod layout;
 pub mod lock;
 pub mod manifest;
+pub mod objects;
 mod server;
 
 pub use json::{now_rfc3339, parse_json, read_small, to_json, MAX_SMALL_FILE};

@@ -10,7 +10,7 @@ use crate::storage::{self, Overwrite, RepoUrl, Storage};
 use serde::{Deserialize, Serialize};
 
 /// The repository format this build reads and writes.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 /// Name of the root file that marks and versions a repository.
 pub const ROOT_FILE: &str = "pgcellar.json";
 
@@ -172,6 +172,20 @@ impl Repository {
             Err(e) => return Err(e),
         };
         let root: RootFile = parse_json(&bytes, &format!("{}/{ROOT_FILE}", self.url))?;
+        if root.format == 1 {
+            // Format 1 stored hard-linked copies per backup; its backups cannot be read
+            // as objects, and converting in place would rewrite every byte.
+            return Err(Error::new(
+                ErrorKind::UnsupportedFormat,
+                format!(
+                    "{}/{ROOT_FILE}: the repository uses format 1 (hard-linked backup copies), \
+                     this pgcellar reads only format {FORMAT}; it cannot be converted in place: \
+                     create a new repository with 'pgcellar init' and take a full backup, and keep \
+                     the old one with the pgcellar that wrote it until its backups expire",
+                    self.url
+                ),
+            ));
+        }
         if root.format != FORMAT {
             return Err(Error::new(
                 ErrorKind::UnsupportedFormat,

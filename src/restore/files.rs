@@ -7,10 +7,10 @@ use super::owner::Owner;
 use crate::codec;
 use crate::error::{Error, IoContext, Result};
 use crate::repo::manifest::{FileEntry, Manifest};
+use crate::repo::objects::{check_rebuilt, rebuild, ObjectStore};
 use crate::storage::Storage;
 use crate::util::sync_dir;
 use std::fs::{self, File, OpenOptions};
-use std::io::BufWriter;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -130,6 +130,7 @@ pub(super) fn restore_to_temp(src: Source<'_>, entry: &FileEntry) -> Result<Pend
         mapper,
         owner,
     } = src;
+    let objects = ObjectStore::new(storage, server);
     let local = mapper.local(&entry.path)?;
     let mut tmp_name = local
         .file_name()
@@ -138,8 +139,6 @@ pub(super) fn restore_to_temp(src: Source<'_>, entry: &FileEntry) -> Result<Pend
     tmp_name.push(TEMP_SUFFIX);
     let tmp = local.with_file_name(tmp_name);
     let mtime = UNIX_EPOCH + Duration::from_secs(entry.mtime.max(0) as u64);
-    let stored = m.stored_path(server, entry);
-    let mut input = storage.open_read(&stored)?;
     let file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -153,28 +152,11 @@ pub(super) fn restore_to_temp(src: Source<'_>, entry: &FileEntry) -> Result<Pend
         committed: false,
     };
     let tmp = &pending.tmp;
-    let mut out = BufWriter::with_capacity(codec::BUF_SIZE, file);
-    let stats = codec::decode(&mut input, &mut out, m.compression).map_err(|e| {
-        Error::corrupt(format!(
-            "{stored} in {} cannot be decompressed: {e}; the restore is incomplete and \
-             will not start",
-            storage.location()
-        ))
-    })?;
-    let file = out
-        .into_inner()
-        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e.into_error()))?;
-    if stats.sha256 != entry.sha256 || stats.size != entry.size {
-        return Err(Error::corrupt(format!(
-            "{stored} in {} is corrupt: it restores to {} bytes with sha256 {}, the manifest \
-             says {} bytes with {}; the restore is incomplete and will not start",
-            storage.location(),
-            stats.size,
-            &stats.sha256[..stats.sha256.len().min(12)],
-            entry.size,
-            &entry.sha256[..entry.sha256.len().min(12)]
-        )));
-    }
+    let mut file = file;
+    let not_started =
+        |e: Error| Error::new(e.kind(), format!("{e}; the restore is incomplete and will not start"));
+    let got = rebuild(&objects, entry, &mut file).map_err(not_started)?;
+    check_rebuilt(entry, &got, m.id.as_str()).map_err(not_started)?;
     file.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))
         .io_context(|| format!("chmod {}", tmp.display()))?;
     file.set_modified(mtime)

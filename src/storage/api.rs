@@ -67,7 +67,9 @@ pub struct Capabilities {
 /// Dropping it without committing removes the temporary file (best effort).
 pub trait AtomicFile: Write + Send {
     /// Flush and fsync the data, give it `final_name` in the directory it was created
-    /// in, and fsync that directory.
+    /// in, and fsync that directory. `final_name` may also be `sub/name` in an existing
+    /// subdirectory (then `sub` is synced): a content-addressed object's name, and so
+    /// its fan-out directory, is known only once its bytes are written.
     fn commit(self: Box<Self>, final_name: &str, overwrite: Overwrite) -> Result<Committed>;
 }
 

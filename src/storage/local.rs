@@ -340,7 +340,8 @@ impl AtomicFile for LocalAtomicFile {
         };
         self.done = true;
         if self.sync {
-            sync_dir(&self.dir).io_context(|| format!("fsync directory {}", self.dir.display()))?;
+            let dir = dest.parent().unwrap_or(&self.dir);
+            sync_dir(dir).io_context(|| format!("fsync directory {}", dir.display()))?;
         }
         Ok(outcome)
     }

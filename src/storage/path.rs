@@ -21,12 +21,12 @@ pub fn check_path(path: &str) -> Result<()> {
 }
 
 /// Reject a final name (of [`AtomicFile::commit`](super::AtomicFile::commit)) that is
-/// not one valid component.
+/// not one valid component, or one subdirectory and a component (`sub/name`).
 pub fn check_final_name(name: &str) -> Result<()> {
     check_path(name)?;
-    if name.contains('/') {
+    if name.matches('/').count() > 1 {
         return Err(Error::invalid(format!(
-            "final name {name:?} must not contain '/'"
+            "final name {name:?} may name at most one subdirectory"
         )));
     }
     Ok(())

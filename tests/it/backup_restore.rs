@@ -14,7 +14,6 @@ use crate::common::*;
 use pgcellar::repo::lock::{Lock, DEFAULT_STALE_AFTER};
 use pgcellar::repo::manifest::Manifest;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
@@ -344,16 +343,15 @@ fn tablespaces_links_delta_aborted_backups_and_the_lock(repo: &RepoDir) {
         ratio * 100.0,
         m2.totals
     );
+    // Reused means the same objects, stored once, not a copy.
     let reused = m2
         .files
         .iter()
-        .find(|f| f.reused && f.size > 8192)
+        .find(|f| f.added_size == 0 && f.size > 8192)
         .expect("a reused file");
-    let stored = repo.path.join(m2.stored_path(&repo.server, reused));
-    assert!(
-        fs::metadata(&stored).unwrap().nlink() >= 2,
-        "not a hard link"
-    );
+    let first = m1.files.iter().find(|f| f.path == reused.path).unwrap();
+    assert_eq!(reused.objects, first.objects);
+    assert!(repo.path.join(reused.objects[0].path(&repo.server)).is_file());
 
     // Deleting the first backup never breaks the second.
     fs::remove_dir_all(repo.path.join("main/backups").join(&id1)).unwrap();
@@ -460,7 +458,7 @@ fn tablespaces_links_delta_aborted_backups_and_the_lock(repo: &RepoDir) {
         // A small one: the larger files are restored before it fails.
         .min_by_key(|f| f.size)
         .expect("a relation file");
-    let stored = repo.path.join(m2.stored_path(&repo.server, victim));
+    let stored = repo.path.join(victim.objects[0].path(&repo.server));
     let mut bytes = fs::read(&stored).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x55;
@@ -565,7 +563,7 @@ fn stored_pg_control(repo: &RepoDir, id: &str) -> PathBuf {
         .iter()
         .find(|f| f.path == "data/global/pg_control")
         .expect("pg_control in the manifest");
-    repo.path.join(m.stored_path(&repo.server, entry))
+    repo.path.join(entry.objects[0].path(&repo.server))
 }
 
 fn damaged_pg_control_or_killed_restore_never_starts(repo: &RepoDir) {

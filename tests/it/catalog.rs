@@ -363,7 +363,10 @@ fn backup_life_cycle_list_keep_expire_restore_verify_cron() {
         .max_by_key(|f| f["stored_size"].as_u64().unwrap())
         .unwrap();
     let rel = victim["path"].as_str().unwrap();
-    let stored = backup_dir(&repo, &b3).join(format!("{rel}.zst"));
+    let id = victim["objects"][0]["id"].as_str().unwrap();
+    let stored = repo
+        .path
+        .join(format!("main/objects/{}/{id}.zst", &id[..2]));
     let original = fs::read(&stored).unwrap();
     let mut bad = original.clone();
     let mid = bad.len() / 2;

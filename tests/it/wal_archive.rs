@@ -964,7 +964,7 @@ fn damaged_backup_manifest_never_panics() {
     fs::create_dir_all(&dir).unwrap();
     // A plausible manifest, then each damaged version of it.
     let good = serde_json::json!({
-        "format": 1, "id": id, "label": "x", "status": "done", "parent": null,
+        "format": 2, "id": id, "label": "x", "status": "done", "parent": null,
         "server": "main", "pg_version_num": 150018, "system_identifier": SYSID.to_string(),
         "wal_segment_size": SEG, "timeline": 1, "start_lsn": "0/2000028", "stop_lsn": "0/2000100",
         "start_wal": "000000010000000000000002", "stop_wal": "000000010000000000000002",

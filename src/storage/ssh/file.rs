@@ -189,7 +189,11 @@ impl SshAtomicFile {
             }
         };
         self.done = true;
-        let dir = self.dir.clone();
+        // The directory the name was given in: a `sub/name` commit lands in `sub`.
+        let dir = match final_name.rsplit_once('/') {
+            Some((sub, _)) => join_abs(&self.dir, sub),
+            None => self.dir.clone(),
+        };
         self.lease.conn().sync_dir(&loc, &dir)?;
         Ok(outcome)
     }

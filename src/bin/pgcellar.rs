@@ -240,9 +240,12 @@ fn run(args: &Args) -> anyhow::Result<i32> {
         Command::Delete { id, force } => {
             let out = expire::delete(&settings, id, *force)?;
             log_notice!(
-                "deleted backup {} ({} backup(s) left; its WAL goes with the next expire)",
+                "deleted backup {} ({} backup(s) left; {} unreferenced object(s), {} stored \
+                 bytes, freed; its WAL goes with the next expire)",
                 out.id,
-                out.remaining
+                out.remaining,
+                out.objects.removed,
+                out.objects.removed_size
             );
         }
         Command::Keep { id, release } => {

@@ -3,7 +3,8 @@
 //! Which backups and WAL go is decided by the pure rules of [`crate::catalog::retention`];
 //! this module gathers the catalog, takes the server's writer lock and removes. A
 //! backup is removed manifest first, so an interruption leaves an aborted backup,
-//! never a damaged complete one.
+//! never a damaged complete one; then the objects no remaining backup references are
+//! swept ([`crate::repo::objects::sweep`]).
 
 use crate::archive::timeline::{self, ArchiveIndex};
 use crate::archive::StoredWal;
@@ -14,6 +15,7 @@ use crate::config::{CatalogSettings, Settings};
 use crate::error::{Error, ErrorKind, Result};
 use crate::repo::lock::Lock;
 use crate::repo::manifest::{self, BackupId};
+use crate::repo::objects::{sweep, Sweep};
 use crate::repo::{layout, Repository, ServerInfo};
 use crate::storage::layer::DryRun;
 use crate::storage::Storage;
@@ -32,6 +34,8 @@ pub struct DeleteOutcome {
     pub id: String,
     /// Backups left.
     pub remaining: usize,
+    /// The objects swept afterwards.
+    pub objects: Sweep,
 }
 
 /// Remove backup `spec`; refuses a pinned backup, and going below
@@ -66,16 +70,18 @@ pub fn delete(settings: &Settings, spec: &str, force: bool) -> Result<DeleteOutc
         ));
     }
     remove_backup(storage, &server.name, &id)?;
+    let objects = sweep(storage, &server.name, &[])?;
     lock.release();
     Ok(DeleteOutcome {
         id: id.to_string(),
         remaining: total - 1,
+        objects,
     })
 }
 
 /// Remove one backup directory: the manifest first, so that a crash half-way leaves
 /// an aborted backup (invisible, cleaned up later), never a damaged complete one.
-/// Other backups stay intact: shared files are hard links.
+/// Other backups stay intact: they name their objects themselves.
 fn remove_backup(storage: &dyn Storage, server: &str, id: &BackupId) -> Result<()> {
     storage.remove_file(&layout::backup_manifest(server, id.as_str()))?;
     storage.remove_dir_all(&layout::backup_dir(server, id.as_str()))
@@ -129,6 +135,8 @@ pub struct ExpireReport {
     pub aborted_removed: Vec<String>,
     /// WAL removal per timeline (only timelines that lose files).
     pub wal: Vec<WalRemoval>,
+    /// The sweep of unreferenced objects.
+    pub objects: Sweep,
 }
 
 impl ExpireReport {
@@ -137,6 +145,7 @@ impl ExpireReport {
         !self.deleted.is_empty()
             || !self.aborted_removed.is_empty()
             || self.wal.iter().any(|w| w.files > 0)
+            || self.objects.removed > 0
     }
 }
 
@@ -196,6 +205,10 @@ fn expire_server(
     }
     let index = ArchiveIndex::scan(storage, &server.name, server.wal_segment_size)?;
     let wal = remove_wal(&removals, &server.name, &index, &plan)?;
+    // On the dry-run layer nothing above was removed: the sweep must not count them.
+    let mut gone = plan.delete.clone();
+    gone.extend(aborted.iter().filter_map(|a| BackupId::parse(a).ok()));
+    let objects = sweep(&removals, &server.name, &gone)?;
     if let Some(lock) = lock {
         lock.release();
     }
@@ -215,6 +228,7 @@ fn expire_server(
             .collect(),
         aborted_removed: aborted,
         wal,
+        objects,
     })
 }
 
@@ -374,13 +388,13 @@ fn remove_aborted_only(
 ) -> Result<ExpireReport> {
     let storage = repo.storage();
     let aborted = aborted_backups(storage, &server.name, now, cat.aborted_backup_max_age)?;
-    if !aborted.is_empty() {
-        let lock = Lock::acquire_held(repo, settings, &server.name, "cron")?;
-        for id in &aborted {
-            storage.remove_dir_all(&layout::backup_dir(&server.name, id))?;
-        }
-        lock.release();
+    let lock = Lock::acquire_held(repo, settings, &server.name, "cron")?;
+    for id in &aborted {
+        storage.remove_dir_all(&layout::backup_dir(&server.name, id))?;
     }
+    // What earlier interrupted deletions or rebased deltas left behind goes too.
+    let objects = sweep(storage, &server.name, &[])?;
+    lock.release();
     Ok(ExpireReport {
         server: server.name.clone(),
         policy: "none".into(),
@@ -390,6 +404,7 @@ fn remove_aborted_only(
         kept: Vec::new(),
         aborted_removed: aborted,
         wal: Vec::new(),
+        objects,
     })
 }
 
@@ -429,6 +444,15 @@ pub fn action_lines(r: &ExpireReport) -> Vec<String> {
             w.last.as_deref().unwrap_or("-"),
             w.stored_size,
             w.keep_from
+        ));
+    }
+    if r.objects.removed > 0 {
+        lines.push(format!(
+            "server {}: {} {} unreferenced object(s) ({} stored bytes)",
+            r.server,
+            verb("removed", "would remove"),
+            r.objects.removed,
+            r.objects.removed_size
         ));
     }
     lines

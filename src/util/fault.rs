@@ -42,3 +42,19 @@ pub(crate) fn lookahead_abort_after_commit() {
         std::process::abort();
     }
 }
+
+/// `PGCELLAR_TEST_FAULT=sweep-abort-after-N` kills the process once a sweep has
+/// removed N objects (N = 0: after its mark, before any removal).
+#[inline(always)]
+pub(crate) fn sweep_abort_after(removed: u64) {
+    #[cfg(feature = "fault-injection")]
+    if std::env::var("PGCELLAR_TEST_FAULT")
+        .ok()
+        .and_then(|v| v.strip_prefix("sweep-abort-after-")?.parse::<u64>().ok())
+        == Some(removed)
+    {
+        std::process::abort();
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = removed;
+}

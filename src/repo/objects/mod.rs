@@ -3,10 +3,12 @@
 //! file from them. A facade: the modules below import each other directly.
 
 mod delta;
+mod gc;
 mod pages;
 mod rebuild;
 mod store;
 
+pub use gc::{sweep, Sweep, CLOCK_SLACK};
 pub use delta::{apply, DeltaReader, DeltaWriter, PAGE};
 pub use pages::{page_hash, PageHash, PageHashes, PAGE_HASH_LEN};
 pub use rebuild::{check_rebuilt, rebuild};

@@ -116,7 +116,7 @@ pub struct DirEntry {
 /// Most deltas a file's object list may hold after its base; past it (or past
 /// [`MAX_DELTA_SHARE`]) a backup stores a fresh whole-file object, so a restore reads
 /// at most the base and this many deltas.
-pub const MAX_DELTAS: usize = 4;
+pub const MAX_DELTAS: usize = 8;
 /// Most stored bytes a file's deltas may add up to, as a share of its base's.
 pub const MAX_DELTA_SHARE: f64 = 0.5;
 

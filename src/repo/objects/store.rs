@@ -129,6 +129,15 @@ impl<'a> ObjectStore<'a> {
         Ok(buf)
     }
 
+    /// SHA-256 of an object's decompressed content (streaming).
+    pub fn read_hash(&self, object: &ObjectRef) -> Result<String> {
+        let path = object.path(&self.server);
+        let mut r = self.open(object)?;
+        io::copy(&mut r, &mut io::sink())
+            .map_err(|e| Error::corrupt(format!("object {path} cannot be read: {e}")))?;
+        Ok(r.finish().1.sha256)
+    }
+
     /// Store `bytes` as one object (small contents: page hashes).
     pub fn put(&self, bytes: &[u8], codec: Codec) -> Result<Stored> {
         let mut w = self.writer(codec)?;
@@ -196,22 +205,44 @@ impl ObjectWriter<'_, '_> {
             compression: self.codec.compression,
             stored_size,
         };
-        let created = match file.commit(&name, Overwrite::Never)? {
-            Committed::Created => true,
-            Committed::AlreadyExists => {
-                // Same content by construction; its stored size is what counts.
-                let path = object.path(&store.server);
-                match store.storage.stat(&path)? {
-                    Some(info) => object.stored_size = info.size,
-                    None => {
-                        return Err(Error::new(
-                            ErrorKind::Conflict,
-                            format!("object {path} vanished while being stored"),
-                        ))
-                    }
+        let path = object.path(&store.server);
+        // An existing object is the same content by its name, unless a crash before the
+        // writer's sync left it short: its durability came from a sync that an aborted
+        // backup may never have reached. A size other than ours is checked by reading.
+        let created = match store.storage.stat(&path)? {
+            Some(info) if info.size == stored_size => false,
+            Some(info) => {
+                let mut sound = object.clone();
+                sound.stored_size = info.size;
+                if store.read_hash(&sound).is_ok_and(|h| h == sound.id) {
+                    object.stored_size = info.size;
+                    false
+                } else {
+                    crate::log_warn!(
+                        "object {path} in {} is damaged (left by an interrupted backup?): \
+                         replacing it",
+                        store.storage.location()
+                    );
+                    file.commit(&name, Overwrite::Replace)?;
+                    true
                 }
-                false
             }
+            None => match file.commit(&name, Overwrite::Never)? {
+                Committed::Created => true,
+                // Another worker of this backup stored the same content meanwhile.
+                Committed::AlreadyExists => {
+                    match store.storage.stat(&path)? {
+                        Some(info) => object.stored_size = info.size,
+                        None => {
+                            return Err(Error::new(
+                                ErrorKind::Conflict,
+                                format!("object {path} vanished while being stored"),
+                            ))
+                        }
+                    }
+                    false
+                }
+            },
         };
         Ok(Stored {
             object,

@@ -155,7 +155,7 @@ pub fn summarized_changes(
     }
     let summaries = covering_summaries(client, timeline, start, end)?;
     if let Some(gap) = first_gap(&summaries, start, end) {
-        return unused(format!("no summary covers {}", PgLsn::from(gap)));
+        return unused(format!("no summary covers {}", gap));
     }
     read_contents(client, timeline, &summaries).map(Some)
 }
@@ -361,7 +361,10 @@ mod tests {
                 "tablespaces/16400/PG_17_202406281/5/300.2",
                 Some((key(16400, 5, 300), 2)),
             ),
-            ("tablespaces/16400/PG_17_202406281/5/300", Some((key(16400, 5, 300), 0))),
+            (
+                "tablespaces/16400/PG_17_202406281/5/300",
+                Some((key(16400, 5, 300), 0)),
+            ),
         ];
         for (path, want) in cases {
             assert_eq!(relation_file(path), want, "{path}");
@@ -423,7 +426,12 @@ mod tests {
 
     #[test]
     fn segments_are_untouched_only_without_modified_or_limit_blocks() {
-        let (a, b, c, d) = (key(1663, 5, 1), key(1663, 5, 2), key(1663, 5, 3), key(1663, 5, 4));
+        let (a, b, c, d) = (
+            key(1663, 5, 1),
+            key(1663, 5, 2),
+            key(1663, 5, 3),
+            key(1663, 5, 4),
+        );
         let ch = changes(
             &[
                 (a, &[3, 250], None),

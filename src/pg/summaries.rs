@@ -111,7 +111,8 @@ impl BlockChanges {
 /// WAL summary changes over `[from, to)` on `timeline`, or `None` (with the reason
 /// logged at info) when summarize_wal is off, the server is older than 17, the
 /// summaries do not cover the range contiguously on that timeline, or the summarizer
-/// has not reached `to` within `wait`. Errors are failed queries and unreadable LSNs.
+/// has not reached `to` within `wait`. Errors are failed queries, unreadable LSNs and
+/// a range that ends before it starts.
 pub fn summarized_changes(
     client: &mut Client,
     timeline: u32,
@@ -155,7 +156,7 @@ pub fn summarized_changes(
     }
     let summaries = covering_summaries(client, timeline, start, end)?;
     if let Some(gap) = first_gap(&summaries, start, end) {
-        return unused(format!("no summary covers {}", gap));
+        return unused(format!("no summary covers {gap}"));
     }
     read_contents(client, timeline, &summaries).map(Some)
 }

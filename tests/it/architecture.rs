@@ -289,7 +289,7 @@ const MAP: &[(&str, &[&str])] = &[
     ("error", &[]),
     ("util", &["error"]),
     ("names", &["error"]),
-    ("pg", &["error"]),
+    ("pg", &["error", "util"]),
     ("codec", &["error"]),
     ("wal", &["error", "names"]),
     ("storage", &["error", "util", "names"]),

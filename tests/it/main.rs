@@ -16,4 +16,5 @@ mod faults;
 mod lookahead;
 mod ssh;
 mod storage_conformance;
+mod summaries;
 mod wal_archive;

@@ -223,6 +223,35 @@ pub fn pg_bindir() -> Option<PathBuf> {
         .find(|d| d.join("initdb").exists() && d.join("pg_ctl").exists())
 }
 
+/// Server binaries of PostgreSQL `major`: PG_BINDIR_<major>, else the npm build that
+/// `.ci/install-pg-npm <major>` put in `${PGCELLAR_PG_CACHE:-/var/cache/pgcellar/pg}`,
+/// else Debian's package. They may come without client tools: a [`Cluster`] then
+/// runs psql and pgbench from [`pg_bindir`].
+pub fn pg_bindir_for(major: u32) -> Option<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(d) = std::env::var_os(format!("PG_BINDIR_{major}")) {
+        candidates.push(PathBuf::from(d));
+    }
+    let cache = std::env::var_os("PGCELLAR_PG_CACHE")
+        .map_or_else(|| PathBuf::from("/var/cache/pgcellar/pg"), PathBuf::from);
+    candidates.push(cache.join(major.to_string()).join("bin"));
+    candidates.push(PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")));
+    candidates
+        .into_iter()
+        .find(|d| d.join("initdb").exists() && d.join("pg_ctl").exists())
+}
+
+/// [`pg_bindir_for`], or `None` after [`skip_or_fail`] says what is missing.
+pub fn pg_bindir_or_skip(major: u32) -> Option<PathBuf> {
+    let dir = pg_bindir_for(major);
+    if dir.is_none() {
+        skip_or_fail(&format!(
+            "PostgreSQL {major} server binaries not found (PG_BINDIR_{major}, or run .ci/install-pg-npm {major})"
+        ))?;
+    }
+    dir
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -242,6 +271,8 @@ pub struct ClusterOpts {
     pub conf: Vec<String>,
     /// initdb --data-checksums.
     pub data_checksums: bool,
+    /// Server binaries (e.g. from [`pg_bindir_or_skip`]); `None` for [`pg_bindir`]'s.
+    pub bindir: Option<PathBuf>,
 }
 
 impl Default for ClusterOpts {
@@ -251,6 +282,7 @@ impl Default for ClusterOpts {
             archive_command: None,
             conf: Vec::new(),
             data_checksums: true,
+            bindir: None,
         }
     }
 }
@@ -267,6 +299,9 @@ pub struct Cluster {
     pub port: u16,
     /// Server binaries.
     pub bindir: PathBuf,
+    /// Client tools (psql, pgbench, pg_basebackup): `bindir` when it has them, else
+    /// [`pg_bindir`]'s (Debian's psql 15 works against newer servers).
+    pub client_bindir: PathBuf,
     /// Server log file.
     pub log: PathBuf,
 }
@@ -274,7 +309,7 @@ pub struct Cluster {
 impl Cluster {
     /// initdb and start a cluster; `None` (loudly) when PostgreSQL is missing locally.
     pub fn init(opts: ClusterOpts) -> Option<Cluster> {
-        let Some(bindir) = pg_bindir() else {
+        let Some(bindir) = opts.bindir.clone().or_else(pg_bindir) else {
             skip_or_fail("PostgreSQL server binaries (initdb, pg_ctl) not found")?;
             return None;
         };
@@ -324,12 +359,18 @@ impl Cluster {
         chown_postgres(&sockdir);
         let port = free_port();
         let log = root.join("server.log");
+        let client_bindir = if bindir.join("psql").exists() {
+            bindir.clone()
+        } else {
+            pg_bindir().unwrap_or_else(|| bindir.clone())
+        };
         let c = Cluster {
             _root: root,
             pgdata,
             sockdir,
             port,
             bindir,
+            client_bindir,
             log,
         };
         c.append_conf(&[
@@ -343,6 +384,11 @@ impl Cluster {
     /// Adopt a data directory restored into `root` (e.g. by `restore`).
     pub fn adopt_restored(root: TestDir, pgdata: PathBuf) -> Cluster {
         let bindir = pg_bindir().expect("PostgreSQL binaries");
+        Cluster::adopt_restored_with(root, pgdata, bindir)
+    }
+
+    /// [`Cluster::adopt_restored`] with the server binaries of another major.
+    pub fn adopt_restored_with(root: TestDir, pgdata: PathBuf, bindir: PathBuf) -> Cluster {
         chown_postgres(root.path());
         Cluster::adopt(root, pgdata, bindir)
     }
@@ -430,7 +476,7 @@ impl Cluster {
 
     /// Run SQL through psql, returning the raw output.
     pub fn psql_raw(&self, sql: &str) -> Output {
-        Command::new(self.bindir.join("psql"))
+        Command::new(self.client_bindir.join("psql"))
             .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
             .arg("-h")
             .arg(&self.sockdir)
@@ -443,7 +489,7 @@ impl Cluster {
 
     /// Run pgbench with `args` against this server.
     pub fn pgbench(&self, args: &[&str]) -> Output {
-        let mut c = Command::new(self.bindir.join("pgbench"));
+        let mut c = Command::new(self.client_bindir.join("pgbench"));
         c.arg("-h")
             .arg(&self.sockdir)
             .arg("-p")
@@ -752,7 +798,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
 
 /// Copy a data directory with pg_basebackup (as postgres) into `dest`.
 pub fn pg_basebackup(cluster: &Cluster, dest: &Path) {
-    let mut c = pg_command(cluster.bindir.join("pg_basebackup"));
+    let mut c = pg_command(cluster.client_bindir.join("pg_basebackup"));
     c.arg("-h")
         .arg(&cluster.sockdir)
         .arg("-p")

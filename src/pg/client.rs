@@ -1,4 +1,5 @@
-//! Talking to PostgreSQL through libpq-compatible settings (the `postgres` crate).
+//! Sessions through libpq-compatible settings (the `postgres` crate), and typed reads of
+//! their results.
 
 use crate::error::{Error, ErrorKind, Result};
 use postgres::{Client, NoTls};

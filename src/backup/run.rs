@@ -83,6 +83,42 @@ fn new_backup_id(storage: &dyn Storage, server: &str) -> Result<(BackupId, DateT
     ))
 }
 
+/// How long a backup waits for the WAL summarizer to reach its start LSN before it
+/// compares pages instead.
+const SUMMARIZER_WAIT: Duration = Duration::from_secs(10);
+
+/// The WAL summaries from `parent`'s start to `start_lsn` (PostgreSQL 17+ with
+/// `summarize_wal = on`, same timeline), with the blocks per relation segment; `None`
+/// when they cannot prove anything, and every changed file is then compared page by
+/// page.
+fn wal_summaries(
+    client: &mut postgres::Client,
+    server: &ServerInfo,
+    parent: &Manifest,
+    timeline: u32,
+    start_lsn: &str,
+) -> Option<(pg::BlockChanges, u32)> {
+    if server.pg_major < 17 || parent.timeline != timeline {
+        return None;
+    }
+    let found = pg::summarized_changes(client, timeline, &parent.start_lsn, start_lsn, SUMMARIZER_WAIT)
+        .and_then(|c| Ok(c.map(|c| (c, pg::blocks_per_segment(client)))));
+    match found {
+        Ok(Some((changes, Ok(per_segment)))) => {
+            crate::log_info!(
+                "WAL summaries cover {} to {start_lsn}: untouched relation files are not read",
+                parent.start_lsn
+            );
+            Some((changes, per_segment))
+        }
+        Ok(None) => None,
+        Ok(Some((_, Err(e)))) | Err(e) => {
+            crate::log_warn!("cannot use the WAL summaries ({e}); comparing pages instead");
+            None
+        }
+    }
+}
+
 fn backup_locked(
     settings: &Settings,
     opts: &BackupOptions,
@@ -123,7 +159,23 @@ fn backup_locked(
         let walk = walk_cluster(pgdata, server.pg_major, &tablespace_names)?;
         let jobs = settings.backup.workers(opts.jobs);
         let total = walk.files.iter().map(|f| f.size).sum();
-        let ctx = StoreCtx::new(storage, &server.name, codec, parent.as_ref(), opts, total);
+        let mut ctx = StoreCtx::new(storage, &server.name, codec, parent.as_ref(), opts, total);
+        let start_name = WalName::parse(&started.wal)?;
+        let summaries = match &parent {
+            Some(p) if !opts.checksum => {
+                wal_summaries(client, server, p, start_name.timeline(), &started.lsn)
+            }
+            _ => None,
+        };
+        let untouched = summaries.as_ref().map(|(changes, per_segment)| {
+            move |path: &str| {
+                pg::relation_file(path)
+                    .is_some_and(|(rel, seg)| changes.segment_untouched(&rel, seg, *per_segment))
+            }
+        });
+        if let Some(f) = &untouched {
+            ctx.untouched = Some(f);
+        }
         let files = store_files(&ctx, jobs, walk.files)?;
         crate::log_info!(
             "stored {} files ({} unchanged, {} with new objects) at {:.2}s",
@@ -159,7 +211,6 @@ fn backup_locked(
             stopped.wal,
             secs()
         );
-        let start_name = WalName::parse(&started.wal)?;
         let mut m = Manifest {
             format: MANIFEST_FORMAT,
             id: id.clone(),

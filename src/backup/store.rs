@@ -109,27 +109,10 @@ pub(super) fn store_files(ctx: &StoreCtx<'_>, jobs: usize, mut files: Vec<Job>) 
     Ok(out)
 }
 
-/// Whether `path` is a main-fork relation file: `<db>/<relfilenode>[.<segment>]` under
-/// `data/base/`, `data/global/` or a tablespace. Only those have 8 KiB pages that
+/// Whether `path` is a main-fork relation file: only those have 8 KiB pages that
 /// PostgreSQL rewrites in place; `_fsm`, `_vm` and `_init` forks are stored whole.
 pub fn is_main_fork(path: &str) -> bool {
-    let Some((dir, name)) = path.rsplit_once('/') else {
-        return false;
-    };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let (rel, seg) = name.split_once('.').unwrap_or((name, "0"));
-    if !digits(rel) || !digits(seg) {
-        return false;
-    }
-    let parts: Vec<&str> = dir.split('/').collect();
-    match parts.as_slice() {
-        ["data", "global"] => true,
-        ["data", "base", db] => digits(db),
-        ["tablespaces", ts, version, db] => {
-            digits(ts) && version.starts_with("PG_") && digits(db)
-        }
-        _ => false,
-    }
+    crate::pg::relation_file(path).is_some()
 }
 
 /// What storing one file found, before it becomes a manifest entry.

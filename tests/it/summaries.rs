@@ -230,3 +230,111 @@ fn servers_before_17_give_none() {
     let b = checkpoint(&c);
     assert_eq!(changes(&c, &a, &b), None);
 }
+
+/// One run of test (f): a PostgreSQL 17 cluster with `summarize_wal` as given, a full
+/// backup, changes (row updates, hint bits set by a read, a table left alone), an
+/// incremental, and a restore of it; returns the table checksums of the restored
+/// cluster (which must equal the primary's) and the incremental's manifest.
+fn incremental_with_summaries(on: bool) -> Option<(String, pgcellar::repo::manifest::Manifest)> {
+    use crate::common::{bin, chown_postgres, pg_command, run_ok, RepoDir, TestDir};
+    let bindir = pg_bindir_or_skip(17)?;
+    let repo = RepoDir::new();
+    let c = Cluster::init(ClusterOpts {
+        archive_command: Some(repo.archive_command()),
+        bindir: Some(bindir.clone()),
+        conf: vec![
+            "autovacuum = off".into(),
+            format!("summarize_wal = {}", if on { "on" } else { "off" }),
+        ],
+        // Without checksums (and wal_log_hints) setting hint bits writes no WAL.
+        data_checksums: false,
+        ..Default::default()
+    })?;
+    repo.init_for(&c);
+    // Page-level files (>= 256 KiB), deterministic contents.
+    c.psql(
+        "CREATE TABLE t (id int PRIMARY KEY, pad text); \
+         INSERT INTO t SELECT g, md5(g::text) || repeat('x', 100) FROM generate_series(1, 20000) g; \
+         CREATE TABLE quiet (id int, pad text); \
+         INSERT INTO quiet SELECT g, md5(g::text) FROM generate_series(1, 20000) g; \
+         CHECKPOINT",
+    );
+    // Past the safe horizon, so mtime alone would reuse untouched files anyway:
+    // what summaries add shows on files whose mtime moved without WAL.
+    std::thread::sleep(Duration::from_secs(3));
+    let backup = |extra: &[&str]| {
+        let mut cmd = pg_command(bin("base-backup"));
+        cmd.args(repo.args())
+            .arg("--pgdata")
+            .arg(&c.pgdata)
+            .arg("--conninfo")
+            .arg(c.conninfo())
+            .args(["-v"])
+            .args(extra);
+        run_ok(&mut cmd)
+    };
+    backup(&[]);
+    c.psql("UPDATE t SET pad = 'changed' WHERE id % 500 = 0");
+    // A read that sets hint bits: quiet's pages change on disk with no WAL.
+    c.psql("SELECT count(*) FROM quiet");
+    c.psql("CHECKPOINT");
+    let sums = c.psql(
+        "SELECT (SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM t) || ' ' || \
+         (SELECT md5(string_agg(quiet::text, ',' ORDER BY id)) FROM quiet)",
+    );
+    let out = backup(&[]);
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        log.contains("WAL summaries cover"),
+        on,
+        "summaries used (on = {on}): {log}"
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let m = pgcellar::repo::manifest::load(
+        repo.storage().as_ref(),
+        &repo.server,
+        &pgcellar::repo::manifest::BackupId::parse(&id).expect("id"),
+    )
+    .expect("manifest");
+    c.switch_and_wait_archived();
+    let root = TestDir::new();
+    let pgdata = root.join("pgdata");
+    let mut r = pg_command(bin("restore"));
+    r.args(repo.args()).arg(&pgdata);
+    run_ok(&mut r);
+    chown_postgres(root.path());
+    let copy = Cluster::adopt_restored_with(root, pgdata, bindir);
+    copy.append_conf(&["archive_mode = off".to_string()]);
+    copy.start();
+    copy.wait_for_promotion(Duration::from_secs(120));
+    let restored = copy.psql(
+        "SELECT (SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM t) || ' ' || \
+         (SELECT md5(string_agg(quiet::text, ',' ORDER BY id)) FROM quiet)",
+    );
+    assert_eq!(restored, sums, "restored tables differ from the primary's (on = {on})");
+    Some((restored, m))
+}
+
+#[test]
+fn summarize_wal_on_and_off_give_identical_restores() {
+    let Some((with, m_on)) = incremental_with_summaries(true) else {
+        return;
+    };
+    let Some((without, m_off)) = incremental_with_summaries(false) else {
+        return;
+    };
+    assert_eq!(with, without);
+    // The changed table went as a page delta both ways.
+    let big_delta = |m: &pgcellar::repo::manifest::Manifest| {
+        m.files
+            .iter()
+            .any(|f| f.objects.len() > 1 && f.size >= 256 * 1024)
+    };
+    assert!(big_delta(&m_on) && big_delta(&m_off));
+    // With summaries no page-level file needed new objects beyond the updated table
+    // and its index (quiet's hint bits are no reason to store anything); without
+    // them quiet's changed pages are stored. Either way, far less than a full.
+    let added = |m: &pgcellar::repo::manifest::Manifest| m.totals.copied_stored_size;
+    assert!(added(&m_on) <= added(&m_off), "{} > {}", added(&m_on), added(&m_off));
+    assert!(added(&m_on) * 5 < m_on.totals.stored_size, "{:?}", m_on.totals);
+}

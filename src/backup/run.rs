@@ -101,8 +101,14 @@ fn wal_summaries(
     if server.pg_major < 17 || parent.timeline != timeline {
         return None;
     }
-    let found = pg::summarized_changes(client, timeline, &parent.start_lsn, start_lsn, SUMMARIZER_WAIT)
-        .and_then(|c| Ok(c.map(|c| (c, pg::blocks_per_segment(client)))));
+    let found = pg::summarized_changes(
+        client,
+        timeline,
+        &parent.start_lsn,
+        start_lsn,
+        SUMMARIZER_WAIT,
+    )
+    .and_then(|c| Ok(c.map(|c| (c, pg::blocks_per_segment(client)))));
     match found {
         Ok(Some((changes, Ok(per_segment)))) => {
             crate::log_info!(

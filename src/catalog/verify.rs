@@ -229,7 +229,12 @@ fn verify_object(store: &ObjectStore<'_>, o: &ObjectRef) -> (u64, Option<Problem
             )
         }
         Ok(Some(_)) => {}
-        Ok(None) => return (0, Some(problem("file_missing", format!("object {path} is missing")))),
+        Ok(None) => {
+            return (
+                0,
+                Some(problem("file_missing", format!("object {path} is missing"))),
+            )
+        }
         Err(e) => return (0, Some(problem("file_unreadable", e.to_string()))),
     }
     let mut input = match store.open(o) {

@@ -116,7 +116,10 @@ fn patch_in_place(src: Source<'_>, entry: &FileEntry, local: &Path) -> Result<bo
     check_rebuilt(entry, &got, src.m.id.as_str()).map_err(|e| {
         Error::new(
             e.kind(),
-            format!("{e}; {} is half-patched and the restore will not start", local.display()),
+            format!(
+                "{e}; {} is half-patched and the restore will not start",
+                local.display()
+            ),
         )
     })?;
     file.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))
@@ -146,7 +149,10 @@ impl PagePatch<'_> {
         // Past the end of the file reads short: whatever is missing differs.
         let mut got = 0;
         while got < n {
-            match self.file.read_at(&mut old[got..], self.offset + got as u64)? {
+            match self
+                .file
+                .read_at(&mut old[got..], self.offset + got as u64)?
+            {
                 0 => break,
                 k => got += k,
             }
@@ -245,8 +251,12 @@ pub(super) fn restore_to_temp(src: Source<'_>, entry: &FileEntry) -> Result<Pend
     };
     let tmp = &pending.tmp;
     let mut file = file;
-    let not_started =
-        |e: Error| Error::new(e.kind(), format!("{e}; the restore is incomplete and will not start"));
+    let not_started = |e: Error| {
+        Error::new(
+            e.kind(),
+            format!("{e}; the restore is incomplete and will not start"),
+        )
+    };
     let got = rebuild(&objects, entry, &mut file).map_err(not_started)?;
     check_rebuilt(entry, &got, m.id.as_str()).map_err(not_started)?;
     file.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))

@@ -53,9 +53,6 @@ pub struct FileInfo {
 /// driver on every repository it opens, so a driver in doubt says `false`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capabilities {
-    /// [`Storage::hard_link_all`] works: a second name for the same stored bytes,
-    /// costing no space. Without it, [`Storage::link_or_copy_all`] copies.
-    pub hard_links: bool,
     /// Committing with [`Overwrite::Never`] is atomic: of racing writers of one name
     /// exactly one wins and the others change nothing (guarantee 2, never overwrite
     /// history, rests on it).
@@ -118,43 +115,6 @@ pub trait Storage: Send + Sync {
 
     /// What this driver can do (see [`Capabilities`]).
     fn capabilities(&self) -> Capabilities;
-
-    /// Create hard links `(existing, new)` in one batch, then make them durable.
-    /// Only for drivers with [`Capabilities::hard_links`]; callers use
-    /// [`Storage::link_or_copy_all`].
-    fn hard_link_all(&self, links: &[(String, String)]) -> Result<()>;
-
-    /// Give the stored bytes of each `existing` path the name `new` too, durably: hard
-    /// links where the driver has them, else a copy (more space, same content). An
-    /// existing `new` is kept, like an existing link. The one place that choice is
-    /// made.
-    fn link_or_copy_all(&self, links: &[(String, String)]) -> Result<()> {
-        if self.capabilities().hard_links {
-            return self.hard_link_all(links);
-        }
-        if links.is_empty() {
-            return Ok(());
-        }
-        crate::log_info!(
-            "{} has no hard links: copying {} unchanged file(s) instead",
-            self.location(),
-            links.len()
-        );
-        for (existing, new) in links {
-            let (dir, name) = split_path(new)?;
-            let mut from = self.open_read(existing)?;
-            // Synced all at once below, as a batch of links is.
-            let mut to = self.create_deferred(dir)?;
-            std::io::copy(&mut from, &mut to).map_err(|e| {
-                Error::io(
-                    format!("copying {existing} to {new} in {}", self.location()),
-                    e,
-                )
-            })?;
-            to.commit(name, Overwrite::Never)?;
-        }
-        self.sync_deferred()
-    }
 
     /// Read a whole (small) file into memory.
     fn read_all(&self, path: &str) -> Result<Vec<u8>> {

@@ -233,38 +233,11 @@ impl Storage for LocalStorage {
     }
 
     fn capabilities(&self) -> Capabilities {
-        // link(2) for both; a mount whose filesystem refuses it (vfat, some FUSE)
-        // fails the link with the system's error rather than silently copying.
+        // link(2); a mount whose filesystem refuses it (vfat, some FUSE) fails the
+        // commit with the system's error rather than silently replacing.
         Capabilities {
-            hard_links: true,
             atomic_no_replace: true,
         }
-    }
-
-    fn hard_link_all(&self, links: &[(String, String)]) -> Result<()> {
-        self.check_writer()?;
-        let mut dirs = std::collections::BTreeSet::new();
-        for (src, dst) in links {
-            let s = self.abs(src)?;
-            let d = self.abs(dst)?;
-            match fs::hard_link(&s, &d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => {
-                    return Err(Error::io(
-                        format!("linking {} to {}", d.display(), s.display()),
-                        e,
-                    ))
-                }
-            }
-            if let Some(p) = d.parent() {
-                dirs.insert(p.to_path_buf());
-            }
-        }
-        for d in dirs {
-            sync_dir(&d).io_context(|| format!("syncing {}", d.display()))?;
-        }
-        Ok(())
     }
 }
 

@@ -6,9 +6,9 @@
 //! target directory, fsync, then rename (or link, when the final name must not be
 //! replaced), then an fsync of the directory.
 //!
-//! A driver says what it can do in [`Capabilities`]; the provided methods of the
-//! trait (e.g. [`Storage::link_or_copy_all`]) fall back on what every driver has when
-//! a capability is missing, so commands never fail halfway on a weaker store.
+//! A driver says what it can do beyond the common operations in [`Capabilities`];
+//! the repository needs nothing an object store lacks (no hard links, no directory
+//! renames), so the same code serves every backend.
 //! Cross-cutting behaviour wraps any driver as a [`layer`] (e.g. [`layer::DryRun`]).
 //! Drivers take their own options ([`StorageOptions`]), never the program's settings.
 //!
@@ -58,6 +58,3 @@ pub fn open_with(url: &RepoUrl, options: &StorageOptions) -> Result<Box<dyn Stor
         RepoUrl::Ssh { .. } => Ok(Box::new(SshStorage::open(url, &options.ssh)?)),
     }
 }
-
-#[cfg(test)]
-mod capability_tests;

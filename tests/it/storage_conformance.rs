@@ -13,7 +13,6 @@ use pgcellar::storage::{
 use pgcellar::ErrorKind;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -124,43 +123,29 @@ fn conformance(s: &dyn Storage, disk: &Path) {
         ErrorKind::NotFound
     );
 
-    // Hard links, in a batch, with hostile-looking names; existing links are fine.
+    // Hostile-looking names, and a commit into a subdirectory of the directory the
+    // file was created in (how a content-addressed object gets its fan-out
+    // directory once its name is known); deeper names are refused.
     let odd = "it's $(touch pwned) `x` \"q\" a b";
-    s.write_all(&format!("a/b/{odd}"), b"odd", Overwrite::Never)
-        .unwrap();
     s.create_dir_all("a/d").unwrap();
-    let links = vec![
-        ("a/b/f".to_string(), "a/d/f".to_string()),
-        ("a/c/big".to_string(), "a/d/big".to_string()),
-        (format!("a/b/{odd}"), format!("a/d/{odd}")),
-    ];
-    s.hard_link_all(&links).unwrap();
-    s.hard_link_all(&links).unwrap();
-    s.hard_link_all(&[]).unwrap();
-    for (src, dst) in &links {
-        let (a, b) = (
-            fs::metadata(disk.join(src)).unwrap(),
-            fs::metadata(disk.join(dst)).unwrap(),
-        );
-        assert_eq!(a.ino(), b.ino(), "{dst} is not a hard link of {src}");
-    }
+    let mut f = s.create("a").unwrap();
+    f.write_all(b"odd").unwrap();
+    assert_eq!(
+        f.commit(&format!("d/{odd}"), Overwrite::Never).unwrap(),
+        Committed::Created
+    );
     assert_eq!(s.read_all(&format!("a/d/{odd}")).unwrap(), b"odd");
     assert!(!disk.join("pwned").exists() && !Path::new("pwned").exists());
-    let err = s
-        .hard_link_all(&[("a/b/absent".into(), "a/d/absent".into())])
-        .unwrap_err();
-    assert!(err.to_string().contains("absent"), "{err}");
-
-    // Both drivers advertise hard links, so the common layer links, never copies.
-    let caps = s.capabilities();
-    assert!(caps.hard_links && caps.atomic_no_replace, "{caps:?}");
-    s.link_or_copy_all(&[("a/b/f".into(), "a/d/via-common".into())])
-        .unwrap();
+    let mut f = s.create("a").unwrap();
+    f.write_all(b"other").unwrap();
     assert_eq!(
-        fs::metadata(disk.join("a/b/f")).unwrap().ino(),
-        fs::metadata(disk.join("a/d/via-common")).unwrap().ino(),
-        "link_or_copy_all copied on a driver with hard links"
+        f.commit(&format!("d/{odd}"), Overwrite::Never).unwrap(),
+        Committed::AlreadyExists
     );
+    assert_eq!(s.read_all(&format!("a/d/{odd}")).unwrap(), b"odd");
+    let f = s.create("a").unwrap();
+    assert!(f.commit("d/e/x", Overwrite::Never).is_err());
+    assert!(s.capabilities().atomic_no_replace);
 
     // The dry-run layer over this driver: reads pass through, no change reaches it.
     let dry = DryRun::new(s);
@@ -180,11 +165,7 @@ fn conformance(s: &dyn Storage, disk: &Path) {
     s.remove_dir_all("a/d").unwrap();
     s.remove_dir_all("a/d").unwrap();
     assert!(!disk.join("a/d").exists());
-    assert_eq!(
-        s.read_all("a/c/big").unwrap().len(),
-        5_000_000,
-        "link source kept"
-    );
+    assert_eq!(s.read_all("a/c/big").unwrap().len(), 5_000_000);
 
     // Nothing escapes the root.
     let outside = disk.parent().unwrap().join("escaped");
@@ -204,10 +185,6 @@ fn conformance(s: &dyn Storage, disk: &Path) {
             assert!(s.remove_dir_all(bad).is_err(), "rmtree {bad:?}");
             assert!(s.create_dir_all(bad).is_err(), "mkdir {bad:?}");
             assert!(s.create(bad).is_err(), "create {bad:?}");
-            assert!(
-                s.hard_link_all(&[("a/b/f".into(), bad.into())]).is_err(),
-                "link to {bad:?}"
-            );
         }
         assert!(
             s.write_all(bad, b"x", Overwrite::Replace).is_err(),

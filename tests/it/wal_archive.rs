@@ -952,8 +952,34 @@ fn damaged_server_json_is_one_clear_error_never_a_panic() {
 fn damaged_root_file_is_one_clear_error_never_a_panic() {
     let repo = synthetic_repo();
     let good = fs::read_to_string(repo.path.join("pgcellar.json")).unwrap();
-    let versions = damaged_versions(&good, "format", &["0", "99", "-1", "4294967296"]);
+    let versions = damaged_versions(&good, "format", &["0", "1", "99", "-1", "4294967296"]);
     every_command_fails_cleanly(&repo, "pgcellar.json", versions);
+}
+
+#[test]
+fn a_format_1_repository_is_refused_in_one_line_naming_the_format() {
+    let repo = synthetic_repo();
+    let root = repo.path.join("pgcellar.json");
+    let good = fs::read_to_string(&root).unwrap();
+    let v1 = good.replace("\"format\": 2", "\"format\": 1");
+    assert_ne!(v1, good, "{good}");
+    fs::write(&root, v1).unwrap();
+    let mut args = repo.args();
+    args.push("list".into());
+    let o = Command::cargo_bin("pgcellar")
+        .unwrap()
+        .args(&args)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("format 1")
+            && err.contains("reads only format 2")
+            && err.contains("pgcellar init"),
+        "{err}"
+    );
 }
 
 #[test]

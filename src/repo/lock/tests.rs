@@ -232,9 +232,6 @@ impl Storage for NoRemove {
     fn capabilities(&self) -> crate::storage::Capabilities {
         self.0.capabilities()
     }
-    fn hard_link_all(&self, links: &[(String, String)]) -> Result<()> {
-        self.0.hard_link_all(links)
-    }
 }
 
 #[test]

@@ -221,53 +221,9 @@ impl Storage for SshStorage {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            // Through `ln` over an exec channel: true for any login with a POSIX
-            // shell (see the module documentation for internal-sftp-only accounts).
-            hard_links: true,
             // OpenSSH's SSH_FXP_RENAME refuses an existing target (link + unlink).
             atomic_no_replace: true,
         }
-    }
-
-    fn hard_link_all(&self, links: &[(String, String)]) -> Result<()> {
-        if links.is_empty() {
-            return Ok(());
-        }
-        let mut script = String::from(
-            "l() { ln -- \"$1\" \"$2\" 2>/dev/null || [ -e \"$2\" ] || ln -- \"$1\" \"$2\"; }\n",
-        );
-        let mut dirs = std::collections::BTreeSet::new();
-        for (src, dst) in links {
-            let s = self.abs(src)?;
-            let d = self.abs(dst)?;
-            dirs.insert(parent_of(&d).to_string());
-            script.push_str(&format!(
-                "l {} {} || exit 1\n",
-                shell_quote(&s),
-                shell_quote(&d)
-            ));
-        }
-        // `sync FILE...` fsyncs each named directory (coreutils 8.24+); where that is
-        // not available, a global sync is the durable fallback.
-        let quoted: Vec<String> = dirs.iter().map(|d| shell_quote(d)).collect();
-        script.push_str(&format!(
-            "sync -- {} 2>/dev/null || sync || exit 2\n",
-            quoted.join(" ")
-        ));
-        let loc = self.loc();
-        self.pool.with_conn(|c| {
-            let (code, err) = c.exec(&loc, "sh -s", script.as_bytes())?;
-            if code != 0 {
-                return Err(Error::new(
-                    ErrorKind::Io,
-                    format!(
-                        "{loc}: creating {} hard links on the backup host failed (status {code}): {err}",
-                        links.len()
-                    ),
-                ));
-            }
-            Ok(())
-        })
     }
 }
 

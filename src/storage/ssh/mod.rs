@@ -42,15 +42,11 @@
 //! if the server lacks the extension it falls back to `mv -f` (also `rename(2)`) over
 //! an exec channel.
 //!
-//! # Hard links and tree removal
+//! # Tree removal
 //!
-//! SFTP v3 has no hard-link request, and libssh2 does not speak
-//! `hardlink@openssh.com`. [`Storage::hard_link_all`](crate::storage::Storage::hard_link_all) therefore sends one generated
-//! shell script (every path single-quoted) over one exec channel to `sh -s`: one round
-//! trip for any number of links, then `sync` of the touched directories.
-//! [`Storage::remove_dir_all`](crate::storage::Storage::remove_dir_all) is one `rm -rf` the same way. Both need the login to
-//! have a POSIX shell (an `internal-sftp`-only account cannot take incremental
-//! backups or expire them; everything else works).
+//! [`Storage::remove_dir_all`](crate::storage::Storage::remove_dir_all) is one `rm -rf`
+//! over an exec channel, so removing a backup directory needs the login to have a
+//! POSIX shell (an `internal-sftp`-only account can do everything else).
 //!
 //! # Files of this driver
 //!

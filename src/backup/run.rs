@@ -108,7 +108,7 @@ fn wal_summaries(
         start_lsn,
         SUMMARIZER_WAIT,
     )
-    .and_then(|c| Ok(c.map(|c| (c, pg::blocks_per_segment(client)))));
+    .map(|c| c.map(|c| (c, pg::blocks_per_segment(client))));
     match found {
         Ok(Some((changes, Ok(per_segment)))) => {
             crate::log_info!(

@@ -629,6 +629,22 @@ fn damaged_pg_control_or_killed_restore_never_starts(repo: &RepoDir) {
     // A rerun with --delta finishes the job (and removes the leftover temporary file).
     restore_ok(repo, &a.pgdata, &["--backup", &id, "--delta"]);
     assert!(!in_progress.exists());
+    // --delta over damaged pages of a page-level file patches them in place (same
+    // inode: only the differing pages were written) back to the backup's bytes.
+    let local = a.pgdata.join(rel);
+    let inode = || std::os::unix::fs::MetadataExt::ino(&fs::metadata(&local).unwrap());
+    let before = inode();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().write(true).open(&local).unwrap();
+        for page in [3u64, 1000, 2500] {
+            f.write_all_at(b"damage", page * 8192 + 100).unwrap();
+        }
+    }
+    restore_ok(repo, &a.pgdata, &["--backup", &id, "--delta"]);
+    assert_eq!(inode(), before, "{rel} was rewritten, not patched");
+    let (sha, size) = pgcellar::codec::hash(&[], &mut fs::File::open(&local).unwrap()).unwrap();
+    assert_eq!((sha, size), (big.sha256.clone(), big.size));
     a.append_conf(&[
         format!("port = {}", a.port),
         format!("unix_socket_directories = '{}'", a.sockdir.display()),

@@ -331,6 +331,14 @@ impl Manifest {
                     f.objects.len()
                 )));
             }
+            if let [base] = f.objects.as_slice() {
+                if base.id != f.sha256 {
+                    return Err(Error::corrupt(format!(
+                        "{whose}: {} is one whole-file object not named by its sha256",
+                        f.path
+                    )));
+                }
+            }
             if let Some(o) = f
                 .all_objects()
                 .find(|o| !crate::codec::is_sha256_hex(&o.id))

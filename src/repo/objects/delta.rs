@@ -92,7 +92,9 @@ impl<R: Read> DeltaReader<R> {
         size.copy_from_slice(&head[8..]);
         let size = u64::from_le_bytes(size);
         if size % PAGE as u64 != 0 {
-            return Err(corrupt(format!("page delta of {size} bytes, not whole pages")));
+            return Err(corrupt(format!(
+                "page delta of {size} bytes, not whole pages"
+            )));
         }
         let mut r = DeltaReader {
             input,
@@ -276,7 +278,10 @@ mod tests {
         assert!(DeltaReader::new(&bad_magic[..]).is_err());
         // Cut off anywhere: an error, never a short file.
         for cut in [10, 20, good.len() - 1] {
-            assert!(run(&pages(&[5, 5]), &[good[..cut].to_vec()]).is_err(), "{cut}");
+            assert!(
+                run(&pages(&[5, 5]), &[good[..cut].to_vec()]).is_err(),
+                "{cut}"
+            );
         }
         // Blocks out of order or past the size cannot be written or read.
         let mut w = DeltaWriter::new(Vec::new(), 2 * PAGE as u64).unwrap();

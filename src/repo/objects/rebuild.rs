@@ -39,7 +39,9 @@ pub fn rebuild(store: &ObjectStore<'_>, entry: &FileEntry, out: &mut dyn Write) 
     }
     apply(base_in, readers, &mut hashed).map_err(failed)?;
     let (mut buffered, written) = hashed.finish();
-    buffered.flush().map_err(|e| Error::io(format!("writing {}", entry.path), e))?;
+    buffered
+        .flush()
+        .map_err(|e| Error::io(format!("writing {}", entry.path), e))?;
     Ok(written)
 }
 

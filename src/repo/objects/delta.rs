@@ -252,7 +252,10 @@ mod tests {
         let base = pages(&[1, 2, 3]);
         // Change block 1, extend by block 3.
         let d1 = delta(4, &[(1, 9), (3, 4)]);
-        assert_eq!(run(&base, &[d1.clone()]).unwrap(), pages(&[1, 9, 3, 4]));
+        assert_eq!(
+            run(&base, std::slice::from_ref(&d1)).unwrap(),
+            pages(&[1, 9, 3, 4])
+        );
         // Then truncate to 2 blocks, then extend again with new blocks 2 and 3.
         let d2 = delta(2, &[]);
         let d3 = delta(4, &[(2, 7), (3, 8)]);

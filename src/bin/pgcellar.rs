@@ -91,8 +91,8 @@ The file streams to stdout and its SHA-256 is checked only at the end: if it doe
 not match (or an object is damaged), pgcellar exits 1 and says on stderr that the \
 output is NOT the file. So write to a file and use it only if the exit code is 0:
 
-  pgcellar cat latest global/pg_control > pg_control && pg_controldata ...
-  pgcellar cat 20261123T184500Z data/base/5/16384 > 16384 || rm -f 16384")]
+  pgcellar cat latest global/pg_control > pg_control || rm -f pg_control
+  pgcellar cat 20261123T184500Z data/base/5/16384 > 16384 && cp 16384 /somewhere/")]
     Cat {
         /// Backup id, 'latest' or 'oldest'
         id: String,

@@ -70,3 +70,23 @@ pub fn find_entry<'m>(m: &'m Manifest, path: &str) -> Result<&'m FileEntry> {
             ))
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::repo::manifest::sample;
+
+    #[test]
+    fn paths_with_or_without_the_data_prefix() {
+        let m = sample("20261101T000000Z");
+        for p in ["data/PG_VERSION", "PG_VERSION", "./PG_VERSION"] {
+            assert_eq!(find_entry(&m, p).unwrap().path, "data/PG_VERSION", "{p}");
+        }
+        for p in ["data/base/1/1", "PG_VERSION/", "", "tablespaces/1/x"] {
+            let e = find_entry(&m, p).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::NotFound, "{p}");
+            assert!(!e.to_string().contains('\n'));
+        }
+    }
+}

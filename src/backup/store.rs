@@ -86,11 +86,7 @@ impl<'a> StoreCtx<'a> {
 }
 
 /// Store every file with `jobs` workers; entries sorted by path.
-pub(super) fn store_files(
-    ctx: &StoreCtx<'_>,
-    jobs: usize,
-    mut files: Vec<Job>,
-) -> Result<Vec<FileEntry>> {
+pub(super) fn store_files(ctx: &StoreCtx<'_>, jobs: usize, mut files: Vec<Job>) -> Result<Vec<FileEntry>> {
     // Largest first, so that the last worker does not start a huge file alone.
     files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
     let results: Mutex<Vec<FileEntry>> = Mutex::new(Vec::with_capacity(files.len()));
@@ -129,7 +125,9 @@ pub fn is_main_fork(path: &str) -> bool {
     match parts.as_slice() {
         ["data", "global"] => true,
         ["data", "base", db] => digits(db),
-        ["tablespaces", ts, version, db] => digits(ts) && version.starts_with("PG_") && digits(db),
+        ["tablespaces", ts, version, db] => {
+            digits(ts) && version.starts_with("PG_") && digits(db)
+        }
         _ => false,
     }
 }
@@ -168,11 +166,7 @@ fn store_one(ctx: &StoreCtx<'_>, job: &Job) -> Result<Option<FileEntry>> {
             }
         }
         let pages = v.pages.map(|p| p.object);
-        let stored_size = objects
-            .iter()
-            .chain(pages.iter())
-            .map(|o| o.stored_size)
-            .sum();
+        let stored_size = objects.iter().chain(pages.iter()).map(|o| o.stored_size).sum();
         FileEntry {
             path: job.path.clone(),
             size: v.size,
@@ -193,8 +187,7 @@ fn store_one(ctx: &StoreCtx<'_>, job: &Job) -> Result<Option<FileEntry>> {
         added_size: 0,
         ..prev.clone()
     };
-    let page_level =
-        is_main_fork(&job.path) && size >= PAGE_LEVEL_MIN_SIZE && size % PAGE as u64 == 0;
+    let page_level = is_main_fork(&job.path) && size >= PAGE_LEVEL_MIN_SIZE && size % PAGE as u64 == 0;
     let prev = match (ctx.parent, ctx.parent_files.get(job.path.as_str())) {
         (Some(parent), Some(prev)) if prev.size == size => Some((parent, *prev)),
         _ => None,
@@ -213,8 +206,8 @@ fn store_one(ctx: &StoreCtx<'_>, job: &Job) -> Result<Option<FileEntry>> {
             let Some(mut f) = open(job)? else {
                 return Ok(None);
             };
-            let (sha, _) =
-                codec::hash(&[], &mut f).io_context(|| format!("reading {}", job.src.display()))?;
+            let (sha, _) = codec::hash(&[], &mut f)
+                .io_context(|| format!("reading {}", job.src.display()))?;
             if sha == prev.sha256 {
                 return Ok(Some(reuse(prev)));
             }
@@ -222,8 +215,7 @@ fn store_one(ctx: &StoreCtx<'_>, job: &Job) -> Result<Option<FileEntry>> {
     }
     let any_prev = ctx.parent_files.get(job.path.as_str()).copied();
     if page_level {
-        if let Some(prev) = any_prev.filter(|p| p.pages.is_some() && p.objects.len() <= MAX_DELTAS)
-        {
+        if let Some(prev) = any_prev.filter(|p| p.pages.is_some() && p.objects.len() <= MAX_DELTAS) {
             match store_delta(ctx, job, prev, size)? {
                 Delta::Vanished => return Ok(None),
                 Delta::Same(sha) if sha == prev.sha256 && size == prev.size => {
@@ -287,8 +279,7 @@ fn store_whole(ctx: &StoreCtx<'_>, job: &Job, page_level: bool) -> Result<Option
     let mut buf = vec![0u8; BUF_SIZE];
     let mut whole_pages = true;
     loop {
-        let n = read_full(&mut file, &mut buf)
-            .io_context(|| format!("reading {}", job.src.display()))?;
+        let n = read_full(&mut file, &mut buf).io_context(|| format!("reading {}", job.src.display()))?;
         if n == 0 {
             break;
         }
@@ -338,18 +329,12 @@ fn store_delta(ctx: &StoreCtx<'_>, job: &Job, prev: &FileEntry, size: u64) -> Re
     {
         Ok(h) => h,
         Err(e) => {
-            crate::log_warn!(
-                "{}: cannot use the parent's page hashes ({e}); storing it whole",
-                job.path
-            );
+            crate::log_warn!("{}: cannot use the parent's page hashes ({e}); storing it whole", job.path);
             return Ok(Delta::Whole);
         }
     };
     if old.file_size() != prev.size {
-        crate::log_warn!(
-            "{}: the parent's page hashes describe another size; storing it whole",
-            job.path
-        );
+        crate::log_warn!("{}: the parent's page hashes describe another size; storing it whole", job.path);
         return Ok(Delta::Whole);
     }
     let Some(file) = open(job)? else {
@@ -364,8 +349,7 @@ fn store_delta(ctx: &StoreCtx<'_>, job: &Job, prev: &FileEntry, size: u64) -> Re
     let mut buf = vec![0u8; BUF_SIZE];
     let mut block: u64 = 0;
     loop {
-        let n = read_full(&mut file, &mut buf)
-            .io_context(|| format!("reading {}", job.src.display()))?;
+        let n = read_full(&mut file, &mut buf).io_context(|| format!("reading {}", job.src.display()))?;
         if n == 0 {
             break;
         }
@@ -373,18 +357,14 @@ fn store_delta(ctx: &StoreCtx<'_>, job: &Job, prev: &FileEntry, size: u64) -> Re
             return Ok(Delta::Whole); // shrank while read
         }
         let chunk = buf.get(..n).unwrap_or_default();
-        whole
-            .write_all(chunk)
-            .map_err(|e| storing_error(ctx, job, e))?;
+        whole.write_all(chunk).map_err(|e| storing_error(ctx, job, e))?;
         for page in chunk.chunks(PAGE) {
             let h = page_hash(page);
             if old.get(block) != Some(&h) {
                 let b = u32::try_from(block).map_err(|_| {
                     Error::invalid(format!("{} has more than 2^32 pages", job.src.display()))
                 })?;
-                delta
-                    .page(b, page)
-                    .map_err(|e| storing_error(ctx, job, e))?;
+                delta.page(b, page).map_err(|e| storing_error(ctx, job, e))?;
             }
             hashes.push(h);
             block += 1;
@@ -406,8 +386,7 @@ fn store_delta(ctx: &StoreCtx<'_>, job: &Job, prev: &FileEntry, size: u64) -> Re
         Some(split) => split,
         None => return Ok(Delta::Whole),
     };
-    let delta_bytes: u64 =
-        deltas.iter().map(|d| d.stored_size).sum::<u64>() + stored.object.stored_size;
+    let delta_bytes: u64 = deltas.iter().map(|d| d.stored_size).sum::<u64>() + stored.object.stored_size;
     if delta_bytes as f64 > MAX_DELTA_SHARE * base.stored_size as f64 {
         // Rebase: a restore must not read more than a few deltas' worth over the base.
         // The delta just stored is left for the next sweep.

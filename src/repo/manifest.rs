@@ -334,10 +334,7 @@ impl Manifest {
                     f.objects.len()
                 )));
             }
-            if let Some(o) = f
-                .all_objects()
-                .find(|o| !crate::codec::is_sha256_hex(&o.id))
-            {
+            if let Some(o) = f.all_objects().find(|o| !crate::codec::is_sha256_hex(&o.id)) {
                 return Err(Error::corrupt(format!(
                     "{whose}: {} names object {:?}, which is not a SHA-256",
                     f.path,

@@ -153,12 +153,8 @@ pub(super) fn restore_to_temp(src: Source<'_>, entry: &FileEntry) -> Result<Pend
     };
     let tmp = &pending.tmp;
     let mut file = file;
-    let not_started = |e: Error| {
-        Error::new(
-            e.kind(),
-            format!("{e}; the restore is incomplete and will not start"),
-        )
-    };
+    let not_started =
+        |e: Error| Error::new(e.kind(), format!("{e}; the restore is incomplete and will not start"));
     let got = rebuild(&objects, entry, &mut file).map_err(not_started)?;
     check_rebuilt(entry, &got, m.id.as_str()).map_err(not_started)?;
     file.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))

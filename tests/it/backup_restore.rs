@@ -351,10 +351,7 @@ fn tablespaces_links_delta_aborted_backups_and_the_lock(repo: &RepoDir) {
         .expect("a reused file");
     let first = m1.files.iter().find(|f| f.path == reused.path).unwrap();
     assert_eq!(reused.objects, first.objects);
-    assert!(repo
-        .path
-        .join(reused.objects[0].path(&repo.server))
-        .is_file());
+    assert!(repo.path.join(reused.objects[0].path(&repo.server)).is_file());
 
     // Deleting the first backup never breaks the second.
     fs::remove_dir_all(repo.path.join("main/backups").join(&id1)).unwrap();

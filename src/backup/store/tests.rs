@@ -29,12 +29,7 @@ fn set_mtime(p: &Path, secs: u64) {
         .unwrap();
 }
 
-fn store(
-    s: &LocalStorage,
-    parent: Option<&Manifest>,
-    checksum: bool,
-    job: &Job,
-) -> Option<FileEntry> {
+fn store(s: &LocalStorage, parent: Option<&Manifest>, checksum: bool, job: &Job) -> Option<FileEntry> {
     let opts = BackupOptions {
         checksum,
         ..Default::default()
@@ -71,10 +66,7 @@ fn reuse_follows_the_safe_horizon() {
     assert!(rebuilt(&s, &first) == b"hello");
     // Stored again: the same object, nothing added.
     let again = store(&s, None, false, &job).unwrap();
-    assert_eq!(
-        (again.objects.clone(), again.added_size),
-        (first.objects.clone(), 0)
-    );
+    assert_eq!((again.objects.clone(), again.added_size), (first.objects.clone(), 0));
     // Same size and mtime, well before the parent's start: trusted without reading
     // (the parent's recorded hash differs, proving nothing was read).
     let other = FileEntry {
@@ -82,21 +74,12 @@ fn reuse_follows_the_safe_horizon() {
         ..first.clone()
     };
     let p = parent_with(vec![other.clone()], start(1_700_000_100));
-    assert_eq!(
-        store(&s, Some(&p), false, &job).unwrap().sha256,
-        other.sha256
-    );
+    assert_eq!(store(&s, Some(&p), false, &job).unwrap().sha256, other.sha256);
     // ... unless --checksum, which reads and sees the difference.
-    assert_eq!(
-        store(&s, Some(&p), true, &job).unwrap().sha256,
-        first.sha256
-    );
+    assert_eq!(store(&s, Some(&p), true, &job).unwrap().sha256, first.sha256);
     // Within the horizon of the parent's start, the content decides.
     let p = parent_with(vec![other], start(1_700_000_001));
-    assert_eq!(
-        store(&s, Some(&p), false, &job).unwrap().sha256,
-        first.sha256
-    );
+    assert_eq!(store(&s, Some(&p), false, &job).unwrap().sha256, first.sha256);
     // A file that vanished is skipped, not an error.
     fs::remove_file(&src).unwrap();
     assert!(store(&s, None, false, &job).is_none());
@@ -148,11 +131,7 @@ fn changed_pages_become_bounded_deltas() {
             saw_rebase = true;
         } else {
             // Only the changed pages were added, not the file.
-            assert!(
-                e.added_size < 8 * PAGE as u64,
-                "round {round}: {}",
-                e.added_size
-            );
+            assert!(e.added_size < 8 * PAGE as u64, "round {round}: {}", e.added_size);
             assert_eq!(e.objects[..e.objects.len() - 1], prev.objects[..]);
         }
         prev = e;
@@ -161,10 +140,7 @@ fn changed_pages_become_bounded_deltas() {
     // Nothing changed: the parent's entry as it was.
     let p = parent_with(vec![prev.clone()], start);
     let same = store(&s, Some(&p), false, &job).unwrap();
-    assert_eq!(
-        (same.objects.clone(), same.added_size),
-        (prev.objects.clone(), 0)
-    );
+    assert_eq!((same.objects.clone(), same.added_size), (prev.objects.clone(), 0));
 }
 
 #[test]

@@ -92,9 +92,7 @@ impl<R: Read> DeltaReader<R> {
         size.copy_from_slice(&head[8..]);
         let size = u64::from_le_bytes(size);
         if size % PAGE as u64 != 0 {
-            return Err(corrupt(format!(
-                "page delta of {size} bytes, not whole pages"
-            )));
+            return Err(corrupt(format!("page delta of {size} bytes, not whole pages")));
         }
         let mut r = DeltaReader {
             input,
@@ -252,10 +250,7 @@ mod tests {
         let base = pages(&[1, 2, 3]);
         // Change block 1, extend by block 3.
         let d1 = delta(4, &[(1, 9), (3, 4)]);
-        assert_eq!(
-            run(&base, std::slice::from_ref(&d1)).unwrap(),
-            pages(&[1, 9, 3, 4])
-        );
+        assert_eq!(run(&base, std::slice::from_ref(&d1)).unwrap(), pages(&[1, 9, 3, 4]));
         // Then truncate to 2 blocks, then extend again with new blocks 2 and 3.
         let d2 = delta(2, &[]);
         let d3 = delta(4, &[(2, 7), (3, 8)]);
@@ -281,10 +276,7 @@ mod tests {
         assert!(DeltaReader::new(&bad_magic[..]).is_err());
         // Cut off anywhere: an error, never a short file.
         for cut in [10, 20, good.len() - 1] {
-            assert!(
-                run(&pages(&[5, 5]), &[good[..cut].to_vec()]).is_err(),
-                "{cut}"
-            );
+            assert!(run(&pages(&[5, 5]), &[good[..cut].to_vec()]).is_err(), "{cut}");
         }
         // Blocks out of order or past the size cannot be written or read.
         let mut w = DeltaWriter::new(Vec::new(), 2 * PAGE as u64).unwrap();

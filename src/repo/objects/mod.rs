@@ -8,8 +8,8 @@ mod pages;
 mod rebuild;
 mod store;
 
-pub use delta::{apply, DeltaReader, DeltaWriter, PAGE};
 pub use gc::{sweep, Sweep, CLOCK_SLACK};
+pub use delta::{apply, DeltaReader, DeltaWriter, PAGE};
 pub use pages::{page_hash, PageHash, PageHashes, PAGE_HASH_LEN};
 pub use rebuild::{check_rebuilt, rebuild};
 pub use store::{ObjectStore, ObjectWriter, Stored};

@@ -1,5 +1,5 @@
 //! The catalog command: `pgcellar init | servers | list | show | check | verify |
-//! expire | delete | keep | switch-wal | cron`. Parses, calls one library function,
+//! expire | delete | keep | cat | switch-wal | cron`. Parses, calls one library function,
 //! prints, maps the outcome to an exit code (0 ok, 1 failure, 2 usage; `check
 //! --nagios` uses the Nagios codes 0-3).
 
@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use pgcellar::catalog::verify::Selection;
 use pgcellar::catalog::{self, check, expire, verify};
 use pgcellar::config::{CommonArgs, Settings};
-use pgcellar::{cli, log_error, log_notice};
+use pgcellar::{cli, log_error, log_info, log_notice};
 use serde::Serialize;
 
 /// Manage a pgcellar repository.
@@ -84,6 +84,20 @@ enum Command {
         /// Delete even if fewer than minimum_redundancy backups would remain
         #[arg(long)]
         force: bool,
+    },
+    /// Write one file of a backup to stdout, rebuilt from its objects and checked
+    #[command(after_help = "\
+The file streams to stdout and its SHA-256 is checked only at the end: if it does \
+not match (or an object is damaged), pgcellar exits 1 and says on stderr that the \
+output is NOT the file. So write to a file and use it only if the exit code is 0:
+
+  pgcellar cat latest global/pg_control > pg_control || rm -f pg_control
+  pgcellar cat 20261123T184500Z data/base/5/16384 > 16384 && cp 16384 /somewhere/")]
+    Cat {
+        /// Backup id, 'latest' or 'oldest'
+        id: String,
+        /// Manifest path (data/base/5/16384, tablespaces/OID/...) or a path inside the data directory (base/5/16384)
+        path: String,
     },
     /// Pin a backup so that retention never removes it
     Keep {
@@ -246,6 +260,17 @@ fn run(args: &Args) -> anyhow::Result<i32> {
                 out.remaining,
                 out.objects.removed,
                 out.objects.removed_size
+            );
+        }
+        Command::Cat { id, path } => {
+            let mut out = std::io::stdout().lock();
+            let done = catalog::cat(&settings, id, path, &mut out)?;
+            log_info!(
+                "wrote {} of backup {} ({} bytes, sha256 {} checked)",
+                done.path,
+                done.id,
+                done.size,
+                done.sha256
             );
         }
         Command::Keep { id, release } => {

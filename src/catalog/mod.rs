@@ -1,5 +1,5 @@
 //! Catalog commands that work on the repository: `init`, `servers`, `list`, `show`,
-//! `keep`, `switch-wal`, and the settings they share. Removal (`delete`, `expire`,
+//! `keep`, `cat`, `switch-wal`, and the settings they share. Removal (`delete`, `expire`,
 //! `cron`) lives in [`crate::catalog::expire`], `check` in [`crate::catalog::check`], `verify` in
 //! [`crate::catalog::verify`], the retention rules in [`crate::catalog::retention`].
 //!
@@ -9,10 +9,11 @@
 //!
 //! This file declares the modules and re-exports their commands: `servers.rs` (`init`,
 //! `servers`), `backups.rs` (`list`, `show`, `keep`), `switch.rs` (WAL switch and wait),
-//! `render.rs` (human output). The catalog settings are resolved in
+//! `cat.rs` (one file of a backup to stdout), `render.rs` (human output). The catalog settings are resolved in
 //! [`crate::config::CatalogSettings`].
 
 mod backups;
+mod cat;
 pub mod check;
 pub mod expire;
 mod render;
@@ -25,6 +26,7 @@ pub use backups::{
     is_kept, keep, list, show, unfinished_backups, BackupRow, KeepMarker, KeepOutcome, ShowReport,
     Unfinished, WalNeeded,
 };
+pub use cat::{cat, find_entry, CatOutcome};
 pub use render::{human_bytes, render_list, render_servers, render_show, table};
 pub use servers::{init, server_names, servers, InitOutcome, ServerSummary};
 pub use switch::{switch, switch_wal, wait_archived, SwitchOutcome};

@@ -1,7 +1,9 @@
 //! `pgcellar verify`: re-read every object a backup needs (presence, stored size,
 //! SHA-256 of the decompressed bytes against its name, streaming), rebuild every file
 //! made of page deltas against its whole-file SHA-256, and check that the WAL from the backup's start to
-//! the newest archived segment has no gap along its timeline chain.
+//! the newest archived segment has no gap along its timeline chain. A missing or
+//! corrupt object is reported with every complete backup that references it (all
+//! manifests are read once for that), since objects are shared.
 
 use crate::archive::timeline::{self, ArchiveIndex, Continuity};
 use crate::config::Settings;
@@ -25,6 +27,35 @@ pub struct Problem {
     pub subject: String,
     /// Human explanation.
     pub message: String,
+    /// Complete backups this problem breaks, oldest first: for a missing or damaged
+    /// object every backup whose manifest references it; otherwise the backup verified.
+    pub breaks: Vec<String>,
+}
+
+/// For each object (its name below `objects/`), the complete backups that reference
+/// it, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct References(HashMap<String, Vec<String>>);
+
+impl References {
+    /// The references of the manifests `ms` (oldest first).
+    pub fn of<'m>(ms: impl IntoIterator<Item = &'m Manifest>) -> References {
+        let mut map: HashMap<String, Vec<String>> = HashMap::new();
+        for m in ms {
+            for o in m.files.iter().flat_map(FileEntry::all_objects) {
+                let ids = map.entry(o.name()).or_default();
+                if ids.last().map(String::as_str) != Some(m.id.as_str()) {
+                    ids.push(m.id.to_string());
+                }
+            }
+        }
+        References(map)
+    }
+
+    /// The backups that reference `object`.
+    pub fn of_object(&self, object: &ObjectRef) -> &[String] {
+        self.0.get(&object.name()).map_or(&[], Vec::as_slice)
+    }
 }
 
 /// What `verify` found for one backup.
@@ -68,13 +99,28 @@ pub fn run(settings: &Settings, which: &Selection) -> Result<Vec<BackupVerificat
         Selection::One(spec) => vec![manifest::resolve(storage, &server.name, spec)?],
         Selection::All => manifest::list_ids(storage, &server.name)?,
     };
+    // Every manifest once: whichever backup is verified, a bad object is reported
+    // with all the backups it breaks. One that cannot be read is a finding (of its
+    // own verify, with --all) and references nothing here.
+    let mut manifests = Vec::new();
+    for id in manifest::list_ids(storage, &server.name)? {
+        manifests.push((id.clone(), load_for_verify(storage, &server.name, &id)?));
+    }
+    let refs = References::of(manifests.iter().filter_map(|(_, m)| m.as_ref().ok()));
     let index = ArchiveIndex::scan(storage, &server.name, server.wal_segment_size)?;
     let mut out = Vec::new();
     for id in ids {
-        out.push(verify_one(
+        let loaded = match manifests.iter().position(|(m_id, _)| *m_id == id) {
+            Some(i) => manifests.swap_remove(i).1,
+            // Completed after the listing above.
+            None => load_for_verify(storage, &server.name, &id)?,
+        };
+        out.push(verify_loaded(
             storage,
             &server.name,
             &id,
+            loaded,
+            &refs,
             &index,
             settings.backup.jobs,
         )?);
@@ -82,11 +128,35 @@ pub fn run(settings: &Settings, which: &Selection) -> Result<Vec<BackupVerificat
     Ok(out)
 }
 
-/// Verify one backup against an archive index.
-pub fn verify_one(
+/// A manifest, or the problem that it cannot be read (other errors stop `verify`).
+fn load_for_verify(
     storage: &dyn Storage,
     server: &str,
     id: &BackupId,
+) -> Result<std::result::Result<Manifest, Problem>> {
+    match manifest::load(storage, server, id) {
+        Ok(m) => Ok(Ok(m)),
+        // A damaged manifest is a finding about this backup, not a reason to stop.
+        Err(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::UnsupportedFormat) => {
+            Ok(Err(Problem {
+                kind: "manifest_invalid",
+                subject: id.to_string(),
+                message: e.to_string(),
+                breaks: vec![id.to_string()],
+            }))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Verify one backup, whose manifest was loaded (or found unreadable), against an
+/// archive index; `refs` names the backups each object belongs to.
+fn verify_loaded(
+    storage: &dyn Storage,
+    server: &str,
+    id: &BackupId,
+    loaded: std::result::Result<Manifest, Problem>,
+    refs: &References,
     index: &ArchiveIndex,
     jobs: usize,
 ) -> Result<BackupVerification> {
@@ -98,26 +168,22 @@ pub fn verify_one(
         problems: Vec::new(),
         ok: false,
     };
-    let m = match manifest::load(storage, server, id) {
+    let m = match loaded {
         Ok(m) => m,
-        // A damaged manifest is a finding about this backup, not a reason to stop.
-        Err(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::UnsupportedFormat) => {
-            report.problems.push(Problem {
-                kind: "manifest_invalid",
-                subject: id.to_string(),
-                message: e.to_string(),
-            });
+        Err(p) => {
+            report.problems.push(p);
             return Ok(report);
         }
-        Err(e) => return Err(e),
     };
-    let (checked, bytes, mut problems) = verify_files(storage, server, &m, jobs)?;
+    let (checked, bytes, mut problems) = verify_files(storage, server, &m, refs, jobs)?;
     report.files_checked = checked;
     report.bytes_checked = bytes;
     report.problems.append(&mut problems);
     let wal = backup_wal(storage, index, &m)?;
+    let this = vec![id.to_string()];
     for r in &wal.missing {
         report.problems.push(Problem {
+            breaks: this.clone(),
             kind: "wal_missing",
             subject: r.first.clone(),
             message: if r.count == 1 {
@@ -132,6 +198,7 @@ pub fn verify_one(
     }
     for h in &wal.missing_history {
         report.problems.push(Problem {
+            breaks: this.clone(),
             kind: "history_missing",
             subject: h.clone(),
             message: format!("timeline history file {h} is not in the archive"),
@@ -156,6 +223,7 @@ fn verify_files(
     storage: &dyn Storage,
     server: &str,
     m: &Manifest,
+    refs: &References,
     jobs: usize,
 ) -> Result<(u64, u64, Vec<Problem>)> {
     let store = ObjectStore::new(storage, server);
@@ -169,7 +237,7 @@ fn verify_files(
     let bad: Mutex<HashMap<String, Problem>> = Mutex::new(HashMap::new());
     let bytes = Mutex::new(0u64);
     crate::util::workers::try_for_each(jobs, &unique, |_, o| {
-        let (n, problem) = verify_object(&store, o);
+        let (n, problem) = verify_object(&store, o, m, refs);
         if let Ok(mut b) = bytes.lock() {
             *b += n;
         }
@@ -206,14 +274,27 @@ fn verify_files(
     ))
 }
 
-/// Check one object: present, of its recorded stored size, and hashing to its id.
-/// Returns the bytes hashed and the problem, if any.
-fn verify_object(store: &ObjectStore<'_>, o: &ObjectRef) -> (u64, Option<Problem>) {
+/// Check one object of backup `m`: present, of its recorded stored size, and hashing
+/// to its id. Returns the bytes hashed and the problem, if any, naming every backup
+/// that references the object.
+fn verify_object(
+    store: &ObjectStore<'_>,
+    o: &ObjectRef,
+    m: &Manifest,
+    refs: &References,
+) -> (u64, Option<Problem>) {
     let path = o.path(store.server());
+    let mut breaks = refs.of_object(o).to_vec();
+    if !breaks.iter().any(|b| b == m.id.as_str()) {
+        // Completed after the references were gathered.
+        breaks.push(m.id.to_string());
+        breaks.sort();
+    }
     let problem = |kind, message: String| Problem {
         kind,
         subject: path.clone(),
-        message,
+        message: format!("{message}; it breaks backup(s) {}", breaks.join(", ")),
+        breaks: breaks.clone(),
     };
     match store.storage().stat(&path) {
         Ok(Some(info)) if info.size != o.stored_size => {
@@ -272,6 +353,7 @@ fn verify_file(store: &ObjectStore<'_>, m: &Manifest, entry: &FileEntry) -> Opti
         kind,
         subject: entry.path.clone(),
         message,
+        breaks: vec![m.id.to_string()],
     };
     if let [base] = entry.objects.as_slice() {
         // A whole-file object is named by the file's SHA-256, already checked above.

@@ -4,6 +4,9 @@
 //! written last and atomically, so a directory without one is a running or aborted
 //! backup and is invisible here. The manifest is self-sufficient: each file names
 //! the content-addressed objects that rebuild it (see `docs/repository-format.md`).
+//!
+//! Why this file is long: the manifest's types, their validation (what a reader must
+//! not trust) and listing are one contract, tested here together.
 
 use super::layout::{self, MANIFEST_FILE};
 use crate::codec::Compression;
@@ -474,6 +477,57 @@ pub fn resolve(storage: &dyn Storage, server: &str, spec: &str) -> Result<Backup
     }
 }
 
+/// A small valid manifest of server `main` for tests (one file, one object).
+#[cfg(test)]
+pub(crate) fn sample(id: &str) -> Manifest {
+    let mut m = Manifest {
+        format: MANIFEST_FORMAT,
+        id: BackupId::parse(id).unwrap(),
+        label: "nightly".into(),
+        status: BackupStatus::Done,
+        parent: None,
+        server: "main".into(),
+        pg_version_num: 150010,
+        system_identifier: "7300000000000000042".into(),
+        wal_segment_size: 1 << 20,
+        timeline: 1,
+        start_lsn: "0/2000028".into(),
+        stop_lsn: "0/2000100".into(),
+        start_wal: "000000010000000000000002".into(),
+        stop_wal: "000000010000000000000002".into(),
+        start_time: Utc::now(),
+        stop_time: Utc::now(),
+        backup_label: "START WAL LOCATION: 0/2000028\n".into(),
+        tablespace_map: String::new(),
+        tablespaces: vec![],
+        compression: Compression::Zstd,
+        compression_level: 3,
+        totals: Totals::default(),
+        directories: vec![DirEntry {
+            path: "data/pg_wal".into(),
+            mode: 0o700,
+        }],
+        files: vec![FileEntry {
+            path: "data/PG_VERSION".into(),
+            size: 3,
+            mtime: 1_700_000_000,
+            mode: 0o600,
+            sha256: "a".repeat(64),
+            objects: vec![ObjectRef {
+                id: "a".repeat(64),
+                compression: Compression::Zstd,
+                stored_size: 12,
+            }],
+            pages: None,
+            stored_size: 12,
+            added_size: 12,
+        }],
+        created_by: "test".into(),
+    };
+    m.compute_totals();
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,55 +570,6 @@ mod tests {
         ] {
             assert!(check_manifest_path(bad).is_err(), "{bad:?}");
         }
-    }
-
-    fn sample(id: &str) -> Manifest {
-        let mut m = Manifest {
-            format: MANIFEST_FORMAT,
-            id: BackupId::parse(id).unwrap(),
-            label: "nightly".into(),
-            status: BackupStatus::Done,
-            parent: None,
-            server: "main".into(),
-            pg_version_num: 150010,
-            system_identifier: "7300000000000000042".into(),
-            wal_segment_size: 1 << 20,
-            timeline: 1,
-            start_lsn: "0/2000028".into(),
-            stop_lsn: "0/2000100".into(),
-            start_wal: "000000010000000000000002".into(),
-            stop_wal: "000000010000000000000002".into(),
-            start_time: Utc::now(),
-            stop_time: Utc::now(),
-            backup_label: "START WAL LOCATION: 0/2000028\n".into(),
-            tablespace_map: String::new(),
-            tablespaces: vec![],
-            compression: Compression::Zstd,
-            compression_level: 3,
-            totals: Totals::default(),
-            directories: vec![DirEntry {
-                path: "data/pg_wal".into(),
-                mode: 0o700,
-            }],
-            files: vec![FileEntry {
-                path: "data/PG_VERSION".into(),
-                size: 3,
-                mtime: 1_700_000_000,
-                mode: 0o600,
-                sha256: "a".repeat(64),
-                objects: vec![ObjectRef {
-                    id: "a".repeat(64),
-                    compression: Compression::Zstd,
-                    stored_size: 12,
-                }],
-                pages: None,
-                stored_size: 12,
-                added_size: 12,
-            }],
-            created_by: "test".into(),
-        };
-        m.compute_totals();
-        m
     }
 
     #[test]

@@ -123,6 +123,161 @@ fn is_object_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::Codec;
+    use crate::repo::json::to_json;
+    use crate::repo::manifest::{sample, Manifest, ObjectRef};
+    use crate::repo::objects::ObjectStore;
+    use crate::storage::{LocalStorage, Overwrite};
+    use std::path::{Path, PathBuf};
+
+    fn object(store: &ObjectStore<'_>, content: &str) -> ObjectRef {
+        store
+            .put(content.as_bytes(), Codec::default())
+            .unwrap()
+            .object
+    }
+
+    /// Complete backup `id` referencing `objects` (the first as its one file's base,
+    /// the rest as deltas and page hashes: the sweep reads every reference).
+    fn complete(s: &LocalStorage, id: &str, objects: &[&ObjectRef]) -> Manifest {
+        let mut m = sample(id);
+        let f = &mut m.files[0];
+        f.objects = objects.iter().take(2).map(|o| (*o).clone()).collect();
+        f.pages = objects.get(2).map(|o| (*o).clone());
+        s.create_dir_all(&layout::backup_dir("main", id)).unwrap();
+        s.write_all(
+            &layout::backup_manifest("main", id),
+            &to_json(&m).unwrap(),
+            Overwrite::Never,
+        )
+        .unwrap();
+        m
+    }
+
+    fn local(root: &Path, o: &ObjectRef) -> PathBuf {
+        root.join(o.path("main"))
+    }
+
+    fn age(path: &Path, by: Duration) {
+        let f = std::fs::File::open(path).unwrap();
+        f.set_modified(SystemTime::now() - by).unwrap();
+    }
+
+    #[test]
+    fn keeps_what_a_manifest_or_a_running_writer_may_name_and_what_is_not_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let s = LocalStorage::new(root.clone());
+        let store = ObjectStore::new(&s, "main");
+        let [base, delta, pages, shared, old, young, ignored_only] = [
+            "base", "delta", "pages", "shared", "old", "young", "ignored",
+        ]
+        .map(|c| object(&store, c));
+        complete(&s, "20261101T000000Z", &[&base, &delta, &pages]);
+        complete(&s, "20261102T000000Z", &[&shared]);
+        complete(&s, "20261103T000000Z", &[&ignored_only]);
+        // Unreferenced: `old` was written well before the running writer started
+        // (minus the clock slack), `young` after that bound.
+        let writer = BackupId::from_time(Utc::now() - chrono::Duration::minutes(1));
+        s.create_dir_all(&layout::backup_dir("main", writer.as_str()))
+            .unwrap();
+        age(&local(&root, &old), Duration::from_secs(3600));
+        age(&local(&root, &young), Duration::from_secs(60 + 200));
+        age(&local(&root, &ignored_only), Duration::from_secs(3600));
+        // Temporary files of writers: one long dead, one that may be in progress.
+        let objects = root.join("main/objects");
+        std::fs::write(objects.join(format!("{TEMP_PREFIX}dead")), b"x").unwrap();
+        age(
+            &objects.join(format!("{TEMP_PREFIX}dead")),
+            Duration::from_secs(3600),
+        );
+        std::fs::write(objects.join(format!("{TEMP_PREFIX}live")), b"x").unwrap();
+        // Names that are not objects, or not where objects live: never touched.
+        let hex = "b".repeat(64);
+        let foreign = [
+            objects.join("README"),
+            objects.join(format!("{hex}.zst")),
+            objects.join(&hex[..2]).join("notes.txt"),
+            objects.join(&hex[..2]).join(format!("{hex}.bak")),
+            objects.join("zz").join(format!("{hex}.zst")),
+            objects.join("bbb").join(format!("{hex}.zst")),
+        ];
+        for f in &foreign {
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, b"mine").unwrap();
+            age(f, Duration::from_secs(3600));
+        }
+
+        // The third backup counts as gone (a dry run has not removed it).
+        let ignore = [BackupId::parse("20261103T000000Z").unwrap()];
+        let r = sweep(&s, "main", &ignore).unwrap();
+        assert_eq!(r.referenced, 4, "{r:?}");
+        assert_eq!(r.removed, 3, "{r:?}"); // old, ignored_only, the dead temp file
+        assert_eq!(r.kept_young, 2, "{r:?}"); // young, the live temp file
+        for o in [&base, &delta, &pages, &shared, &young] {
+            assert!(local(&root, o).exists(), "{o:?}");
+        }
+        assert!(!local(&root, &old).exists());
+        assert!(!local(&root, &ignored_only).exists());
+        assert!(!objects.join(format!("{TEMP_PREFIX}dead")).exists());
+        assert!(objects.join(format!("{TEMP_PREFIX}live")).exists());
+        for f in &foreign {
+            assert!(f.exists(), "{}", f.display());
+        }
+
+        // Once the writer is gone (aborted directory removed), young objects go too.
+        s.remove_dir_all(&layout::backup_dir("main", writer.as_str()))
+            .unwrap();
+        let r = sweep(&s, "main", &[]).unwrap();
+        assert_eq!((r.removed, r.kept_young), (2, 0), "{r:?}");
+        assert!(!local(&root, &young).exists());
+        for o in [&base, &delta, &pages, &shared] {
+            assert!(local(&root, o).exists(), "{o:?}");
+        }
+        // Nothing left to do: a second sweep removes nothing.
+        assert_eq!(sweep(&s, "main", &[]).unwrap().removed, 0);
+    }
+
+    #[test]
+    fn an_unreadable_manifest_stops_the_sweep_before_any_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let s = LocalStorage::new(root.clone());
+        let store = ObjectStore::new(&s, "main");
+        let kept = object(&store, "kept");
+        let orphan = object(&store, "orphan");
+        complete(&s, "20261101T000000Z", &[&kept]);
+        let bad = "20261102T000000Z";
+        s.create_dir_all(&layout::backup_dir("main", bad)).unwrap();
+        s.write_all(
+            &layout::backup_manifest("main", bad),
+            b"{\"format\": 2, tru",
+            Overwrite::Never,
+        )
+        .unwrap();
+        let err = sweep(&s, "main", &[]).unwrap_err();
+        assert!(err.to_string().contains("no object was removed"), "{err}");
+        assert!(err.to_string().contains(bad), "{err}");
+        assert!(local(&root, &orphan).exists() && local(&root, &kept).exists());
+        // A manifest of another format is no better: its references are unknown.
+        let mut other = sample(bad);
+        other.format = 3;
+        std::fs::write(
+            root.join(layout::backup_manifest("main", bad)),
+            to_json(&other).unwrap(),
+        )
+        .unwrap();
+        assert!(sweep(&s, "main", &[]).is_err());
+        assert!(local(&root, &orphan).exists());
+        // Without its manifest the directory is a writer that may still name the
+        // orphan (just written); once the directory is gone the sweep goes ahead.
+        std::fs::remove_file(root.join(layout::backup_manifest("main", bad))).unwrap();
+        assert_eq!(sweep(&s, "main", &[]).unwrap().kept_young, 1);
+        assert!(local(&root, &orphan).exists());
+        s.remove_dir_all(&layout::backup_dir("main", bad)).unwrap();
+        assert_eq!(sweep(&s, "main", &[]).unwrap().removed, 1);
+        assert!(!local(&root, &orphan).exists() && local(&root, &kept).exists());
+    }
 
     #[test]
     fn only_object_names_are_swept() {

@@ -5,6 +5,7 @@ use super::store::ObjectStore;
 use crate::codec::{HashWriter, Hashed, BUF_SIZE};
 use crate::error::{Error, Result};
 use crate::repo::manifest::FileEntry;
+use std::cell::Cell;
 use std::io::{self, Write};
 
 /// Write the file `entry` describes into `out`, streaming, and return the SHA-256 and
@@ -17,9 +18,15 @@ pub fn rebuild(store: &ObjectStore<'_>, entry: &FileEntry, out: &mut dyn Write) 
             entry.path
         )));
     };
+    // An error of `out` is the destination's (a full disk, a closed pipe); any other
+    // is the objects'.
+    let out_failed = Cell::new(false);
     let failed = |e: io::Error| {
+        if out_failed.get() {
+            return Error::io(format!("writing {}", entry.path), e);
+        }
         Error::corrupt(format!(
-            "{} cannot be rebuilt from objects {} of server {} in {}: {e}",
+            "{} is corrupt: it cannot be rebuilt from objects {} of server {} in {}: {e}",
             entry.path,
             entry
                 .objects
@@ -31,7 +38,11 @@ pub fn rebuild(store: &ObjectStore<'_>, entry: &FileEntry, out: &mut dyn Write) 
             store.storage().location()
         ))
     };
-    let mut hashed = HashWriter::new(io::BufWriter::with_capacity(BUF_SIZE, out));
+    let marked = Marked {
+        inner: out,
+        failed: &out_failed,
+    };
+    let mut hashed = HashWriter::new(io::BufWriter::with_capacity(BUF_SIZE, marked));
     let base_in = store.open(base)?;
     let mut readers = Vec::with_capacity(deltas.len());
     for d in deltas {
@@ -43,6 +54,33 @@ pub fn rebuild(store: &ObjectStore<'_>, entry: &FileEntry, out: &mut dyn Write) 
         .flush()
         .map_err(|e| Error::io(format!("writing {}", entry.path), e))?;
     Ok(written)
+}
+
+/// A writer that remembers whether it failed.
+struct Marked<'w, 'f> {
+    inner: &'w mut dyn Write,
+    failed: &'f Cell<bool>,
+}
+
+impl Write for Marked<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let r = self.inner.write(buf);
+        self.note(r.as_ref().err());
+        r
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        let r = self.inner.flush();
+        self.note(r.as_ref().err());
+        r
+    }
+}
+
+impl Marked<'_, '_> {
+    fn note(&self, e: Option<&io::Error>) {
+        if e.is_some_and(|e| e.kind() != io::ErrorKind::Interrupted) {
+            self.failed.set(true);
+        }
+    }
 }
 
 /// The error for a rebuilt file whose size or SHA-256 is not the manifest's, if so.

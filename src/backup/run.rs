@@ -56,7 +56,13 @@ pub fn run(settings: &Settings, opts: &BackupOptions) -> Result<Manifest> {
     }
     check_data_directory(&mut client, &pgdata)?;
     check_archiving(&mut client)?;
-    let lock = Lock::acquire_held(&repo, settings, server_name, "base-backup")?;
+    let lock = Lock::acquire_held_patiently(
+        &repo,
+        settings,
+        server_name,
+        "base-backup",
+        MAINTENANCE_PATIENCE,
+    )?;
     let result = backup_locked(settings, opts, &repo, &server, &mut client, &pgdata, &lock);
     lock.release();
     result
@@ -82,6 +88,10 @@ fn new_backup_id(storage: &dyn Storage, server: &str) -> Result<(BackupId, DateT
         format!("could not find a free backup id for server {server}"),
     ))
 }
+
+/// How long a backup waits for a maintenance command (cron's sweep, an expire) to
+/// release the lock before it fails as locked.
+const MAINTENANCE_PATIENCE: Duration = Duration::from_secs(120);
 
 /// How long a backup waits for the WAL summarizer to reach its start LSN before it
 /// compares pages instead.

@@ -388,18 +388,14 @@ fn remove_aborted_only(
 ) -> Result<ExpireReport> {
     let storage = repo.storage();
     let aborted = aborted_backups(storage, &server.name, now, cat.aborted_backup_max_age)?;
-    let mut objects = Sweep::default();
-    // Only with something to remove: taking the lock on every run would make a
-    // base-backup started at the same moment fail as locked.
-    if !aborted.is_empty() {
-        let lock = Lock::acquire_held(repo, settings, &server.name, "cron")?;
-        for id in &aborted {
-            storage.remove_dir_all(&layout::backup_dir(&server.name, id))?;
-        }
-        // Their objects, and what earlier interrupted sweeps left behind.
-        objects = sweep(storage, &server.name, &[])?;
-        lock.release();
+    // A base-backup that starts meanwhile waits for this lock (a short one).
+    let lock = Lock::acquire_held(repo, settings, &server.name, "cron")?;
+    for id in &aborted {
+        storage.remove_dir_all(&layout::backup_dir(&server.name, id))?;
     }
+    // Their objects, and what interrupted sweeps or rebased deltas left behind.
+    let objects = sweep(storage, &server.name, &[])?;
+    lock.release();
     Ok(ExpireReport {
         server: server.name.clone(),
         policy: "none".into(),

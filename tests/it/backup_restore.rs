@@ -436,6 +436,22 @@ fn tablespaces_links_delta_aborted_backups_and_the_lock(repo: &RepoDir) {
     assert!(err.contains("locked by test-holder"), "{err}");
     assert!(out.stdout.is_empty());
     lock.try_release().unwrap();
+    // ... but a short maintenance command's lock (cron's sweep) is waited for.
+    let lock = Lock::acquire(&*storage, "main", "cron", DEFAULT_STALE_AFTER).unwrap();
+    chown_postgres(&repo.path);
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    lock.try_release().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // In place: the original directories, emptied.
     c.stop();

@@ -189,6 +189,35 @@ impl<'a> Lock<'a> {
         Ok(lock)
     }
 
+    /// [`Lock::acquire_held`], but while the holder is one of the short maintenance
+    /// commands (`cron`, `expire`, `delete`, `keep`) wait for it, up to `patience`:
+    /// a scheduled base-backup must not fail because cron swept at the same moment.
+    pub fn acquire_held_patiently(
+        repo: &'a Repository,
+        settings: &Settings,
+        server: &str,
+        command: &str,
+        patience: Duration,
+    ) -> Result<Lock<'a>> {
+        let deadline = std::time::Instant::now() + patience;
+        let path = layout::lock_file(server, SERVER_LOCK);
+        loop {
+            match Self::acquire_held(repo, settings, server, command) {
+                Err(e) if e.kind() == ErrorKind::Locked && std::time::Instant::now() < deadline => {
+                    let maintenance = read_info(repo.storage(), &path)?.is_some_and(|h| {
+                        matches!(h.command.as_str(), "cron" | "expire" | "delete" | "keep")
+                    });
+                    if !maintenance {
+                        return Err(e);
+                    }
+                    crate::log_info!("{e}; waiting");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Take the writer lock of `server` for `command`, breaking a stale one; refuse
     /// with [`ErrorKind::Locked`] (naming the holder) if it is held. Without
     /// [`Lock::keep_fresh`] the lock goes stale after `stale_after`.

@@ -415,9 +415,10 @@ fn load_state(c: &Cluster) -> String {
 /// (b) A full and 11 incrementals, each after a round of pgbench (standard
 /// transactions plus random single-row updates and inserts on t); then four backups
 /// deleted, from the middle and the oldest, in a fixed shuffled order, and the
-/// sweep removes objects; then `verify --all` passes, and each remaining backup whose
-/// parent is gone, and the newest, restores to exactly the rows of its point, by
-/// `--target-immediate` or by a restore point named after it.
+/// sweep leaves exactly the objects the others reference; then `verify --all` passes,
+/// one more incremental finds page hashes to compare with, and each remaining backup
+/// whose parent is gone, and the newest, restores to exactly the rows of its point,
+/// by `--target-immediate` or by a restore point named after it.
 fn incrementals_under_load_survive_deletions_in_any_order(repo: &RepoDir) {
     let Some(c) = repo.archiving_cluster() else {
         return;
@@ -441,8 +442,9 @@ fn incrementals_under_load_survive_deletions_in_any_order(repo: &RepoDir) {
     let update_w = format!("{}@2", update.display());
     let insert_w = format!("{}@1", insert.display());
 
-    let mut points: Vec<(String, String)> = Vec::new();
-    for round in 0..12 {
+    // A round of load (none before the full), then a backup: its id and the state
+    // it holds.
+    let point = |round: usize| {
         if round > 0 {
             c.pgbench(&[
                 "-n",
@@ -463,8 +465,9 @@ fn incrementals_under_load_survive_deletions_in_any_order(repo: &RepoDir) {
         let state = load_state(&c);
         let id = base_backup(repo, &c, &["--jobs", "2"]);
         c.psql(&format!("SELECT pg_create_restore_point('after_{round}')"));
-        points.push((id, state));
-    }
+        (id, state)
+    };
+    let mut points: Vec<(String, String)> = (0..12).map(point).collect();
     c.switch_and_wait_archived();
 
     let manifests: Vec<Manifest> = points.iter().map(|(id, _)| manifest(repo, id)).collect();
@@ -547,10 +550,48 @@ fn incrementals_under_load_survive_deletions_in_any_order(repo: &RepoDir) {
         "deleting 4 backups removed no object ({before} before)"
     );
     pgcellar_ok(repo, &["verify", "--all"]);
+    // The sweep left exactly the objects the remaining manifests name (no backup
+    // was running), page hashes included.
+    let remaining: Vec<Manifest> = (0..points.len())
+        .filter(|i| !deleted.contains(i))
+        .map(|i| manifest(repo, &points[i].0))
+        .collect();
+    let objects = repo.path.join(&repo.server).join("objects");
+    let mut referenced: Vec<PathBuf> = remaining
+        .iter()
+        .flat_map(|m| m.files.iter().flat_map(|f| f.all_objects()))
+        .map(|o| repo.path.join(o.path(&repo.server)))
+        .map(|p| {
+            p.strip_prefix(&objects)
+                .expect("below objects/")
+                .to_path_buf()
+        })
+        .collect();
+    referenced.sort();
+    referenced.dedup();
+    assert_eq!(
+        regular_files(&objects),
+        referenced,
+        "objects on disk after the deletions are not those referenced"
+    );
+    // The next incremental still finds the newest one's page hashes.
+    points.push(point(points.len()));
+    c.switch_and_wait_archived();
+    let last = manifest(repo, &points[points.len() - 1].0);
+    assert_eq!(
+        last.parent.as_ref(),
+        Some(&remaining[remaining.len() - 1].id)
+    );
+    assert!(
+        last.files
+            .iter()
+            .any(|f| f.objects.len() > 1 && f.added_size > 0),
+        "no new delta after the deletions"
+    );
 
     // verify has checked every object of the eight that remain; restore (the slow
-    // part, about 10 s each over SSH) the four whose parent is gone, the newest
-    // among them: 2 (now the oldest), 6, 9 and 11.
+    // part, about 10 s each over SSH) the three whose parent is gone, 2 (now the
+    // oldest), 6 and 9, and the one taken after the deletions, 12.
     let no_ts = HashMap::new();
     for (i, (id, want)) in points.iter().enumerate() {
         let parent_gone = i.checked_sub(1).is_some_and(|p| deleted.contains(&p));
@@ -677,6 +718,8 @@ fn truncate_drop_file_copy_database_and_set_tablespace_restore_correctly(repo: &
     // The copied database's files now have a parent version to delta against.
     let a_d2 = relation_path(&c, "d2", "a");
     c.psql_in("d2", "UPDATE a SET s = 'again' WHERE id % 400 = 0");
+    // tv, shrunk by the last delta, grows past that size again.
+    c.psql("INSERT INTO tv SELECT g, md5(g::text) FROM generate_series(20001, 30000) g");
     // And the moved table's file has one to delta against in the tablespace.
     c.psql("UPDATE mv SET s = 'again' WHERE id % 400 = 0");
     c.psql("CHECKPOINT");
@@ -685,6 +728,14 @@ fn truncate_drop_file_copy_database_and_set_tablespace_restore_correctly(repo: &
     let m3 = manifest(repo, &id3);
     let a = entry(&m3, &a_d2);
     assert!(a.objects.len() > 1 && a.added_size > 0, "{a:?}");
+    let tv3 = entry(&m3, &tv_path);
+    assert!(
+        tv3.size > tv.size,
+        "tv did not grow: {} -> {}",
+        tv.size,
+        tv3.size
+    );
+    assert_eq!(tv3.objects.len(), 3, "tv: base, shrink, growth: {tv3:?}");
     let mv = entry(&m3, &mv_new);
     assert!(mv.objects.len() > 1 && mv.added_size > 0, "{mv:?}");
     let r = restore_check_start(repo, &id3, &promote, &ts(1));

@@ -522,6 +522,33 @@ fn incrementals_under_load_survive_deletions_in_any_order(repo: &RepoDir) {
         with_deltas >= 8,
         "only {with_deltas} incrementals rebuild a file from page deltas"
     );
+    // Deltas and page hashes only for page-level main-fork files; never more than
+    // four deltas, together at most half the base's stored size.
+    for m in &manifests {
+        for f in &m.files {
+            let name = f.path.rsplit('/').next().unwrap_or("");
+            let main_fork =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+            if f.pages.is_some() || f.objects.len() > 1 {
+                assert!(
+                    main_fork && f.size >= 256 * 1024 && f.size % 8192 == 0,
+                    "{} in {} is not page-level: {f:?}",
+                    f.path,
+                    m.id
+                );
+            }
+            assert!(f.objects.len() <= 5, "{} in {}: {f:?}", f.path, m.id);
+            let (base, deltas) = f.objects.split_first().expect("a base object");
+            let delta_bytes: u64 = deltas.iter().map(|d| d.stored_size).sum();
+            assert!(
+                delta_bytes * 2 <= base.stored_size,
+                "{} in {}: deltas of {delta_bytes} bytes over a base of {}",
+                f.path,
+                m.id,
+                base.stored_size
+            );
+        }
+    }
     // Some file went through at least two deltas on top of its base.
     assert!(
         manifests
@@ -618,8 +645,8 @@ fn incrementals_under_load_survive_deletions_in_any_order(repo: &RepoDir) {
 
 /// (e) Between a full and an incremental: TRUNCATE (new relfilenode) and fewer rows,
 /// a table shrunk in place by VACUUM, DROP and CREATE of a table of the same name,
-/// `CREATE DATABASE ... STRATEGY FILE_COPY` from a template then changes in both,
-/// `ALTER TABLE ... SET TABLESPACE`; the incremental restores (tablespace remapped) to
+/// `CREATE DATABASE ... STRATEGY FILE_COPY` from a template (once into a tablespace)
+/// then changes in the copies and the template, `ALTER TABLE ... SET TABLESPACE`; the incremental restores (tablespace remapped) to
 /// every table of every database as the primary had it, and so does one more
 /// incremental after changes in the copied database.
 fn truncate_drop_file_copy_database_and_set_tablespace_restore_correctly(repo: &RepoDir) {
@@ -674,6 +701,8 @@ fn truncate_drop_file_copy_database_and_set_tablespace_restore_correctly(repo: &
         "INSERT INTO a SELECT g, 'new in d2' FROM generate_series(10001, 10500) g",
     );
     c.psql_in("src_db", "DELETE FROM a WHERE id % 3 = 0");
+    c.psql("CREATE DATABASE d3 STRATEGY FILE_COPY TEMPLATE src_db TABLESPACE ts1");
+    c.psql_in("d3", "UPDATE a SET s = 'in d3' WHERE id % 70 = 0");
     c.psql("ALTER TABLE mv SET TABLESPACE ts1");
     c.psql("UPDATE mv SET s = 'moved' WHERE id % 100 = 0");
     // The dropped and truncated files are unlinked at a checkpoint.
@@ -711,6 +740,8 @@ fn truncate_drop_file_copy_database_and_set_tablespace_restore_correctly(repo: &
     assert_eq!(cluster_state(&r), want2, "restore of {id2}");
     assert_eq!(r.psql("SELECT count(*) FROM tr"), "300");
     assert_eq!(r.psql_in("d2", "SELECT count(*) FROM a"), "10500");
+    // Copied after a third of the template's rows were deleted.
+    assert_eq!(r.psql_in("d3", "SELECT count(*) FROM a"), "6667");
     pg_amcheck(&r);
     r.stop();
     drop(r);

@@ -8,6 +8,10 @@
 //! compared with its manifest (size and SHA-256 of every file, nothing else on disk)
 //! before PostgreSQL starts on it, and then PostgreSQL's rows are compared with what
 //! the primary had at the recovery target.
+//!
+//! Why this file is long: three end-to-end scenarios, each with the assertions on
+//! the manifests that explain a failure, sharing the helpers that compare restored
+//! files with their manifest and with the source.
 
 use crate::backup_restore::{base_backup, manifest, restore_ok};
 use crate::common::*;

@@ -26,7 +26,8 @@ on_both_backends!(
     damaged_pg_control_or_killed_restore_never_starts,
 );
 
-fn base_backup(repo: &RepoDir, c: &Cluster, extra: &[&str]) -> String {
+/// Run base-backup on `c` with `extra` flags; returns the new backup's id.
+pub(crate) fn base_backup(repo: &RepoDir, c: &Cluster, extra: &[&str]) -> String {
     let mut cmd = pg_command(bin("base-backup"));
     cmd.args(repo.args())
         .arg("--pgdata")
@@ -48,7 +49,8 @@ fn restore_cmd(repo: &RepoDir, dest: &Path, extra: &[&str]) -> Output {
     cmd.output().expect("spawn restore")
 }
 
-fn restore_ok(repo: &RepoDir, dest: &Path, extra: &[&str]) -> String {
+/// Run restore into `dest` with `extra` flags, which must succeed; returns its log.
+pub(crate) fn restore_ok(repo: &RepoDir, dest: &Path, extra: &[&str]) -> String {
     let out = restore_cmd(repo, dest, extra);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "restore {extra:?} failed: {stderr}");
@@ -56,7 +58,8 @@ fn restore_ok(repo: &RepoDir, dest: &Path, extra: &[&str]) -> String {
     stderr
 }
 
-fn manifest(repo: &RepoDir, id: &str) -> Manifest {
+/// Backup `id`'s manifest, read from the repository directory.
+pub(crate) fn manifest(repo: &RepoDir, id: &str) -> Manifest {
     let p = repo
         .path
         .join(&repo.server)

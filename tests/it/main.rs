@@ -13,6 +13,7 @@ mod architecture;
 mod backup_restore;
 mod catalog;
 mod faults;
+mod format2;
 mod gc;
 mod lookahead;
 mod ssh;

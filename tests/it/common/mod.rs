@@ -463,10 +463,16 @@ impl Cluster {
 
     /// Run SQL through psql; returns trimmed unaligned output. Panics on error.
     pub fn psql(&self, sql: &str) -> String {
-        let out = self.psql_raw(sql);
+        self.psql_in("postgres", sql)
+    }
+
+    /// Run SQL through psql in database `db`; returns trimmed unaligned output.
+    /// Panics on error.
+    pub fn psql_in(&self, db: &str, sql: &str) -> String {
+        let out = self.psql_raw_in(db, sql);
         if !out.status.success() {
             panic!(
-                "psql failed: {sql}\n{}\n--- server log tail ---\n{}",
+                "psql -d {db} failed: {sql}\n{}\n--- server log tail ---\n{}",
                 String::from_utf8_lossy(&out.stderr),
                 tail(&self.log_text(), 40)
             );
@@ -476,13 +482,18 @@ impl Cluster {
 
     /// Run SQL through psql, returning the raw output.
     pub fn psql_raw(&self, sql: &str) -> Output {
+        self.psql_raw_in("postgres", sql)
+    }
+
+    /// Run SQL through psql in database `db`, returning the raw output.
+    pub fn psql_raw_in(&self, db: &str, sql: &str) -> Output {
         Command::new(self.client_bindir.join("psql"))
             .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
             .arg("-h")
             .arg(&self.sockdir)
             .arg("-p")
             .arg(self.port.to_string())
-            .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+            .args(["-U", "postgres", "-d", db, "-c", sql])
             .output()
             .expect("spawn psql")
     }

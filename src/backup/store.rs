@@ -348,6 +348,18 @@ fn store_delta(ctx: &StoreCtx<'_>, job: &Job, prev: &FileEntry, size: u64) -> Re
     let mut hashes = Vec::with_capacity((size / PAGE as u64) as usize);
     let mut buf = vec![0u8; BUF_SIZE];
     let mut block: u64 = 0;
+    // Stop early when the delta is sure to pass its share bound: changed pages are
+    // estimated to compress like the base did (twice the bound, to leave the exact
+    // decision to the end), so a rebase does not first store a delta nobody uses.
+    let budget_pages = match prev.objects.split_first() {
+        Some((base, deltas)) if prev.size > 0 => {
+            let ratio = base.stored_size as f64 / prev.size as f64;
+            let left = MAX_DELTA_SHARE * base.stored_size as f64
+                - deltas.iter().map(|d| d.stored_size as f64).sum::<f64>();
+            2.0 * left.max(0.0) / (ratio.max(1e-6) * PAGE as f64)
+        }
+        _ => f64::INFINITY,
+    };
     loop {
         let n = read_full(&mut file, &mut buf)
             .io_context(|| format!("reading {}", job.src.display()))?;
@@ -373,6 +385,10 @@ fn store_delta(ctx: &StoreCtx<'_>, job: &Job, prev: &FileEntry, size: u64) -> Re
             }
             hashes.push(h);
             block += 1;
+        }
+        if delta.pages() as f64 > budget_pages {
+            // Dropping the unfinished object removes its temporary file.
+            return Ok(Delta::Whole);
         }
     }
     let (_, content) = whole.finish();

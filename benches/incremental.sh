@@ -3,13 +3,14 @@
 # (file-level incremental, zst, process-max 2) in one run on the same data.
 #
 #   bash benches/incremental.sh [SIZE_MB]                 (default 1500: ~1.5 GB, 20-30 min)
-#   BENCH_JSON=/tmp/incr.json bash benches/incremental.sh 150   (quick check, ~5 min)
+#   BENCH_JSON=/tmp/incr.json bash benches/incremental.sh 150   (quick check, ~8 min)
 #
 # Environment: BENCH_UPDATES (4000 random single-row updates per round), BENCH_ROUNDS
 # (10 incrementals after the first one), BENCH_RSS_SIZE_MB (second data size for peak
 # RSS, default SIZE_MB/4; 0 skips it), BENCH_REPEAT (each restore N times, one tool
-# after the other; medians reported, default 1), BENCH_SEED, BENCH_PORT, BENCH_JSON (the final
-# table as JSON). Needs: PostgreSQL 15 server binaries, pgbackrest (Debian's 2.45:
+# after the other; medians reported; default 1), BENCH_SEED, BENCH_PORT, BENCH_JSON
+# (the final table as JSON), BENCH_KEEP=DIR (copy the raw measurements and logs there
+# at exit). Needs: PostgreSQL 15 server binaries, pgbackrest (Debian's 2.45:
 # apt-get install pgbackrest), python3, the zstd CLI. Run as root (servers run as
 # postgres) or as the cluster owner. The scratch directory is under /tmp and removed.
 #
@@ -43,10 +44,14 @@
 # Bytes stored by a backup: growth of the repository without WAL (pgcellar: the
 # server directory without wal/, i.e. backups/ for format 1 and objects/ + manifests
 # for format 2; pgbackrest: backup/, without archive/), each inode counted once
-# (format 1 hard links). Changed pages: after each pair of backups (checkpointed,
+# (format 1 hard links); objects written but not referenced (pgcellar's delta
+# dropped for a rebase, left for the next sweep) count, as they are on disk until
+# then; pgcellar's manifest figure (totals.copied_stored_size) is printed beside.
+# Changed pages: after each pair of backups (checkpointed,
 # nothing writing) the data directory (without pg_wal, pg_stat_tmp, ...) is compared
 # 8 KiB page by page with a copy of its state at the previous pair; the changed pages
-# are concatenated and compressed with `zstd -3` ("compressed changed pages").
+# are concatenated and compressed with `zstd -3` ("compressed changed pages"). Pages
+# whose only change is a hint bit (autoanalyze, later reads) count as changed too.
 set -euo pipefail
 
 SIZE_MB=${1:-1500}
@@ -74,6 +79,9 @@ chmod 755 "$W"
 AS=()
 if [ "$(id -u)" = 0 ]; then AS=(runuser -u postgres --); fi
 cleanup() {
+    if [ -n "${BENCH_KEEP:-}" ]; then
+        mkdir -p "$BENCH_KEEP" && cp -r "$W/m" "$W/pd" "$W/facts" "$W"/*.log "$BENCH_KEEP/" 2>/dev/null || true
+    fi
     [ -f "$W/pgdata/PG_VERSION" ] && "${AS[@]}" "$PGBIN/pg_ctl" -D "$W/pgdata" -m immediate stop >/dev/null 2>&1 || true
     rm -rf "$W"
 }
@@ -360,10 +368,12 @@ def report(w, json_out):
                                               for k, v in samples.items() if len(v) > 1))
     if rounds:
         print()
-        print("per incremental (MB stored pgcellar / pgbackrest / zstd changed pages, cluster):")
-        for s in ["incr1", "incr0"] + [f"r{i}" for i in range(1, rounds + 1)]:
-            print(f"  {s:6} {stored('cellar', s) / mb:8.1f} {stored('pgbr', s) / mb:8.1f} "
-                  f"{pd[s]['cluster']['changed_zstd_bytes'] / mb:8.1f}")
+        print("per backup, MB: stored by pgcellar (repository growth, and its manifest's copied_stored_size),")
+        print("stored by pgbackrest, zstd -3 of the pages changed since the previous backups (whole data directory):")
+        for s in ["full", "incr1", "incr0"] + [f"r{i}" for i in range(1, rounds + 1)]:
+            print(f"  {s:6} {stored('cellar', s) / mb:8.1f} ({num(f'cellar_{s}_manifest_added') / mb:8.1f}) "
+                  f"{stored('pgbr', s) / mb:8.1f} "
+                  + ("       -" if pd[s]["init"] else f"{pd[s]['cluster']['changed_zstd_bytes'] / mb:8.1f}"))
     if json_out:
         with open(json_out, "w") as f:
             json.dump({"facts": facts, "rows": rows, "measurements": m, "samples": samples, "changed_pages": pd,
@@ -515,6 +525,9 @@ backups() {
     fact "cellar_${step}_before" "$(repo_bytes cellar)"
     m "cellar_$step" "${CELLAR[@]}" --jobs 2 "$@"
     fact "cellar_${step}_after" "$(repo_bytes cellar)"
+    # pgcellar's own count of what the backup added (manifest totals), as a cross-check.
+    fact "cellar_${step}_manifest_added" "$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['totals']['copied_stored_size'])" \
+        "$W/repo-pgcellar/bench/backups/$(last_cellar "$step")/backup.json")"
     settle
     fact "pgbr_${step}_before" "$(repo_bytes pgbr)"
     m "pgbr_$step" "${PGBR[@]}" --type=$type backup

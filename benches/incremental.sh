@@ -2,7 +2,7 @@
 # Benchmark of issue 12 (page-level incrementals): pgcellar vs pgBackRest 2.45
 # (file-level incremental, zst, process-max 2) in one run on the same data.
 #
-#   bash benches/incremental.sh [SIZE_MB]                 (default 1500: ~1.5 GB, 20-30 min)
+#   bash benches/incremental.sh [SIZE_MB]         (default 1500: ~1.5 GB, ~12 min on 2 shared cores)
 #   BENCH_JSON=/tmp/incr.json bash benches/incremental.sh 150   (quick check, ~8 min)
 #
 # Environment: BENCH_UPDATES (4000 random single-row updates per round), BENCH_ROUNDS

@@ -399,21 +399,22 @@ fn store_delta(ctx: &StoreCtx<'_>, job: &Job, prev: &FileEntry, size: u64) -> Re
         // Dropping the unfinished object removes its temporary file.
         return Ok(Delta::Same(content.sha256));
     }
-    let stored = delta
+    let Some((base, deltas)) = prev.objects.split_first() else {
+        return Ok(Delta::Whole);
+    };
+    let earlier: u64 = deltas.iter().map(|d| d.stored_size).sum();
+    // Rebase past the share bound: a restore must not read more than a few deltas'
+    // worth over the base. Decided before the commit, so the refused delta leaves
+    // nothing behind.
+    let within =
+        |stored: u64| (earlier + stored) as f64 <= MAX_DELTA_SHARE * base.stored_size as f64;
+    let Some(stored) = delta
         .finish()
         .map_err(|e| storing_error(ctx, job, e))?
-        .finish()?;
-    let (base, deltas) = match prev.objects.split_first() {
-        Some(split) => split,
-        None => return Ok(Delta::Whole),
-    };
-    let delta_bytes: u64 =
-        deltas.iter().map(|d| d.stored_size).sum::<u64>() + stored.object.stored_size;
-    if delta_bytes as f64 > MAX_DELTA_SHARE * base.stored_size as f64 {
-        // Rebase: a restore must not read more than a few deltas' worth over the base.
-        // The delta just stored is left for the next sweep.
+        .finish_if(within)?
+    else {
         return Ok(Delta::Whole);
-    }
+    };
     let pages = ctx.objects.put(&PageHashes(hashes).encode(), ctx.codec)?;
     Ok(Delta::Stored(Version {
         sha256: content.sha256,

@@ -188,11 +188,24 @@ impl Write for ObjectWriter<'_, '_> {
 impl ObjectWriter<'_, '_> {
     /// End the object and commit it under its content's name.
     pub fn finish(self) -> Result<Stored> {
+        match self.finish_if(|_| true)? {
+            Some(stored) => Ok(stored),
+            None => Err(Error::invalid("an object was refused by its own writer")),
+        }
+    }
+
+    /// End the object and commit it only if `keep` accepts its stored size; `None`
+    /// (and no trace in the repository) otherwise.
+    pub fn finish_if(self, keep: impl FnOnce(u64) -> bool) -> Result<Option<Stored>> {
         let store = self.store;
         let (stack, content) = self.out.finish();
         let (file, stored_size) = stack
             .finish_sink()
             .map_err(|e| Error::io(format!("writing an object in {}", store.where_()), e))?;
+        if !keep(stored_size) {
+            // Dropping the uncommitted file removes its temporary name.
+            return Ok(None);
+        }
         let ext = self.codec.compression.extension();
         let name = layout::object_name(&content.sha256, ext);
         let objects = layout::objects_dir(&store.server);
@@ -244,10 +257,10 @@ impl ObjectWriter<'_, '_> {
                 }
             },
         };
-        Ok(Stored {
+        Ok(Some(Stored {
             object,
             created,
             content,
-        })
+        }))
     }
 }

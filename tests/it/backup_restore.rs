@@ -526,26 +526,7 @@ fn backup_under_pgbench_load_restores_clean(repo: &RepoDir) {
         "t"
     );
     assert_eq!(r.psql("SELECT count(*) FROM pgbench_accounts"), "300000");
-    let out = std::process::Command::new(r.bindir.join("pg_amcheck"))
-        .arg("-h")
-        .arg(&r.sockdir)
-        .arg("-p")
-        .arg(r.port.to_string())
-        .args([
-            "-U",
-            "postgres",
-            "--install-missing",
-            "--heapallindexed",
-            "--all",
-        ])
-        .output()
-        .expect("pg_amcheck");
-    assert!(
-        out.status.success(),
-        "pg_amcheck found problems:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    r.amcheck();
 }
 
 fn base_backup_without_archiving_fails_fast_and_leaves_nothing(repo: &RepoDir) {

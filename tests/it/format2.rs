@@ -264,29 +264,6 @@ fn cluster_state(c: &Cluster) -> BTreeMap<String, BTreeMap<String, String>> {
     out
 }
 
-fn pg_amcheck(c: &Cluster) {
-    let out = std::process::Command::new(c.bindir.join("pg_amcheck"))
-        .arg("-h")
-        .arg(&c.sockdir)
-        .arg("-p")
-        .arg(c.port.to_string())
-        .args([
-            "-U",
-            "postgres",
-            "--install-missing",
-            "--heapallindexed",
-            "--all",
-        ])
-        .output()
-        .expect("pg_amcheck");
-    assert!(
-        out.status.success(),
-        "pg_amcheck found problems:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn pgcellar_ok(repo: &RepoDir, args: &[&str]) -> String {
     let mut cmd = pg_command(bin("pgcellar"));
     cmd.args(repo.args()).args(args);
@@ -751,7 +728,7 @@ fn truncate_drop_file_copy_database_and_set_tablespace_restore_correctly(repo: &
     assert_eq!(r.psql_in("d2", "SELECT count(*) FROM a"), "10500");
     // Copied after a third of the template's rows were deleted.
     assert_eq!(r.psql_in("d3", "SELECT count(*) FROM a"), "6667");
-    pg_amcheck(&r);
+    r.amcheck();
     r.stop();
     drop(r);
 
@@ -780,5 +757,5 @@ fn truncate_drop_file_copy_database_and_set_tablespace_restore_correctly(repo: &
     assert!(mv.objects.len() > 1 && mv.added_size > 0, "{mv:?}");
     let r = restore_check_start(repo, &id3, &promote, &ts(1));
     assert_eq!(cluster_state(&r), want3, "restore of {id3}");
-    pg_amcheck(&r);
+    r.amcheck();
 }

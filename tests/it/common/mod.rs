@@ -498,6 +498,31 @@ impl Cluster {
             .expect("spawn psql")
     }
 
+    /// `pg_amcheck --heapallindexed --all` against this server, with the client tools
+    /// of [`Cluster::client_bindir`] (so on every major); panics on any finding.
+    pub fn amcheck(&self) {
+        let out = Command::new(self.client_bindir.join("pg_amcheck"))
+            .arg("-h")
+            .arg(&self.sockdir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args([
+                "-U",
+                "postgres",
+                "--install-missing",
+                "--heapallindexed",
+                "--all",
+            ])
+            .output()
+            .expect("pg_amcheck");
+        assert!(
+            out.status.success(),
+            "pg_amcheck found problems:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Run pgbench with `args` against this server.
     pub fn pgbench(&self, args: &[&str]) -> Output {
         let mut c = Command::new(self.client_bindir.join("pgbench"));

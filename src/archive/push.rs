@@ -354,7 +354,7 @@ fn finish(
     let dir = layout::wal_dir(&server.name, name);
     // Same final name means same SHA-256: `AlreadyExists` is a concurrent push of
     // identical bytes that committed first. That file is not ours to withdraw.
-    let owner = match out.commit(&final_name, Overwrite::Never)? {
+    let owner = match out.commit(&final_name, Overwrite::IfAbsent)? {
         Committed::Created => Some(storage::join(&dir, &final_name)),
         Committed::AlreadyExists => None,
     };

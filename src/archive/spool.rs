@@ -129,7 +129,7 @@ impl Spool {
             let older = s
                 .name
                 .segment()
-                .map_or(true, |o| (o.log, o.seg) < (seg.log, seg.seg));
+                .is_none_or(|o| (o.log, o.seg) < (seg.log, seg.seg));
             if older {
                 let _ = fs::remove_file(&s.path);
             }

@@ -267,7 +267,7 @@ pub fn path_from(
         };
         let chain = chain_from_history(t, &history, index.segment_size);
         let descends = |l: &ChainLink| {
-            l.timeline == from_timeline && l.end.map_or(true, |end| end >= from_segno)
+            l.timeline == from_timeline && l.end.is_none_or(|end| end >= from_segno)
         };
         if let Some(pos) = chain.iter().position(descends) {
             best = Some(chain[pos..].to_vec());

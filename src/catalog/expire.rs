@@ -376,6 +376,16 @@ pub fn cron(settings: &Settings) -> Result<Vec<String>> {
         };
         lines.extend(action_lines(&report));
     }
+    // Uploads a crashed writer left unfinished: invisible to listings, but stored
+    // (and billed) until aborted. As old as an aborted backup, none can be running.
+    let age = cat.aborted_backup_max_age;
+    let aborted = repo.storage().clean_incomplete_uploads(age)?;
+    if aborted > 0 {
+        lines.push(format!(
+            "aborted {aborted} unfinished upload(s) older than {}s",
+            age.as_secs()
+        ));
+    }
     Ok(lines)
 }
 

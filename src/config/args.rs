@@ -11,7 +11,7 @@ pub struct CommonArgs {
     /// Configuration file (TOML)
     #[arg(long, env = "PGCELLAR_CONFIG", value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
-    /// Repository: /abs/path, file:///abs/path or ssh://user@host[:port]/abs/path
+    /// Repository: /abs/path, file:///abs/path, ssh://user@host[:port]/abs/path or s3://bucket[/prefix]
     #[arg(long, env = "PGCELLAR_REPO", value_name = "URL", global = true)]
     pub repo: Option<String>,
     /// Server name inside the repository
@@ -63,6 +63,88 @@ pub struct CommonArgs {
         global = true
     )]
     pub ssh_io_timeout: Option<u64>,
+    /// S3 endpoint URL (default: AWS for the region)
+    #[arg(
+        long,
+        env = "AWS_ENDPOINT_URL",
+        value_name = "URL",
+        global = true,
+        help_heading = "S3 options"
+    )]
+    pub s3_endpoint: Option<String>,
+    /// S3 signing region (default us-east-1)
+    #[arg(
+        long,
+        env = "AWS_REGION",
+        value_name = "NAME",
+        global = true,
+        help_heading = "S3 options"
+    )]
+    pub s3_region: Option<String>,
+    /// Path-style addressing, endpoint/bucket/key (default: true when --s3-endpoint is set)
+    #[arg(
+        long,
+        env = "PGCELLAR_S3_PATH_STYLE",
+        value_name = "BOOL",
+        global = true,
+        help_heading = "S3 options"
+    )]
+    pub s3_path_style: Option<bool>,
+    /// Allow a plain-HTTP endpoint (test stores on loopback only; default false)
+    #[arg(
+        long,
+        env = "PGCELLAR_S3_ALLOW_HTTP",
+        value_name = "BOOL",
+        global = true,
+        help_heading = "S3 options"
+    )]
+    pub s3_allow_http: Option<bool>,
+    /// S3 access key id
+    #[arg(
+        long,
+        env = "AWS_ACCESS_KEY_ID",
+        value_name = "ID",
+        global = true,
+        hide_env_values = true,
+        help_heading = "S3 options"
+    )]
+    pub s3_access_key_id: Option<String>,
+    /// File holding the S3 secret access key (AWS_SECRET_ACCESS_KEY gives the key itself)
+    #[arg(
+        long,
+        env = "PGCELLAR_S3_SECRET_ACCESS_KEY_FILE",
+        value_name = "FILE",
+        global = true,
+        help_heading = "S3 options"
+    )]
+    pub s3_secret_access_key_file: Option<PathBuf>,
+    /// File holding an S3 session token (AWS_SESSION_TOKEN gives the token itself)
+    #[arg(
+        long,
+        env = "PGCELLAR_S3_SESSION_TOKEN_FILE",
+        value_name = "FILE",
+        global = true,
+        help_heading = "S3 options"
+    )]
+    pub s3_session_token_file: Option<PathBuf>,
+    /// Seconds to wait for a connection to the S3 store (default 10)
+    #[arg(
+        long,
+        env = "PGCELLAR_S3_CONNECT_TIMEOUT",
+        value_name = "SECS",
+        global = true,
+        help_heading = "S3 options"
+    )]
+    pub s3_connect_timeout: Option<u64>,
+    /// Seconds one S3 request attempt may take, and a download may stall (default 60)
+    #[arg(
+        long,
+        env = "PGCELLAR_S3_REQUEST_TIMEOUT",
+        value_name = "SECS",
+        global = true,
+        help_heading = "S3 options"
+    )]
+    pub s3_request_timeout: Option<u64>,
     /// Retries of a transient (network) failure in wal-push/wal-get (default 3)
     #[arg(long, env = "PGCELLAR_RETRIES", value_name = "N", global = true)]
     pub retries: Option<u32>,

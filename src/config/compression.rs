@@ -21,7 +21,7 @@ pub(super) fn resolve_codec(
     let flag_level = comp.and_then(|c| c.compression_level);
     let file_level = file
         .compression_level
-        .filter(|_| flag_compression.map_or(true, |c| c == file.compression.unwrap_or_default()));
+        .filter(|_| flag_compression.is_none_or(|c| c == file.compression.unwrap_or_default()));
     if flag_level.is_none() && file_level.is_none() && file.compression_level.is_some() {
         crate::log_info!(
             "compression_level in the configuration file belongs to {}, not {compression}: using {compression}'s default",

@@ -32,6 +32,28 @@ pub struct FileConfig {
     pub ssh_connect_timeout: Option<u64>,
     /// Seconds to wait for any single SSH read or write.
     pub ssh_io_timeout: Option<u64>,
+    /// S3 endpoint URL.
+    pub s3_endpoint: Option<String>,
+    /// S3 signing region.
+    pub s3_region: Option<String>,
+    /// S3 path-style addressing.
+    pub s3_path_style: Option<bool>,
+    /// Allow a plain-HTTP S3 endpoint.
+    pub s3_allow_http: Option<bool>,
+    /// S3 access key id.
+    pub s3_access_key_id: Option<String>,
+    /// S3 secret access key (keep the file 0600), or
+    pub s3_secret_access_key: Option<String>,
+    /// a file holding it.
+    pub s3_secret_access_key_file: Option<PathBuf>,
+    /// S3 session token of temporary credentials, or
+    pub s3_session_token: Option<String>,
+    /// a file holding it.
+    pub s3_session_token_file: Option<PathBuf>,
+    /// Seconds to wait for a connection to the S3 store.
+    pub s3_connect_timeout: Option<u64>,
+    /// Seconds one S3 request attempt may take.
+    pub s3_request_timeout: Option<u64>,
     /// How many times wal-push/wal-get retry a transient failure.
     pub retries: Option<u32>,
     /// wal-push: how many other `.ready` segments one call may push ahead (0 = off).

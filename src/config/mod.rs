@@ -12,7 +12,8 @@
 //! - `compression`: the codec of new stored files;
 //! - `push`, `get`, `catalog`: wal-push's look-ahead, wal-get's prefetch, the
 //!   catalog commands' keys, resolved when those commands run;
-//! - `policy`: the grammar of a retention policy.
+//! - `policy`: the grammar of a retention policy;
+//! - `s3`: the S3 driver's options (endpoint, region, credentials, timeouts).
 
 mod args;
 mod catalog;
@@ -22,6 +23,7 @@ mod get;
 mod policy;
 mod push;
 mod resolve;
+mod s3;
 mod settings;
 
 pub use args::{CommonArgs, CompressionArgs, LookaheadArgs, PrefetchArgs};

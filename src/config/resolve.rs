@@ -33,6 +33,9 @@ pub fn origin(key: &str, from_args: bool, config: Option<&Path>) -> String {
 fn env_name(key: &str) -> String {
     match key {
         "pgdata" => "PGDATA".to_string(),
+        "s3_endpoint" => "AWS_ENDPOINT_URL".to_string(),
+        "s3_region" => "AWS_REGION".to_string(),
+        "s3_access_key_id" => "AWS_ACCESS_KEY_ID".to_string(),
         k => format!("PGCELLAR_{}", k.to_uppercase()),
     }
 }

@@ -9,7 +9,7 @@ use super::file::FileConfig;
 use super::resolve::Layers;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::storage::{RepoUrl, StorageOptions};
+use crate::storage::{RepoUrl, S3Options, StorageOptions};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -28,6 +28,8 @@ pub struct Settings {
     pub codec: Codec,
     /// SSH settings.
     pub ssh: SshSettings,
+    /// S3 settings (the defaults unless the repository is an `s3://` one).
+    pub s3: S3Options,
     /// Retries of transient failures in wal-push/wal-get.
     pub retries: u32,
     /// The file the settings came from, if any (for messages).
@@ -69,6 +71,7 @@ impl Settings {
         StorageOptions {
             allow_root: self.allow_root,
             ssh: self.ssh.clone(),
+            s3: self.s3.clone(),
         }
     }
 
@@ -90,7 +93,14 @@ impl Settings {
                 .map_err(|e| e.context(layers.origin("server", args.server.is_some())))?;
         }
         let codec = resolve_codec(comp, &file, layers)?;
+        let retries = args.retries.or(file.retries).unwrap_or(3);
+        // Only an s3:// repository reads the secret (and may fail on its file).
+        let s3 = match &repo {
+            Some(RepoUrl::S3 { .. }) => super::s3::resolve_s3(args, &file, layers, retries)?,
+            _ => S3Options::default(),
+        };
         Ok(Settings {
+            s3,
             repo,
             server,
             pgdata: args.pgdata.clone().or(file.pgdata.clone()),
@@ -119,7 +129,7 @@ impl Settings {
                     30,
                 )?,
             },
-            retries: args.retries.or(file.retries).unwrap_or(3),
+            retries,
             config_file: args.config.clone(),
             // `--jobs` belongs to base-backup and restore; `BackupSettings::workers`
             // lays it over this.

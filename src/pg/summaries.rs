@@ -60,7 +60,7 @@ impl RelChanges {
         self.modified
             .range(first..)
             .next()
-            .map_or(true, |&b| u64::from(b) >= end)
+            .is_none_or(|&b| u64::from(b) >= end)
     }
 }
 
@@ -104,7 +104,7 @@ impl BlockChanges {
             && self
                 .relations
                 .get(key)
-                .map_or(true, |r| r.range_untouched(first, end))
+                .is_none_or(|r| r.range_untouched(first, end))
     }
 }
 

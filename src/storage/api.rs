@@ -14,6 +14,11 @@ pub enum Overwrite {
     Never,
     /// Atomically replace it (manifests, status files).
     Replace,
+    /// For names derived from the content (a SHA-256 in the name: WAL files,
+    /// objects): keep an existing file, as [`Overwrite::Never`] does, but a driver may
+    /// skip the exclusive-create handshake, since any writer of such a name writes the
+    /// same bytes. Two racing writers may then both report [`Committed::Created`].
+    IfAbsent,
 }
 
 /// Result of committing an [`AtomicFile`].
@@ -115,6 +120,13 @@ pub trait Storage: Send + Sync {
 
     /// What this driver can do (see [`Capabilities`]).
     fn capabilities(&self) -> Capabilities;
+
+    /// Abort unfinished uploads (left by a crashed writer) started longer ago than
+    /// `older_than`, and say how many there were. Only object stores have them.
+    fn clean_incomplete_uploads(&self, older_than: std::time::Duration) -> Result<u64> {
+        let _ = older_than;
+        Ok(0)
+    }
 
     /// Read a whole (small) file into memory.
     fn read_all(&self, path: &str) -> Result<Vec<u8>> {

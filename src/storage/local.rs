@@ -297,7 +297,7 @@ impl AtomicFile for LocalAtomicFile {
             }
             // link() fails if the name exists, so two racing writers cannot replace
             // each other's file, which rename() would allow.
-            Overwrite::Never => match fs::hard_link(&self.tmp, &dest) {
+            Overwrite::Never | Overwrite::IfAbsent => match fs::hard_link(&self.tmp, &dest) {
                 Ok(()) => {
                     fs::remove_file(&self.tmp)
                         .io_context(|| format!("removing {}", self.tmp.display()))?;

@@ -1,4 +1,4 @@
-//! Where repository bytes live: one small trait, a local driver and an SSH driver.
+//! Where repository bytes live: one small trait, and a local, an SSH and an S3 driver.
 //!
 //! Every path given to a [`Storage`] is relative to the repository root and is checked
 //! by [`check_path`], so nothing built from user or repository input can leave the
@@ -12,8 +12,8 @@
 //! Cross-cutting behaviour wraps any driver as a [`layer`] (e.g. [`layer::DryRun`]).
 //! Drivers take their own options ([`StorageOptions`]), never the program's settings.
 //!
-//! Files: `api` (the trait and its types), `path` (path checks), `local` and `ssh/`
-//! (the drivers), `layer/` (wrappers around any driver), `url` (repository URLs).
+//! Files: `api` (the trait and its types), `path` (path checks), `local`, `ssh/` and
+//! `s3/` (the drivers), `layer/` (wrappers around any driver), `url` (repository URLs).
 //! Drivers and layers import `api` and `path`, never this facade, so no module here
 //! imports one that imports it back.
 
@@ -21,12 +21,14 @@ mod api;
 pub mod layer;
 pub mod local;
 mod path;
+pub mod s3;
 pub mod ssh;
 pub mod url;
 
 pub use api::{AtomicFile, Capabilities, Committed, DirEntry, FileInfo, Overwrite, Storage};
 pub use local::LocalStorage;
 pub use path::{check_final_name, check_path, join, split_path};
+pub use s3::{S3Options, S3Storage};
 pub use ssh::{SshOptions, SshStorage};
 pub use url::RepoUrl;
 
@@ -42,6 +44,8 @@ pub struct StorageOptions {
     pub allow_root: bool,
     /// How to reach an `ssh://` repository.
     pub ssh: SshOptions,
+    /// How to reach an `s3://` repository.
+    pub s3: S3Options,
 }
 
 /// Open the storage a repository URL points to.
@@ -56,5 +60,6 @@ pub fn open_with(url: &RepoUrl, options: &StorageOptions) -> Result<Box<dyn Stor
             }))
         }
         RepoUrl::Ssh { .. } => Ok(Box::new(SshStorage::open(url, &options.ssh)?)),
+        RepoUrl::S3 { .. } => Ok(Box::new(S3Storage::open(url, &options.s3)?)),
     }
 }

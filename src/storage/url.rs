@@ -1,4 +1,5 @@
-//! Repository URLs: `/abs/path`, `file:///abs/path`, `ssh://user@host[:port]/abs/path`.
+//! Repository URLs: `/abs/path`, `file:///abs/path`, `ssh://user@host[:port]/abs/path`,
+//! `s3://bucket[/prefix]`.
 
 use crate::error::{Error, Result};
 use std::fmt;
@@ -20,6 +21,14 @@ pub enum RepoUrl {
         /// Absolute path of the repository on that host.
         path: String,
     },
+    /// A bucket (and key prefix inside it) of an S3-compatible object store.
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix of the repository inside the bucket, without slashes at either
+        /// end; empty for the bucket's root.
+        prefix: String,
+    },
 }
 
 impl RepoUrl {
@@ -27,9 +36,27 @@ impl RepoUrl {
     pub fn parse(s: &str) -> Result<RepoUrl> {
         let bad = |why: &str| {
             Error::config(format!(
-                "repository {s:?}: {why} (use /abs/path, file:///abs/path or ssh://user@host[:port]/abs/path)"
+                "repository {s:?}: {why} (use /abs/path, file:///abs/path, ssh://user@host[:port]/abs/path or s3://bucket[/prefix])"
             ))
         };
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let prefix = prefix.trim_end_matches('/');
+            if !valid_bucket(bucket) {
+                return Err(bad(
+                    "the bucket name must be 3 to 63 lowercase letters, digits, '.' or '-'",
+                ));
+            }
+            if !prefix.is_empty() && crate::storage::check_path(prefix).is_err() {
+                return Err(bad(
+                    "the prefix must be relative and normal (no '.', '..' or '//')",
+                ));
+            }
+            return Ok(RepoUrl::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.to_string(),
+            });
+        }
         if let Some(rest) = s.strip_prefix("ssh://") {
             let (authority, path) = rest
                 .split_once('/')
@@ -76,6 +103,20 @@ impl RepoUrl {
     }
 }
 
+/// S3's bucket naming rules (the DNS-safe subset every store accepts).
+fn valid_bucket(b: &str) -> bool {
+    (3..=63).contains(&b.len())
+        && b.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+        && b.as_bytes()
+            .first()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && b.as_bytes()
+            .last()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && !b.contains("..")
+}
+
 fn check_abs(path: &str) -> std::result::Result<(), ()> {
     if !path.starts_with('/') || path.contains('\0') {
         return Err(());
@@ -102,6 +143,8 @@ impl fmt::Display for RepoUrl {
                     write!(f, "ssh://{user}@{host}:{port}{path}")
                 }
             }
+            RepoUrl::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            RepoUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
         }
     }
 }
@@ -133,7 +176,24 @@ mod tests {
             RepoUrl::parse("ssh://bk@[::1]/r").unwrap().to_string(),
             "ssh://bk@[::1]:22/r"
         );
+        assert_eq!(
+            RepoUrl::parse("s3://pg-backups/prod/main/").unwrap(),
+            RepoUrl::S3 {
+                bucket: "pg-backups".into(),
+                prefix: "prod/main".into()
+            }
+        );
+        assert_eq!(
+            RepoUrl::parse("s3://pg-backups").unwrap().to_string(),
+            "s3://pg-backups"
+        );
         for bad in [
+            "s3://",
+            "s3://UPPER",
+            "s3://ab",
+            "s3://b-/x",
+            "s3://bucket/a/../b",
+            "s3://bucket//a",
             "relative/dir",
             "",
             "http://x/y",

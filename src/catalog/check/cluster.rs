@@ -155,7 +155,7 @@ pub(super) fn check_cluster(
             let archived_at = archived_at.map(DateTime::<Utc>::from);
             let recent = failed_at.is_some_and(|f| Utc::now() - f < chrono::Duration::hours(1));
             match (failed_at, archived_at) {
-                (Some(f), a) if a.map_or(true, |a| f > a) => r.push(
+                (Some(f), a) if a.is_none_or(|a| f > a) => r.push(
                     "archiver_failures",
                     Status::Critical,
                     format!(

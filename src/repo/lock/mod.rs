@@ -527,7 +527,7 @@ fn take_break_lock(storage: &dyn Storage, server: &str) -> Result<Option<LockInf
     let other = read_info(storage, &break_path)?;
     let stale = other
         .as_ref()
-        .map_or(true, |o| o.stale_reason(Utc::now(), BREAK_STALE).is_some());
+        .is_none_or(|o| o.stale_reason(Utc::now(), BREAK_STALE).is_some());
     if !stale {
         return Ok(None);
     }

@@ -30,7 +30,7 @@ pub struct DeltaWriter<W: Write> {
 impl<W: Write> DeltaWriter<W> {
     /// Start a delta for a file state of `size` bytes (a multiple of [`PAGE`]).
     pub fn new(mut out: W, size: u64) -> io::Result<Self> {
-        if size % PAGE as u64 != 0 {
+        if !size.is_multiple_of(PAGE as u64) {
             return Err(io::Error::other(format!(
                 "a page delta needs a whole number of pages, not {size} bytes"
             )));

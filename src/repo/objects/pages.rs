@@ -28,7 +28,7 @@ pub struct PageHashes(pub Vec<PageHash>);
 impl PageHashes {
     /// Decode a page-hash object's content.
     pub fn decode(bytes: &[u8], what: &str) -> Result<PageHashes> {
-        if bytes.len() % PAGE_HASH_LEN != 0 {
+        if !bytes.len().is_multiple_of(PAGE_HASH_LEN) {
             return Err(Error::corrupt(format!(
                 "page-hash object {what} is {} bytes, not a whole number of hashes",
                 bytes.len()

@@ -240,7 +240,7 @@ impl ObjectWriter<'_, '_> {
                     true
                 }
             }
-            None => match file.commit(&name, Overwrite::Never)? {
+            None => match file.commit(&name, Overwrite::IfAbsent)? {
                 Committed::Created => true,
                 // Another worker of this backup stored the same content meanwhile.
                 Committed::AlreadyExists => {

@@ -84,6 +84,13 @@ where
         self.inner.capabilities()
     }
 
+    fn clean_incomplete_uploads(&self, older_than: std::time::Duration) -> Result<u64> {
+        if self.skip(format_args!("aborting unfinished uploads")) {
+            return Ok(0);
+        }
+        self.inner.clean_incomplete_uploads(older_than)
+    }
+
     fn list(&self, dir: &str) -> Result<Vec<DirEntry>> {
         self.inner.list(dir)
     }

@@ -156,7 +156,7 @@ impl SshAtomicFile {
             }
             // OpenSSH's SSH_FXP_RENAME is link()+unlink(): it fails if `dest` exists,
             // so two racing writers can never replace each other's file.
-            Overwrite::Never => {
+            Overwrite::Never | Overwrite::IfAbsent => {
                 match conn.sftp.rename(
                     Path::new(&self.tmp),
                     Path::new(&dest),

@@ -47,7 +47,7 @@ impl RepoUrl {
                     "the bucket name must be 3 to 63 lowercase letters, digits, '.' or '-'",
                 ));
             }
-            if !prefix.is_empty() && crate::storage::check_path(prefix).is_err() {
+            if !prefix.is_empty() && super::path::check_path(prefix).is_err() {
                 return Err(bad(
                     "the prefix must be relative and normal (no '.', '..' or '//')",
                 ));

@@ -19,6 +19,7 @@ mod client;
 mod driver;
 mod file;
 mod options;
+mod trait_impl;
 
 pub use driver::S3Storage;
 pub use file::PART_SIZE;

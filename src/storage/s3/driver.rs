@@ -12,6 +12,7 @@ use crate::log_debug;
 use crate::storage::api::Committed;
 use crate::storage::url::RepoUrl;
 use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -41,8 +42,8 @@ pub(super) struct Listed {
 
 /// Where the bytes of a commit come from.
 pub(super) enum Source {
-    /// A small file, held in memory: one PUT.
-    Bytes(Vec<u8>),
+    /// A small file, held in memory: one PUT (`Bytes`, so a PUT shares it, never copies).
+    Bytes(Bytes),
     /// A large file, already uploaded (multipart) under this temporary key: one copy.
     Temp(String),
 }
@@ -140,6 +141,21 @@ impl S3Storage {
         Ok(())
     }
 
+    /// Abort the multipart upload `id` of `key`, dropping the parts already sent.
+    pub(super) fn abort_upload(&self, key: &str, id: &str) -> Result<()> {
+        let c = &self.conn;
+        c.block_on(
+            c.client
+                .abort_multipart_upload()
+                .bucket(&c.bucket)
+                .key(key)
+                .upload_id(id)
+                .send(),
+        )
+        .map_err(|e| c.error(&format!("aborting the unfinished upload of {key}"), e))?;
+        Ok(())
+    }
+
     /// Put `source` under `key`. With `if_absent` the PUT is conditional
     /// (`If-None-Match: *`): a store that honours it answers 412 when the key exists,
     /// reported as [`Committed::AlreadyExists`]; one that ignores it (Garage) replaces.
@@ -199,7 +215,7 @@ impl S3Storage {
                 return Ok(Committed::AlreadyExists);
             }
             let claim = format!("{claims}{mine}");
-            self.put(&claim, &Source::Bytes(Vec::new()), false)?;
+            self.put(&claim, &Source::Bytes(Bytes::new()), false)?;
             let (listed, _) = self.list_keys(&claims, true)?;
             let my_time = listed.iter().find(|l| l.name == mine).map(|l| l.mtime);
             let live_others = listed

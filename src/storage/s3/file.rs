@@ -113,7 +113,7 @@ impl S3File {
     /// Finish what was written: the bytes, or the key of the completed upload.
     fn finish(&mut self) -> Result<Source> {
         if self.upload.is_none() {
-            return Ok(Source::Bytes(std::mem::take(&mut self.buf)));
+            return Ok(Source::Bytes(Bytes::from(std::mem::take(&mut self.buf))));
         }
         if !self.buf.is_empty() {
             let last = std::mem::take(&mut self.buf);
@@ -122,7 +122,7 @@ impl S3File {
         let st = self.st.clone();
         let c = &st.conn;
         let Some(up) = self.upload.as_mut() else {
-            return Ok(Source::Bytes(Vec::new()));
+            return Ok(Source::Bytes(Bytes::new()));
         };
         c.block_on(
             c.client
@@ -145,20 +145,10 @@ impl S3File {
     /// Remove what an unfinished or finished temporary upload left (best effort).
     fn discard(&mut self) {
         let Some(up) = self.upload.take() else { return };
-        let c = &self.st.conn;
         let result = if up.completed {
             self.st.delete_key(&up.key)
         } else {
-            c.block_on(
-                c.client
-                    .abort_multipart_upload()
-                    .bucket(&c.bucket)
-                    .key(&up.key)
-                    .upload_id(&up.id)
-                    .send(),
-            )
-            .map(|_| ())
-            .map_err(|e| c.error(&format!("aborting the upload of {}", up.key), e))
+            self.st.abort_upload(&up.key, &up.id)
         };
         if let Err(e) = result {
             log_debug!("could not clean up temporary upload {}: {e}", up.key);

@@ -97,7 +97,7 @@ impl Storage for S3Storage {
         check_path(dir)?;
         let marker = self.conn.dir_prefix(dir);
         if self.head(&marker)?.is_none() {
-            self.put(&marker, &Source::Bytes(Vec::new()), false)?;
+            self.put(&marker, &Source::Bytes(bytes::Bytes::new()), false)?;
         }
         Ok(())
     }
@@ -173,15 +173,7 @@ impl Storage for S3Storage {
             }
         }
         for (key, id) in &stale {
-            c.block_on(
-                c.client
-                    .abort_multipart_upload()
-                    .bucket(&c.bucket)
-                    .key(key)
-                    .upload_id(id)
-                    .send(),
-            )
-            .map_err(|e| c.error(&format!("aborting the unfinished upload of {key}"), e))?;
+            self.abort_upload(key, id)?;
         }
         Ok(stale.len() as u64)
     }

@@ -8,7 +8,7 @@ use crate::repo::{layout, Repository, ServerInfo};
 use crate::storage::{self, AtomicFile, Committed, Overwrite, Storage};
 use crate::wal::{self, SegmentExpectation, WalKind, WalName};
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// What `push` did.
@@ -66,7 +66,7 @@ impl WalSource {
         let mut head = Vec::new();
         if matches!(name.kind(), WalKind::Segment | WalKind::Partial) {
             head.resize(wal::LONG_PAGE_HEADER_LEN, 0);
-            let n = read_up_to(&mut file, &mut head)
+            let n = crate::util::read_full(&mut file, &mut head)
                 .io_context(|| format!("reading {}", path.display()))?;
             head.truncate(n);
         }
@@ -102,19 +102,6 @@ pub fn check_source(name: &WalName, size: u64, head: &[u8], server: &ServerInfo)
         wal::check_segment(name, size, head, &expect)?;
     }
     Ok(())
-}
-
-fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// Archive the WAL file at `path` for `server`, durably, never replacing history.

@@ -235,20 +235,6 @@ fn open(job: &Job) -> Result<Option<File>> {
     }
 }
 
-/// Read up to `buf.len()` bytes, fewer only at the end of the file.
-fn read_full(f: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match f.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
-}
-
 fn storing_error(ctx: &StoreCtx<'_>, job: &Job, e: io::Error) -> Error {
     Error::io(
         format!(
@@ -272,7 +258,7 @@ fn store_whole(ctx: &StoreCtx<'_>, job: &Job, page_level: bool) -> Result<Option
     let mut buf = vec![0u8; BUF_SIZE];
     let mut whole_pages = true;
     loop {
-        let n = read_full(&mut file, &mut buf)
+        let n = crate::util::read_full(&mut file, &mut buf)
             .io_context(|| format!("reading {}", job.src.display()))?;
         if n == 0 {
             break;
@@ -361,7 +347,7 @@ fn store_delta(ctx: &StoreCtx<'_>, job: &Job, prev: &FileEntry, size: u64) -> Re
         _ => f64::INFINITY,
     };
     loop {
-        let n = read_full(&mut file, &mut buf)
+        let n = crate::util::read_full(&mut file, &mut buf)
             .io_context(|| format!("reading {}", job.src.display()))?;
         if n == 0 {
             break;

@@ -118,3 +118,45 @@ fn secret(
     }
     Ok(conf_value.map(|v| v.trim().to_string()))
 }
+
+/// The S3 flags that give a child command (wal-get in a `restore_command`) the S3
+/// options this command got from its flags and environment; options from the
+/// configuration file reach it through `--config`. Secrets only ever travel as the
+/// files that hold them, with absolute paths.
+pub(super) fn forward_args(args: &CommonArgs) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut flag = |name: &str, value: Option<String>| {
+        if let Some(v) = value {
+            out.push(format!("--{name}"));
+            out.push(v);
+        }
+    };
+    let path = |p: &Option<std::path::PathBuf>| -> Result<Option<String>> {
+        p.as_deref()
+            .map(|p| {
+                std::path::absolute(p)
+                    .map(|a| a.display().to_string())
+                    .map_err(|e| Error::config(format!("{}: {e}", p.display())))
+            })
+            .transpose()
+    };
+    flag("s3-endpoint", args.s3_endpoint.clone());
+    flag("s3-region", args.s3_region.clone());
+    flag("s3-path-style", args.s3_path_style.map(|b| b.to_string()));
+    flag("s3-allow-http", args.s3_allow_http.map(|b| b.to_string()));
+    flag("s3-access-key-id", args.s3_access_key_id.clone());
+    flag(
+        "s3-secret-access-key-file",
+        path(&args.s3_secret_access_key_file)?,
+    );
+    flag("s3-session-token-file", path(&args.s3_session_token_file)?);
+    flag(
+        "s3-connect-timeout",
+        args.s3_connect_timeout.map(|s| s.to_string()),
+    );
+    flag(
+        "s3-request-timeout",
+        args.s3_request_timeout.map(|s| s.to_string()),
+    );
+    Ok(out)
+}

@@ -66,6 +66,21 @@ impl BackupSettings {
 pub use crate::storage::SshOptions as SshSettings;
 
 impl Settings {
+    /// For an `s3://` repository, the flags that hand this command's S3 options from
+    /// its command line and environment to a wal-get that PostgreSQL runs, and whether
+    /// the secret is among them: not when it came only from `AWS_SECRET_ACCESS_KEY`,
+    /// which can be handed on only through PostgreSQL's own environment (never on a
+    /// command line).
+    pub fn s3_forward_args(&self) -> Result<(Vec<String>, bool)> {
+        if !matches!(self.repo, Some(RepoUrl::S3 { .. })) {
+            return Ok((Vec::new(), true));
+        }
+        let args = super::s3::forward_args(&self.args)?;
+        let secret_from_env_only = self.args.s3_secret_access_key_file.is_none()
+            && std::env::var_os("AWS_SECRET_ACCESS_KEY").is_some();
+        Ok((args, !secret_from_env_only))
+    }
+
     /// What the storage drivers need of these settings.
     pub fn storage_options(&self) -> StorageOptions {
         StorageOptions {

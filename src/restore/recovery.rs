@@ -70,6 +70,16 @@ pub fn restore_command(wal_get: &Path, settings: &Settings, standby: bool) -> Re
         args.push("--ssh-known-hosts".into());
         args.push(absolute(kh)?.display().to_string());
     }
+    let (s3, secret_forwarded) = settings.s3_forward_args()?;
+    args.extend(s3);
+    if !secret_forwarded {
+        crate::log_warn!(
+            "the S3 secret key came from AWS_SECRET_ACCESS_KEY, which restore_command cannot \
+             carry: PostgreSQL's wal-get needs it in the server's environment, or use \
+             --s3-secret-access-key-file or a --config file instead (wal-get stops recovery \
+             if it has no credentials)"
+        );
+    }
     if standby {
         args.push("--standby".into());
     }
@@ -165,5 +175,42 @@ mod tests {
         assert_eq!(shell_quote("/usr/bin/wal-get"), "/usr/bin/wal-get");
         assert_eq!(shell_quote("/my dir/it's"), "'/my dir/it'\\''s'");
         assert_eq!(conf_quote("a'b\\c"), "'a''b\\\\c'");
+    }
+
+    /// A restore from S3 hands wal-get every S3 option it was given, the secret only as
+    /// the absolute path of its file.
+    #[test]
+    fn s3_options_reach_the_restore_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        fs::write(&secret, "very-secret-value").unwrap();
+        let args = crate::config::CommonArgs {
+            repo: Some("s3://bucket/prefix".into()),
+            server: Some("main".into()),
+            s3_endpoint: Some("http://127.0.0.1:3900".into()),
+            s3_region: Some("garage".into()),
+            s3_allow_http: Some(true),
+            s3_access_key_id: Some("GK123".into()),
+            s3_secret_access_key_file: Some(secret.clone()),
+            s3_request_timeout: Some(7),
+            ..Default::default()
+        };
+        let settings = Settings::resolve(&args, None).unwrap();
+        let cmd = restore_command(Path::new("/usr/bin/wal-get"), &settings, false).unwrap();
+        for part in [
+            "--repo s3://bucket/prefix",
+            "--s3-endpoint http://127.0.0.1:3900",
+            "--s3-region garage",
+            "--s3-allow-http true",
+            "--s3-access-key-id GK123",
+            "--s3-request-timeout 7",
+        ] {
+            assert!(cmd.contains(part), "{part:?} missing from {cmd}");
+        }
+        assert!(
+            cmd.contains(&format!("--s3-secret-access-key-file {}", secret.display())),
+            "{cmd}"
+        );
+        assert!(!cmd.contains("very-secret-value"), "{cmd}");
     }
 }

@@ -10,12 +10,25 @@ fn armed(fault: &str) -> bool {
 }
 
 /// `PGCELLAR_TEST_FAULT=crash-before-rename` kills the process after a temporary file
-/// is written and synced, before it gets its name (local and SSH commits).
+/// is written and synced, before it gets its name (local and SSH commits; on S3 once the
+/// bytes are uploaded, in one buffer or as a completed temporary upload, before the
+/// final key is written).
 #[inline(always)]
 pub(crate) fn crash_before_rename() {
     #[cfg(feature = "fault-injection")]
     if armed("crash-before-rename") {
         // abort() is as abrupt as a power cut for the repository's visible state.
+        std::process::abort();
+    }
+}
+
+/// `PGCELLAR_TEST_FAULT=crash-before-complete` kills the process once the parts of a
+/// multipart upload are sent, before it is completed (the S3 driver), leaving an
+/// unfinished upload for `pgcellar cron` to abort.
+#[inline(always)]
+pub(crate) fn crash_before_complete() {
+    #[cfg(feature = "fault-injection")]
+    if armed("crash-before-complete") {
         std::process::abort();
     }
 }

@@ -1,5 +1,5 @@
 //! Small host helpers with no pgcellar concept in them, each in one place: shell
-//! quoting, process liveness, directory fsync and unique temporary names.
+//! quoting, process liveness, directory fsync, unique temporary names and full reads.
 
 pub(crate) mod fault;
 pub mod log;
@@ -107,4 +107,18 @@ mod tests {
         assert!(!process_alive(u32::MAX));
         assert!(process_alive(std::process::id()));
     }
+}
+
+/// Read up to `buf.len()` bytes, fewer only at the end of the input.
+pub fn read_full(r: &mut impl io::Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }

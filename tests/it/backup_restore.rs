@@ -18,10 +18,13 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-on_both_backends!(
+on_all_backends!(
     recovery_reaches_every_target_and_follows_a_new_timeline,
-    tablespaces_links_delta_aborted_backups_and_the_lock,
     backup_under_pgbench_load_restores_clean,
+);
+// These inspect or damage the stored files on disk.
+on_both_backends!(
+    tablespaces_links_delta_aborted_backups_and_the_lock,
     base_backup_without_archiving_fails_fast_and_leaves_nothing,
     damaged_pg_control_or_killed_restore_never_starts,
 );
@@ -60,13 +63,8 @@ pub(crate) fn restore_ok(repo: &RepoDir, dest: &Path, extra: &[&str]) -> String 
 
 /// Backup `id`'s manifest, read from the repository directory.
 pub(crate) fn manifest(repo: &RepoDir, id: &str) -> Manifest {
-    let p = repo
-        .path
-        .join(&repo.server)
-        .join("backups")
-        .join(id)
-        .join("backup.json");
-    serde_json::from_slice(&fs::read(&p).expect("read manifest")).expect("parse manifest")
+    let p = format!("{}/backups/{id}/backup.json", repo.server);
+    serde_json::from_slice(&repo.read_stored(&p)).expect("parse manifest")
 }
 
 /// Restore with `extra` into a new directory, start it (no archiving unless

@@ -1,8 +1,10 @@
-//! One storage conformance suite, run against every driver: the local filesystem and
-//! SFTP to a real sshd on loopback. Both repositories live on this machine, so the
-//! suite also checks on disk what the driver promises (modes, hard links, no temp
-//! files left behind, nothing written outside the root).
+//! One storage conformance suite, run against every driver: the local filesystem,
+//! SFTP to a real sshd on loopback and S3 on a real Garage on loopback. The first two
+//! repositories live on this machine, so for them the suite also checks on disk what
+//! the driver promises (modes, no temp files left behind, nothing written outside the
+//! root); for S3 the same promises are checked through the API.
 
+use crate::common::garage::Garage;
 use crate::common::sshd::Sshd;
 use crate::common::*;
 use pgcellar::config::SshSettings;
@@ -27,35 +29,44 @@ fn names(s: &dyn Storage, dir: &str) -> Vec<String> {
     v
 }
 
-/// Everything a driver must do, checked against the directory `disk` it writes into.
-fn conformance(s: &dyn Storage, disk: &Path) {
+/// Everything a driver must do; with `disk`, also checked in the directory it writes
+/// into.
+fn conformance(s: &dyn Storage, disk: Option<&Path>) {
     // Directories: 0700, parents included, idempotent.
     s.create_dir_all("").unwrap();
     s.create_dir_all("a/b").unwrap();
     s.create_dir_all("a/b").unwrap();
     s.create_dir_all("a/c").unwrap();
-    assert_eq!(mode(disk), 0o700);
-    assert_eq!(mode(&disk.join("a")), 0o700);
-    assert_eq!(mode(&disk.join("a/b")), 0o700);
+    if let Some(disk) = disk {
+        assert_eq!(mode(disk), 0o700);
+        assert_eq!(mode(&disk.join("a")), 0o700);
+        assert_eq!(mode(&disk.join("a/b")), 0o700);
+    }
 
     // Atomic writes: 0600; Never keeps the first; Replace replaces.
     assert_eq!(
         s.write_all("a/b/f", b"one", Overwrite::Never).unwrap(),
         Committed::Created
     );
-    assert_eq!(mode(&disk.join("a/b/f")), 0o600);
+    if let Some(disk) = disk {
+        assert_eq!(mode(&disk.join("a/b/f")), 0o600);
+    }
     assert_eq!(
         s.write_all("a/b/f", b"two", Overwrite::Never).unwrap(),
         Committed::AlreadyExists
     );
     assert_eq!(s.read_all("a/b/f").unwrap(), b"one");
-    assert_eq!(fs::read(disk.join("a/b/f")).unwrap(), b"one");
+    if let Some(disk) = disk {
+        assert_eq!(fs::read(disk.join("a/b/f")).unwrap(), b"one");
+    }
     assert_eq!(
         s.write_all("a/b/f", b"three", Overwrite::Replace).unwrap(),
         Committed::Created
     );
     assert_eq!(s.read_all("a/b/f").unwrap(), b"three");
-    assert_eq!(mode(&disk.join("a/b/f")), 0o600);
+    if let Some(disk) = disk {
+        assert_eq!(mode(&disk.join("a/b/f")), 0o600);
+    }
     // Replace onto a new name works too.
     s.write_all("a/b/g", b"new", Overwrite::Replace).unwrap();
     assert_eq!(names(s, "a/b"), vec!["f", "g"], "no temporary files left");
@@ -135,7 +146,10 @@ fn conformance(s: &dyn Storage, disk: &Path) {
         Committed::Created
     );
     assert_eq!(s.read_all(&format!("a/d/{odd}")).unwrap(), b"odd");
-    assert!(!disk.join("pwned").exists() && !Path::new("pwned").exists());
+    assert!(!Path::new("pwned").exists());
+    if let Some(disk) = disk {
+        assert!(!disk.join("pwned").exists());
+    }
     let mut f = s.create("a").unwrap();
     f.write_all(b"other").unwrap();
     assert_eq!(
@@ -155,8 +169,12 @@ fn conformance(s: &dyn Storage, disk: &Path) {
     dry.write_all("a/b/dry", b"x", Overwrite::Never).unwrap();
     dry.create_dir_all("a/dry").unwrap();
     assert_eq!(dry.skipped(), 4);
-    assert!(disk.join("a/b/g").exists() && disk.join("a/d").exists());
-    assert!(!disk.join("a/b/dry").exists() && !disk.join("a/dry").exists());
+    assert!(s.stat("a/b/g").unwrap().is_some() && s.stat("a/d").unwrap().is_some());
+    assert!(s.stat("a/b/dry").unwrap().is_none() && s.stat("a/dry").unwrap().is_none());
+    if let Some(disk) = disk {
+        assert!(disk.join("a/b/g").exists() && disk.join("a/d").exists());
+        assert!(!disk.join("a/b/dry").exists() && !disk.join("a/dry").exists());
+    }
 
     // Removal: files and trees, missing ones are not errors.
     s.remove_file("a/b/g").unwrap();
@@ -164,11 +182,14 @@ fn conformance(s: &dyn Storage, disk: &Path) {
     assert!(s.stat("a/b/g").unwrap().is_none());
     s.remove_dir_all("a/d").unwrap();
     s.remove_dir_all("a/d").unwrap();
-    assert!(!disk.join("a/d").exists());
+    assert!(s.stat("a/d").unwrap().is_none());
+    if let Some(disk) = disk {
+        assert!(!disk.join("a/d").exists());
+    }
     assert_eq!(s.read_all("a/c/big").unwrap().len(), 5_000_000);
 
     // Nothing escapes the root.
-    let outside = disk.parent().unwrap().join("escaped");
+    let outside = disk.map(|d| d.parent().unwrap().join("escaped"));
     for bad in [
         "../escaped",
         "/etc/passwd",
@@ -193,7 +214,10 @@ fn conformance(s: &dyn Storage, disk: &Path) {
     }
     let f = s.create("a/b").unwrap();
     assert!(f.commit("../../escaped", Overwrite::Replace).is_err());
-    assert!(!outside.exists(), "a path escaped the repository");
+    assert!(
+        outside.as_ref().is_none_or(|o| !o.exists()),
+        "a path escaped the repository"
+    );
     assert!(names(s, "a/b").iter().all(|n| !n.starts_with(TEMP_PREFIX)));
 
     // Shared between threads: parallel writers all land (the SSH driver pools sessions).
@@ -216,7 +240,7 @@ fn conformance(s: &dyn Storage, disk: &Path) {
 fn local_storage_conforms() {
     let d = TestDir::new();
     let root = d.join("repo");
-    conformance(&LocalStorage::new(root.clone()), &root);
+    conformance(&LocalStorage::new(root.clone()), Some(&root));
 }
 
 /// SSH settings that trust this test sshd and log in with its client key.
@@ -238,8 +262,34 @@ fn ssh_storage_conforms() {
     let url = RepoUrl::parse(&sshd.url(&root)).unwrap();
     let s = SshStorage::open(&url, &ssh_settings(&sshd))
         .unwrap_or_else(|e| panic!("{e}\n--- sshd log ---\n{}", sshd.log()));
-    conformance(&s, &root);
+    conformance(&s, Some(&root));
     assert!(s.location().starts_with("ssh://"));
     // OpenSSH on Linux lets us fsync directories through an open handle.
     assert_eq!(s.directory_fsync_works(), Some(true));
+}
+
+#[test]
+fn s3_storage_conforms() {
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let s = garage
+        .storage("conformance")
+        .unwrap_or_else(|e| panic!("{e}\n--- garage ---\n{}", garage.log()));
+    conformance(s.as_ref(), None);
+    assert!(s.location().starts_with("s3://"));
+    // Nothing of the suite lies outside its prefix.
+    let other = garage.storage("").unwrap();
+    let mut top: Vec<String> = other
+        .list("")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    top.sort();
+    assert_eq!(
+        top,
+        vec!["conformance"],
+        "objects outside the repository's prefix"
+    );
 }

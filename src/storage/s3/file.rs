@@ -119,6 +119,7 @@ impl S3File {
             let last = std::mem::take(&mut self.buf);
             self.send_part(last)?;
         }
+        crate::util::fault::crash_before_complete();
         let st = self.st.clone();
         let c = &st.conn;
         let Some(up) = self.upload.as_mut() else {
@@ -178,6 +179,7 @@ impl AtomicFile for S3File {
         let path = join(&self.dir, final_name);
         let key = self.conn().key(&path);
         let source = self.finish()?;
+        crate::util::fault::crash_before_rename();
         let st = self.st.clone();
         let result = match overwrite {
             Overwrite::Replace => st.put(&key, &source, false),

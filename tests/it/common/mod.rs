@@ -5,6 +5,7 @@
 //! `postgres` user through `runuser`, in directories that user owns. The binaries
 //! under test are copied to a directory that user can reach.
 
+pub mod garage;
 pub mod sshd;
 pub mod synthetic;
 
@@ -626,6 +627,10 @@ pub struct RepoDir {
     /// When set, the same directory reached through sshd on loopback: URL, client
     /// key, known_hosts. Tests still inspect `path` directly (same machine).
     pub ssh: Option<(String, PathBuf, PathBuf)>,
+    /// When set, the repository is `s3://bucket/<prefix>` on a test Garage: its URL,
+    /// the flags that reach the store, and the settings arguments. `path` is then
+    /// not where anything is stored: inspect through [`RepoDir::storage`].
+    pub s3: Option<(String, Vec<String>, pgcellar::config::CommonArgs)>,
 }
 
 impl RepoDir {
@@ -638,7 +643,24 @@ impl RepoDir {
             path,
             server: "main".to_string(),
             ssh: None,
+            s3: None,
         }
+    }
+
+    /// A new repository under its own prefix of `garage`'s bucket.
+    pub fn over_s3(garage: &garage::Garage) -> RepoDir {
+        let mut r = RepoDir::new();
+        // The TestDir's unique name keeps repositories of parallel tests apart.
+        let prefix = r
+            .dir
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "repo".into());
+        let args = garage.common_args(&prefix);
+        let url = args.repo.clone().unwrap_or_default();
+        r.s3 = Some((url, garage.args(), args));
+        r
     }
 
     /// A new repository reached over SSH through `sshd`.
@@ -654,6 +676,9 @@ impl RepoDir {
 
     /// The repository URL the binaries are given.
     pub fn url(&self) -> String {
+        if let Some((url, _, _)) = &self.s3 {
+            return url.clone();
+        }
         match &self.ssh {
             Some((url, _, _)) => url.clone(),
             None => self.path.display().to_string(),
@@ -673,6 +698,9 @@ impl RepoDir {
             a.push(key.display().to_string());
             a.push("--ssh-known-hosts".into());
             a.push(kh.display().to_string());
+        }
+        if let Some((_, flags, _)) = &self.s3 {
+            a.extend(flags.iter().cloned());
         }
         a
     }
@@ -716,6 +744,11 @@ impl RepoDir {
 
     /// The settings the binaries resolve from [`RepoDir::args`] (no config file).
     pub fn settings(&self) -> pgcellar::config::Settings {
+        if let Some((_, _, args)) = &self.s3 {
+            let mut args = args.clone();
+            args.server = Some(self.server.clone());
+            return pgcellar::config::Settings::resolve(&args, None).expect("settings");
+        }
         let args = pgcellar::config::CommonArgs {
             repo: Some(self.url()),
             server: Some(self.server.clone()),
@@ -738,11 +771,59 @@ impl RepoDir {
 
     /// Stored WAL files (paths relative to the server's wal dir), sorted.
     pub fn wal_files(&self) -> Vec<String> {
+        if self.s3.is_some() {
+            let s = self.storage();
+            let mut out = Vec::new();
+            list_tree(s.as_ref(), &format!("{}/wal", self.server), "", &mut out);
+            out.sort();
+            return out;
+        }
         let mut out = Vec::new();
         let root = self.path.join(&self.server).join("wal");
         walk(&root, &root, &mut out);
         out.sort();
         out
+    }
+}
+
+impl RepoDir {
+    /// The bytes stored at `rel` (relative to the repository root), on any backend.
+    pub fn read_stored(&self, rel: &str) -> Vec<u8> {
+        self.storage()
+            .read_all(rel)
+            .unwrap_or_else(|e| panic!("reading {rel} from {}: {e}", self.url()))
+    }
+
+    /// Replace what is stored at `rel` with `data` (to damage it), on any backend.
+    pub fn write_stored(&self, rel: &str, data: &[u8]) {
+        self.storage()
+            .write_all(rel, data, pgcellar::storage::Overwrite::Replace)
+            .unwrap_or_else(|e| panic!("writing {rel} to {}: {e}", self.url()));
+    }
+}
+
+/// Every file under `dir` of `s`, as paths relative to `dir` (`rel` is the prefix
+/// built so far).
+pub fn list_tree(s: &dyn pgcellar::storage::Storage, dir: &str, rel: &str, out: &mut Vec<String>) {
+    let here = if rel.is_empty() {
+        dir.to_string()
+    } else {
+        format!("{dir}/{rel}")
+    };
+    for e in s
+        .list(&here)
+        .unwrap_or_else(|e| panic!("listing {here}: {e}"))
+    {
+        let name = if rel.is_empty() {
+            e.name.clone()
+        } else {
+            format!("{rel}/{}", e.name)
+        };
+        if e.is_dir {
+            list_tree(s, dir, &name, out);
+        } else {
+            out.push(name);
+        }
     }
 }
 
@@ -760,6 +841,20 @@ pub enum Backend {
     /// The same kind of directory reached through a real sshd on loopback
     /// (`--repo ssh://postgres@127.0.0.1:PORT/abs/path`).
     Ssh,
+    /// A prefix of a bucket on a real single-node Garage on loopback
+    /// (`--repo s3://pgcellar-test/<prefix>`).
+    S3,
+}
+
+/// The server a test's repository is reached through, kept alive by the test.
+pub enum Peer {
+    /// A local directory needs none.
+    None,
+    /// The sshd of an ssh:// repository.
+    #[allow(dead_code)] // held for its Drop, which stops sshd
+    Sshd(sshd::Sshd),
+    /// The Garage of an s3:// repository.
+    Garage(garage::Garage),
 }
 
 impl Backend {
@@ -767,14 +862,19 @@ impl Backend {
     /// it, which the caller must keep alive as long as the repository is used.
     /// `None` (loudly, or a panic under CI) when sshd is not installed.
     ///
-    /// Either way `RepoDir::path` is a directory on this machine, so tests can
-    /// inspect (and damage) what the binaries stored there.
-    pub fn repo(self) -> Option<(RepoDir, Option<sshd::Sshd>)> {
+    /// For local and SSH `RepoDir::path` is a directory on this machine, so tests
+    /// can inspect (and damage) what the binaries stored there; for S3 they go
+    /// through [`RepoDir::storage`], [`RepoDir::read_stored`] and friends.
+    pub fn repo(self) -> Option<(RepoDir, Peer)> {
         match self {
-            Backend::Local => Some((RepoDir::new(), None)),
+            Backend::Local => Some((RepoDir::new(), Peer::None)),
             Backend::Ssh => {
                 let sshd = sshd::Sshd::start()?;
-                Some((RepoDir::over_ssh(&sshd), Some(sshd)))
+                Some((RepoDir::over_ssh(&sshd), Peer::Sshd(sshd)))
+            }
+            Backend::S3 => {
+                let garage = garage::Garage::start()?;
+                Some((RepoDir::over_s3(&garage), Peer::Garage(garage)))
             }
         }
     }
@@ -782,7 +882,7 @@ impl Backend {
 
 /// Run `test` against a fresh, not yet created repository on `backend`.
 pub fn with_repo(backend: Backend, test: fn(&RepoDir)) {
-    let Some((repo, _sshd)) = backend.repo() else {
+    let Some((repo, _peer)) = backend.repo() else {
         return;
     };
     test(&repo);
@@ -819,6 +919,44 @@ macro_rules! on_both_backends {
     };
 }
 pub(crate) use on_both_backends;
+
+/// [`on_both_backends`] plus `<case>::s3`, on a real Garage: for the cases that
+/// inspect the repository only through the storage API.
+macro_rules! on_all_backends {
+    ($runner:ident: $($case:ident),* $(,)?) => {
+        $(mod $case {
+            #[test]
+            fn local() {
+                super::$runner($crate::common::Backend::Local, super::$case)
+            }
+            #[test]
+            fn ssh() {
+                super::$runner($crate::common::Backend::Ssh, super::$case)
+            }
+            #[test]
+            fn s3() {
+                super::$runner($crate::common::Backend::S3, super::$case)
+            }
+        })*
+    };
+    ($($case:ident),* $(,)?) => {
+        $(mod $case {
+            #[test]
+            fn local() {
+                $crate::common::with_repo($crate::common::Backend::Local, super::$case)
+            }
+            #[test]
+            fn ssh() {
+                $crate::common::with_repo($crate::common::Backend::Ssh, super::$case)
+            }
+            #[test]
+            fn s3() {
+                $crate::common::with_repo($crate::common::Backend::S3, super::$case)
+            }
+        })*
+    };
+}
+pub(crate) use on_all_backends;
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
     let Ok(rd) = fs::read_dir(dir) else { return };

@@ -3,6 +3,8 @@
 
 use super::RepoDir;
 use pgcellar::repo::{Repository, ServerInfo};
+use std::fs;
+use std::path::{Path, PathBuf};
 
 /// WAL segment size of the synthetic clusters (1 MiB, like `initdb --wal-segsize=1`).
 pub const SEG: u64 = 1 << 20;
@@ -30,6 +32,13 @@ pub fn register_synthetic_in(r: &RepoDir, sysid: u64) -> bool {
     })
     .expect("register server");
     created
+}
+
+/// Write [`segment_bytes`] to `dir/name`; returns the path.
+pub fn write_segment(dir: &Path, name: &str, sysid: u64, seed: u64) -> PathBuf {
+    let p = dir.join(name);
+    fs::write(&p, segment_bytes(name, sysid, seed)).expect("write segment");
+    p
 }
 
 /// A segment named `name` of cluster `sysid` whose body depends on `seed` (and on

@@ -19,6 +19,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+/// Size of the streamed file: more than two 8 MiB multipart parts.
+const BIG: usize = 17_000_000;
+
 fn mode(p: &Path) -> u32 {
     fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
@@ -92,8 +95,9 @@ fn conformance(s: &dyn Storage, disk: Option<&Path>) {
     drop(f);
     assert_eq!(names(s, "a/b"), vec!["f", "g", "race"]);
 
-    // Streaming a few MiB (several SFTP write/read windows) round-trips exactly.
-    let big: Vec<u8> = (0..5_000_000u32)
+    // Streaming 17 MB (many SFTP write/read windows; on S3 a multipart upload of two
+    // full parts in turn and a short last one) round-trips exactly.
+    let big: Vec<u8> = (0..BIG as u32)
         .map(|i| i.wrapping_mul(2654435761) as u8)
         .collect();
     let mut f = s.create("a/c").unwrap();
@@ -117,12 +121,12 @@ fn conformance(s: &dyn Storage, disk: Option<&Path>) {
     assert_eq!(c.len(), 1);
     assert_eq!(
         (c[0].name.as_str(), c[0].size, c[0].is_dir),
-        ("big", 5_000_000, false)
+        ("big", BIG as u64, false)
     );
     assert!(s.list("missing").unwrap().is_empty());
     assert!(s.list("a/missing/deeper").unwrap().is_empty());
     let st = s.stat("a/c/big").unwrap().unwrap();
-    assert_eq!((st.size, st.is_dir), (5_000_000, false));
+    assert_eq!((st.size, st.is_dir), (BIG as u64, false));
     assert!(s.stat("a/c").unwrap().unwrap().is_dir);
     assert!(s.stat("a/nope").unwrap().is_none());
 
@@ -186,7 +190,7 @@ fn conformance(s: &dyn Storage, disk: Option<&Path>) {
     if let Some(disk) = disk {
         assert!(!disk.join("a/d").exists());
     }
-    assert_eq!(s.read_all("a/c/big").unwrap().len(), 5_000_000);
+    assert_eq!(s.read_all("a/c/big").unwrap().len(), BIG);
 
     // Nothing escapes the root.
     let outside = disk.map(|d| d.parent().unwrap().join("escaped"));

@@ -125,6 +125,15 @@ impl Conn {
         self.rt.block_on(fut)
     }
 
+    /// Start a future on this runtime's workers, to be joined with [`Conn::block_on`].
+    pub(super) fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.rt.spawn(fut)
+    }
+
     /// The object key of a repository path (`""` is the root).
     pub(super) fn key(&self, path: &str) -> String {
         format!("{}{path}", self.root)

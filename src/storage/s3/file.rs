@@ -2,7 +2,9 @@
 //!
 //! A file being written is held in memory up to [`PART_SIZE`]; a small file then goes
 //! up in one PUT at commit. A larger one becomes a multipart upload to a temporary key
-//! as it is written (one part in memory at a time), is completed at commit and copied
+//! as it is written: one part is uploading while the next fills, so reading and
+//! compressing overlap the network (at most two parts in memory per writer). It is
+//! completed at commit and copied
 //! to its final key, which is known only then (content-addressed names), and the
 //! temporary key is deleted. An upload abandoned by a crash is aborted by
 //! `pgcellar cron` ([`Storage::clean_incomplete_uploads`](crate::storage::Storage)).
@@ -18,6 +20,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
+use tokio::task::JoinHandle;
 
 /// Size of one part of a multipart upload, and the largest file sent in one PUT.
 pub const PART_SIZE: usize = 8 << 20;
@@ -27,6 +30,8 @@ struct Multipart {
     key: String,
     id: String,
     parts: Vec<CompletedPart>,
+    /// The part being uploaded, if any.
+    inflight: Option<JoinHandle<Result<CompletedPart>>>,
     /// Set once the upload is completed: the temporary object then exists.
     completed: bool,
 }
@@ -80,33 +85,55 @@ impl S3File {
                 key,
                 id,
                 parts: Vec::new(),
+                inflight: None,
                 completed: false,
             });
         }
-        let st = self.st.clone();
-        let c = &st.conn;
+        self.wait_inflight()?;
+        let conn = self.st.conn.clone();
         let Some(up) = self.upload.as_mut() else {
             return Ok(());
         };
         let number = i32::try_from(up.parts.len() + 1).unwrap_or(i32::MAX);
-        let out = c
-            .block_on(
-                c.client
-                    .upload_part()
-                    .bucket(&c.bucket)
-                    .key(&up.key)
-                    .upload_id(&up.id)
-                    .part_number(number)
-                    .body(ByteStream::from(data))
-                    .send(),
-            )
-            .map_err(|e| c.error(&format!("uploading part {number} of {}", up.key), e))?;
-        up.parts.push(
-            CompletedPart::builder()
+        let (key, id) = (up.key.clone(), up.id.clone());
+        let task_conn = conn.clone();
+        up.inflight = Some(conn.spawn(async move {
+            let c = &task_conn;
+            let out = c
+                .client
+                .upload_part()
+                .bucket(&c.bucket)
+                .key(&key)
+                .upload_id(&id)
+                .part_number(number)
+                .body(ByteStream::from(data))
+                .send()
+                .await
+                .map_err(|e| c.error(&format!("uploading part {number} of {key}"), e))?;
+            Ok(CompletedPart::builder()
                 .set_e_tag(out.e_tag().map(str::to_string))
                 .part_number(number)
-                .build(),
-        );
+                .build())
+        }));
+        Ok(())
+    }
+
+    /// Wait for the part in flight, if any, and record it.
+    fn wait_inflight(&mut self) -> Result<()> {
+        let conn = self.st.conn.clone();
+        let Some(up) = self.upload.as_mut() else {
+            return Ok(());
+        };
+        let Some(task) = up.inflight.take() else {
+            return Ok(());
+        };
+        let part = conn.block_on(task).map_err(|e| {
+            Error::new(
+                crate::ErrorKind::Io,
+                format!("{}: uploading a part of {}: {e}", conn.location, up.key),
+            )
+        })??;
+        up.parts.push(part);
         Ok(())
     }
 
@@ -119,6 +146,7 @@ impl S3File {
             let last = std::mem::take(&mut self.buf);
             self.send_part(last)?;
         }
+        self.wait_inflight()?;
         crate::util::fault::crash_before_complete();
         let st = self.st.clone();
         let c = &st.conn;
@@ -145,6 +173,10 @@ impl S3File {
 
     /// Remove what an unfinished or finished temporary upload left (best effort).
     fn discard(&mut self) {
+        // A part still uploading would land after the abort and keep the upload alive.
+        if let Err(e) = self.wait_inflight() {
+            log_debug!("a part upload failed while discarding: {e}");
+        }
         let Some(up) = self.upload.take() else { return };
         let result = if up.completed {
             self.st.delete_key(&up.key)

@@ -179,7 +179,7 @@ fn verify_loaded(
     report.files_checked = checked;
     report.bytes_checked = bytes;
     report.problems.append(&mut problems);
-    let wal = backup_wal(storage, index, &m)?;
+    let wal = settle_head_gaps(storage, server, index, &m, backup_wal(storage, index, &m)?)?;
     let this = vec![id.to_string()];
     for r in &wal.missing {
         report.problems.push(Problem {
@@ -215,6 +215,69 @@ pub fn backup_wal(storage: &dyn Storage, index: &ArchiveIndex, m: &Manifest) -> 
     let (tli, from) = timeline::segno_of(&m.start_wal, index.segment_size)?;
     let (_, to) = timeline::segno_of(&m.stop_wal, index.segment_size)?;
     timeline::continuity(storage, index, tli, from, to)
+}
+
+/// How far below the newest archived segment a gap may be a push still in flight:
+/// look-ahead stores later segments while the archiver's own call is running.
+const HEAD_WINDOW: u64 = 64;
+
+/// How long verify waits for such a gap to fill before reporting it.
+const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// A gap after the backup's stop WAL and close to the newest segment may be
+/// look-ahead pushes that are running right now, not a hole: look again for up to
+/// [`IN_FLIGHT_WAIT`] before reporting it. Only the segments up to the horizon of the
+/// first look are judged, so a busy archive's new head cannot keep verify waiting.
+fn settle_head_gaps(
+    storage: &dyn Storage,
+    server: &str,
+    index: &ArchiveIndex,
+    m: &Manifest,
+    wal: Continuity,
+) -> Result<Continuity> {
+    let size = index.segment_size;
+    let (_, stop) = timeline::segno_of(&m.stop_wal, size)?;
+    let (_, horizon) = timeline::segno_of(&wal.last, size)?;
+    let near_head = |c: &Continuity| -> Result<bool> {
+        for r in &c.missing {
+            let (_, first) = timeline::segno_of(&r.first, size)?;
+            if first <= stop || first + HEAD_WINDOW < horizon {
+                return Ok(false);
+            }
+        }
+        Ok(!c.missing.is_empty() && c.missing_history.is_empty())
+    };
+    if !near_head(&wal)? {
+        return Ok(wal);
+    }
+    crate::log_info!(
+        "backup {}: WAL {} is not in the archive yet, close to its newest segment; \
+         waiting up to {}s in case it is being pushed",
+        m.id,
+        wal.missing.first().map_or("", |r| r.first.as_str()),
+        IN_FLIGHT_WAIT.as_secs()
+    );
+    let deadline = std::time::Instant::now() + IN_FLIGHT_WAIT;
+    let mut current = wal;
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let fresh = ArchiveIndex::scan(storage, server, size)?;
+        let mut again = backup_wal(storage, &fresh, m)?;
+        // Gaps past the first look's horizon are the archive moving on, not ours.
+        let mut within = Vec::new();
+        for r in again.missing.drain(..) {
+            if timeline::segno_of(&r.first, size)?.1 <= horizon {
+                within.push(r);
+            }
+        }
+        again.missing = within;
+        let done = again.complete();
+        current = again;
+        if done || !near_head(&current)? {
+            break;
+        }
+    }
+    Ok(current)
 }
 
 /// Re-read every object of `m` (each once, with `jobs` workers) and rebuild every

@@ -888,6 +888,21 @@ pub fn with_repo(backend: Backend, test: fn(&RepoDir)) {
     test(&repo);
 }
 
+/// One `#[test] fn <backend>()` per `backend => Variant` given, each calling
+/// `runner(Backend::Variant, case)`: the body [`on_both_backends`] and
+/// [`on_all_backends`] put in every case's module.
+macro_rules! backend_tests {
+    ($runner:path, $case:path, [$($backend:ident => $variant:ident),*]) => {
+        $(
+            #[test]
+            fn $backend() {
+                $runner($crate::common::Backend::$variant, $case)
+            }
+        )*
+    };
+}
+pub(crate) use backend_tests;
+
 /// Turn each `fn(&RepoDir)` named into two tests, `<case>::local` and
 /// `<case>::ssh`, one per [`Backend`], each with a fresh repository from
 /// [`with_repo`]. `runner: case, ...` calls `runner(Backend, case)` of the calling
@@ -895,26 +910,12 @@ pub fn with_repo(backend: Backend, test: fn(&RepoDir)) {
 macro_rules! on_both_backends {
     ($runner:ident: $($case:ident),* $(,)?) => {
         $(mod $case {
-            #[test]
-            fn local() {
-                super::$runner($crate::common::Backend::Local, super::$case)
-            }
-            #[test]
-            fn ssh() {
-                super::$runner($crate::common::Backend::Ssh, super::$case)
-            }
+            $crate::common::backend_tests!(super::$runner, super::$case, [local => Local, ssh => Ssh]);
         })*
     };
     ($($case:ident),* $(,)?) => {
         $(mod $case {
-            #[test]
-            fn local() {
-                $crate::common::with_repo($crate::common::Backend::Local, super::$case)
-            }
-            #[test]
-            fn ssh() {
-                $crate::common::with_repo($crate::common::Backend::Ssh, super::$case)
-            }
+            $crate::common::backend_tests!($crate::common::with_repo, super::$case, [local => Local, ssh => Ssh]);
         })*
     };
 }
@@ -925,34 +926,12 @@ pub(crate) use on_both_backends;
 macro_rules! on_all_backends {
     ($runner:ident: $($case:ident),* $(,)?) => {
         $(mod $case {
-            #[test]
-            fn local() {
-                super::$runner($crate::common::Backend::Local, super::$case)
-            }
-            #[test]
-            fn ssh() {
-                super::$runner($crate::common::Backend::Ssh, super::$case)
-            }
-            #[test]
-            fn s3() {
-                super::$runner($crate::common::Backend::S3, super::$case)
-            }
+            $crate::common::backend_tests!(super::$runner, super::$case, [local => Local, ssh => Ssh, s3 => S3]);
         })*
     };
     ($($case:ident),* $(,)?) => {
         $(mod $case {
-            #[test]
-            fn local() {
-                $crate::common::with_repo($crate::common::Backend::Local, super::$case)
-            }
-            #[test]
-            fn ssh() {
-                $crate::common::with_repo($crate::common::Backend::Ssh, super::$case)
-            }
-            #[test]
-            fn s3() {
-                $crate::common::with_repo($crate::common::Backend::S3, super::$case)
-            }
+            $crate::common::backend_tests!($crate::common::with_repo, super::$case, [local => Local, ssh => Ssh, s3 => S3]);
         })*
     };
 }
@@ -1009,6 +988,12 @@ pub fn recover_to_the_last_row(
     chown_postgres(&copy.pgdata.join("recovery.signal"));
     copy.start();
     copy.wait_for_promotion(Duration::from_secs(120));
+    assert_last_row(&copy, accounts);
+}
+
+/// What the archiving tests wrote last is in `copy`, recovered through wal-get: 1,001
+/// `marks` rows ending in "last committed row" and the pgbench balance `accounts`.
+pub fn assert_last_row(copy: &Cluster, accounts: &str) {
     assert_eq!(copy.psql("SELECT count(*) FROM marks"), "1001");
     assert_eq!(
         copy.psql("SELECT note FROM marks WHERE id = 1001"),

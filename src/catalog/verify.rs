@@ -107,7 +107,9 @@ pub fn run(settings: &Settings, which: &Selection) -> Result<Vec<BackupVerificat
         manifests.push((id.clone(), load_for_verify(storage, &server.name, &id)?));
     }
     let refs = References::of(manifests.iter().filter_map(|(_, m)| m.as_ref().ok()));
-    let index = ArchiveIndex::scan(storage, &server.name, server.wal_segment_size)?;
+    let mut index = ArchiveIndex::scan(storage, &server.name, server.wal_segment_size)?;
+    // verify waits for in-flight pushes at most once per run (see settle_head_gaps).
+    let mut waited = false;
     let mut out = Vec::new();
     for id in ids {
         let loaded = match manifests.iter().position(|(m_id, _)| *m_id == id) {
@@ -121,7 +123,7 @@ pub fn run(settings: &Settings, which: &Selection) -> Result<Vec<BackupVerificat
             &id,
             loaded,
             &refs,
-            &index,
+            (&mut index, &mut waited),
             settings.backup.jobs,
         )?);
     }
@@ -150,14 +152,15 @@ fn load_for_verify(
 }
 
 /// Verify one backup, whose manifest was loaded (or found unreadable), against an
-/// archive index; `refs` names the backups each object belongs to.
+/// archive index (and whether this run already waited for pushes in flight, see
+/// [`settle_head_gaps`]); `refs` names the backups each object belongs to.
 fn verify_loaded(
     storage: &dyn Storage,
     server: &str,
     id: &BackupId,
     loaded: std::result::Result<Manifest, Problem>,
     refs: &References,
-    index: &ArchiveIndex,
+    (index, waited): (&mut ArchiveIndex, &mut bool),
     jobs: usize,
 ) -> Result<BackupVerification> {
     let mut report = BackupVerification {
@@ -179,7 +182,8 @@ fn verify_loaded(
     report.files_checked = checked;
     report.bytes_checked = bytes;
     report.problems.append(&mut problems);
-    let wal = settle_head_gaps(storage, server, index, &m, backup_wal(storage, index, &m)?)?;
+    let first = backup_wal(storage, index, &m)?;
+    let wal = settle_head_gaps(storage, server, (index, waited), &m, first)?;
     let this = vec![id.to_string()];
     for r in &wal.missing {
         report.problems.push(Problem {
@@ -227,11 +231,12 @@ const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 /// A gap after the backup's stop WAL and close to the newest segment may be
 /// look-ahead pushes that are running right now, not a hole: look again for up to
 /// [`IN_FLIGHT_WAIT`] before reporting it. Only the segments up to the horizon of the
-/// first look are judged, so a busy archive's new head cannot keep verify waiting.
+/// first look are judged, so a busy archive's new head cannot keep verify waiting. It
+/// waits once per run: the index it re-read serves the backups verified after it.
 fn settle_head_gaps(
     storage: &dyn Storage,
     server: &str,
-    index: &ArchiveIndex,
+    (index, waited): (&mut ArchiveIndex, &mut bool),
     m: &Manifest,
     wal: Continuity,
 ) -> Result<Continuity> {
@@ -247,9 +252,10 @@ fn settle_head_gaps(
         }
         Ok(!c.missing.is_empty() && c.missing_history.is_empty())
     };
-    if !near_head(&wal)? {
+    if *waited || !near_head(&wal)? {
         return Ok(wal);
     }
+    *waited = true;
     crate::log_info!(
         "backup {}: WAL {} is not in the archive yet, close to its newest segment; \
          waiting up to {}s in case it is being pushed",
@@ -261,8 +267,8 @@ fn settle_head_gaps(
     let mut current = wal;
     while std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_secs(1));
-        let fresh = ArchiveIndex::scan(storage, server, size)?;
-        let mut again = backup_wal(storage, &fresh, m)?;
+        *index = ArchiveIndex::scan(storage, server, size)?;
+        let mut again = backup_wal(storage, index, m)?;
         // Gaps past the first look's horizon are the archive moving on, not ours.
         let mut within = Vec::new();
         for r in again.missing.drain(..) {

@@ -33,6 +33,7 @@ pub mod catalog;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod crypto;
 pub mod error;
 pub mod names;
 pub mod pg;

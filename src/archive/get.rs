@@ -2,7 +2,7 @@
 //! destination and renamed into place only when its SHA-256 matches.
 
 use super::stored::{lookup, short, StoredWal};
-use crate::codec::{self, Compression};
+use crate::codec::{self, Compression, ContentHash};
 use crate::error::{Error, IoContext, Result};
 use crate::repo::Repository;
 use crate::storage::Storage;
@@ -17,7 +17,7 @@ pub fn get(repo: &Repository, server: &str, name: &WalName, dest: &Path) -> Resu
     let storage = repo.storage();
     let found = lookup(storage, server, name)?;
     let stored = pick_single(name, found, storage)?;
-    fetch_verified(storage, &stored, dest)
+    Ok(fetch_verified(storage, &stored, dest)?.0)
 }
 
 /// Choose the one stored copy; several with different hashes is corruption.
@@ -45,21 +45,35 @@ pub fn pick_single(
 }
 
 /// Stream one stored file into `dest` through a temporary file, verifying its hash.
-pub fn fetch_verified(storage: &dyn Storage, stored: &StoredWal, dest: &Path) -> Result<u64> {
+/// Returns its size and plain SHA-256.
+pub fn fetch_verified(
+    storage: &dyn Storage,
+    stored: &StoredWal,
+    dest: &Path,
+) -> Result<(u64, String)> {
     let mut input = storage.open_read(&stored.path)?;
     let what = format!("{} in {}", stored.path, storage.location());
-    write_verified(&mut input, stored.compression, &stored.sha256, dest, &what)
+    write_verified(
+        &storage.content_hash(),
+        &mut input,
+        stored.compression,
+        &stored.sha256,
+        dest,
+        &what,
+    )
 }
 
 /// Decode `input` into a temporary file beside `dest` and give it that name only if
-/// the decoded bytes hash to `sha256`; `what` names the source in errors.
+/// the decoded bytes' content id (`how`) is `sha256`; `what` names the source in
+/// errors. Returns the size and the plain SHA-256.
 pub fn write_verified(
+    how: &ContentHash,
     input: &mut dyn Read,
     compression: Compression,
     sha256: &str,
     dest: &Path,
     what: &str,
-) -> Result<u64> {
+) -> Result<(u64, String)> {
     let dir = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -68,10 +82,10 @@ pub fn write_verified(
         Error::invalid(format!("destination {} has no file name", dest.display()))
     })?;
     let tmp = dir.join(format!(".{base}.pgcellar-{}", std::process::id()));
-    let result = (|| -> Result<u64> {
+    let result = (|| -> Result<(u64, String)> {
         let file = File::create(&tmp).io_context(|| format!("creating {}", tmp.display()))?;
         let mut out = io::BufWriter::with_capacity(codec::BUF_SIZE, file);
-        let stats = codec::decode(input, &mut out, compression)
+        let stats = codec::decode(how, input, &mut out, compression)
             .map_err(|e| Error::corrupt(format!("{what} cannot be decompressed: {e}")))?;
         io::Write::flush(&mut out).io_context(|| format!("writing {}", tmp.display()))?;
         if stats.sha256 != sha256 {
@@ -83,7 +97,7 @@ pub fn write_verified(
         }
         fs::rename(&tmp, dest)
             .io_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
-        Ok(stats.size)
+        Ok((stats.size, stats.content_sha256))
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

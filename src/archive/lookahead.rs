@@ -188,8 +188,8 @@ impl Lookahead {
                 return Ok(None);
             }
             let mut f = File::open(path).io_context(|| format!("opening {}", path.display()))?;
-            let (sha, size) =
-                codec::hash(&[], &mut f).io_context(|| format!("reading {}", path.display()))?;
+            let (sha, size) = codec::hash(&codec::ContentHash::Sha256, &[], &mut f)
+                .io_context(|| format!("reading {}", path.display()))?;
             Ok((size == rec.size && sha == rec.sha256).then_some(sha))
         })();
         match verdict {
@@ -286,10 +286,10 @@ impl Lookahead {
         let mut src = WalSource::open(&path, server)?;
         let outcome = push_source(storage, server, &mut src, codec)?;
         crate::util::fault::lookahead_abort_after_commit();
+        // The record is checked later without the repository (or its key): plain SHA-256.
         let sha256 = match &outcome {
-            PushOutcome::Stored { sha256, .. } | PushOutcome::AlreadyArchived { sha256 } => {
-                sha256.clone()
-            }
+            PushOutcome::Stored { content_sha256, .. }
+            | PushOutcome::AlreadyArchived { content_sha256, .. } => content_sha256.clone(),
         };
         let rec = PushRecord {
             name: name.to_string(),
@@ -405,10 +405,18 @@ pub fn push_file(
             return Ok((FileOutcome::Recorded { sha256 }, report));
         }
     }
-    // The repository opens (an SSH handshake) while the file is already compressed.
-    let pushed = push_overlapped(wal_path, settings.codec, || {
-        Repository::open_server(settings)
-    });
+    let pushed = if settings.key.is_set() {
+        // Encrypted: naming the content takes the repository's key, so it opens first.
+        Repository::open_server(settings).and_then(|(repo, server)| {
+            let outcome = crate::archive::push(&repo, &server, wal_path, settings.codec)?;
+            Ok((outcome, repo, server))
+        })
+    } else {
+        // The repository opens (an SSH handshake) while the file is already compressed.
+        push_overlapped(wal_path, settings.codec, || {
+            Repository::open_server(settings)
+        })
+    };
     let (Some(la), Some(name)) = (la, name) else {
         let (outcome, _, _) = pushed?;
         return Ok((FileOutcome::Pushed(outcome), BatchReport::default()));

@@ -149,7 +149,7 @@ pub fn get_file(
         return Ok(not_archived(name, storage));
     }
     let stored = archive::pick_single(name, found, storage)?;
-    let size = archive::fetch_verified(storage, &stored, dest)?;
+    let (size, _) = archive::fetch_verified(storage, &stored, dest)?;
     let fill = match (&spool, name.segment()) {
         (Some(sp), Some(seg)) => sp.ready_filler(seg, opts, server.wal_segment_size),
         _ => None,

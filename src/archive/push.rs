@@ -2,7 +2,7 @@
 //! temporary file, committed durably, and never replacing what is archived.
 
 use super::stored::{lookup, short, stored_name, StoredWal};
-use crate::codec::{self, Codec};
+use crate::codec::{self, Codec, ContentHash};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::repo::{layout, Repository, ServerInfo};
 use crate::storage::{self, AtomicFile, Committed, Overwrite, Storage};
@@ -16,8 +16,10 @@ use std::path::{Path, PathBuf};
 pub enum PushOutcome {
     /// The file was compressed and stored.
     Stored {
-        /// SHA-256 of the original.
+        /// Content id of the original (its SHA-256, keyed when encrypted).
         sha256: String,
+        /// Plain SHA-256 of the original.
+        content_sha256: String,
         /// Original size.
         size: u64,
         /// Stored size.
@@ -25,8 +27,10 @@ pub enum PushOutcome {
     },
     /// An identical copy was already archived; nothing was written.
     AlreadyArchived {
-        /// SHA-256 of the original.
+        /// Content id of the original (its SHA-256, keyed when encrypted).
         sha256: String,
+        /// Plain SHA-256 of the original.
+        content_sha256: String,
     },
 }
 
@@ -79,15 +83,16 @@ impl WalSource {
         })
     }
 
-    /// SHA-256 of the whole file (used when a copy may already be archived), from
-    /// wherever an interrupted encoder left the read position.
-    pub fn hash(&mut self) -> Result<String> {
+    /// Content id (`how`) and plain SHA-256 of the whole file (used when a copy may
+    /// already be archived), from wherever an interrupted encoder left the read position.
+    pub fn hash(&mut self, how: &ContentHash) -> Result<(String, String)> {
         self.file
             .seek(SeekFrom::Start(self.head.len() as u64))
             .io_context(|| format!("reading {}", self.path.display()))?;
-        let (sha, _) = codec::hash(&self.head, &mut self.file)
+        let (sha, _) = codec::hash(&ContentHash::Sha256, &self.head, &mut self.file)
             .io_context(|| format!("reading {}", self.path.display()))?;
-        Ok(sha)
+        let id = how.id_of_sha256(&sha).unwrap_or_default();
+        Ok((id, sha))
     }
 }
 
@@ -144,13 +149,19 @@ pub fn push_source(
     let mut out = match prepare(storage, server, &src.name)? {
         Destination::Existing(existing) => {
             // Only hash: compressing would waste time on a file we will not store.
-            let sha = src.hash()?;
-            return compare_existing(&src.name, &sha, &existing, storage);
+            let (id, sha) = src.hash(&storage.content_hash())?;
+            return compare_existing(&src.name, &id, &sha, &existing, storage);
         }
         Destination::New(out) => out,
     };
-    let stats = codec::encode_pipelined(&src.head, &mut src.file, &mut out, codec)
-        .map_err(|e| archiving_error(src, storage, e))?;
+    let stats = codec::encode_pipelined(
+        &storage.content_hash(),
+        &src.head,
+        &mut src.file,
+        &mut out,
+        codec,
+    )
+    .map_err(|e| archiving_error(src, storage, e))?;
     finish(storage, server, src, out, stats, codec)
 }
 
@@ -188,7 +199,14 @@ pub fn push_overlapped(
         let mut sink = DeferredSink { rx, state };
         let mut encoded = match sink.state {
             SinkState::Existing(_) => Err(already_archived()),
-            _ => codec::encode_pipelined(&src.head, &mut src.file, &mut sink, codec),
+            // Overlap runs only unencrypted (see the caller), so the hash is plain.
+            _ => codec::encode_pipelined(
+                &ContentHash::Sha256,
+                &src.head,
+                &mut src.file,
+                &mut sink,
+                codec,
+            ),
         };
         if encoded.is_ok() {
             // The last byte was compressed before the repository answered: wait for it.
@@ -207,13 +225,17 @@ pub fn push_overlapped(
     let storage = repo.storage();
     let outcome = match encoded {
         (Ok(stats), SinkState::Writing(out)) => finish(storage, &server, &src, out, stats, codec)?,
-        (Ok(stats), SinkState::Existing(existing)) => {
-            compare_existing(&src.name, &stats.sha256, &existing, storage)?
-        }
+        (Ok(stats), SinkState::Existing(existing)) => compare_existing(
+            &src.name,
+            &stats.sha256,
+            &stats.content_sha256,
+            &existing,
+            storage,
+        )?,
         (Err(_), SinkState::Existing(existing)) => {
             // The sink stopped the encoder: a copy exists, so only the hash matters.
-            let sha = src.hash()?;
-            compare_existing(&src.name, &sha, &existing, storage)?
+            let (id, sha) = src.hash(&storage.content_hash())?;
+            compare_existing(&src.name, &id, &sha, &existing, storage)?
         }
         (Err(e), _) => return Err(archiving_error(&src, storage, e)),
         (Ok(_), SinkState::Waiting(_)) => {
@@ -348,6 +370,7 @@ fn finish(
     settle(storage, &server.name, name, &stats.sha256, owner.as_deref())?;
     Ok(PushOutcome::Stored {
         sha256: stats.sha256,
+        content_sha256: stats.content_sha256,
         size: stats.size,
         stored_size: stats.stored_size,
     })
@@ -413,12 +436,14 @@ pub fn settle(
 fn compare_existing(
     name: &WalName,
     sha: &str,
+    content_sha256: &str,
     existing: &[StoredWal],
     storage: &dyn Storage,
 ) -> Result<PushOutcome> {
     if existing.iter().all(|s| s.sha256 == sha) {
         return Ok(PushOutcome::AlreadyArchived {
             sha256: sha.to_string(),
+            content_sha256: content_sha256.to_string(),
         });
     }
     Err(Error::new(

@@ -4,7 +4,7 @@
 
 use crate::archive::localdir;
 use crate::archive::{self, StoredWal};
-use crate::codec::{self, Compression};
+use crate::codec::{self, Compression, ContentHash};
 use crate::config::{PrefetchSettings, Settings};
 use crate::error::{Error, IoContext, Result};
 use crate::log_info;
@@ -173,17 +173,25 @@ impl Spool {
     }
 
     /// Fetch one stored file into the spool (verified, temporary name, rename).
+    /// Spooled files are named by their plain SHA-256, which a later wal-get checks
+    /// without opening the repository (or, encrypted, its key).
     pub(super) fn fetch(&self, storage: &dyn Storage, stored: &StoredWal) -> Result<u64> {
         let dest = self.dir.join(format!("{}-{}", stored.name, stored.sha256));
-        archive::fetch_verified(storage, stored, &dest)
+        let (size, sha) = archive::fetch_verified(storage, stored, &dest)?;
+        if sha != stored.sha256 {
+            let named = self.dir.join(format!("{}-{sha}", stored.name));
+            fs::rename(&dest, &named)
+                .io_context(|| format!("renaming {} to {}", dest.display(), named.display()))?;
+        }
+        Ok(size)
     }
 }
 
 /// Move (same filesystem) or copy a spooled file into `dest`, verifying its hash.
 fn deliver(s: &Spooled, dest: &Path) -> Result<u64> {
     let mut f = File::open(&s.path).io_context(|| format!("opening {}", s.path.display()))?;
-    let (sha, size) =
-        codec::hash(&[], &mut f).io_context(|| format!("reading {}", s.path.display()))?;
+    let (sha, size) = codec::hash(&ContentHash::Sha256, &[], &mut f)
+        .io_context(|| format!("reading {}", s.path.display()))?;
     if sha != s.sha256 {
         return Err(Error::corrupt(format!(
             "{} hashes to {sha}, not the {} it was fetched with",
@@ -204,7 +212,14 @@ fn deliver(s: &Spooled, dest: &Path) -> Result<u64> {
     // Another filesystem: copy through a temporary name, hashing what is written.
     let mut input = File::open(&s.path).io_context(|| format!("opening {}", s.path.display()))?;
     let what = format!("spooled {}", s.path.display());
-    let size = archive::write_verified(&mut input, Compression::None, &s.sha256, dest, &what)?;
+    let (size, _) = archive::write_verified(
+        &ContentHash::Sha256,
+        &mut input,
+        Compression::None,
+        &s.sha256,
+        dest,
+        &what,
+    )?;
     let _ = fs::remove_file(&s.path);
     Ok(size)
 }

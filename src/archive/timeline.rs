@@ -212,7 +212,13 @@ pub fn read_history(
     };
     let mut input = storage.open_read(&stored.path)?;
     let mut bytes = Vec::new();
-    let stats = codec::decode(&mut input, &mut bytes, stored.compression).map_err(|e| {
+    let stats = codec::decode(
+        &storage.content_hash(),
+        &mut input,
+        &mut bytes,
+        stored.compression,
+    )
+    .map_err(|e| {
         Error::corrupt(format!(
             "{} in {} cannot be decompressed: {e}",
             stored.path,
@@ -425,7 +431,14 @@ mod tests {
         let dir = layout::wal_dir("main", &n);
         s.create_dir_all(&dir).unwrap();
         let mut out = Vec::new();
-        let stats = codec::encode(&[], &mut &content[..], &mut out, Codec::default()).unwrap();
+        let stats = codec::encode(
+            &codec::ContentHash::Sha256,
+            &[],
+            &mut &content[..],
+            &mut out,
+            Codec::default(),
+        )
+        .unwrap();
         let file = crate::archive::stored_name(&n, &stats.sha256, Compression::Zstd);
         s.write_all(&storage::join(&dir, &file), &out, Overwrite::Never)
             .unwrap();

@@ -198,8 +198,8 @@ fn store_one(ctx: &StoreCtx<'_>, job: &Job) -> Result<Option<FileEntry>> {
             let Some(mut f) = open(job)? else {
                 return Ok(None);
             };
-            let (sha, _) =
-                codec::hash(&[], &mut f).io_context(|| format!("reading {}", job.src.display()))?;
+            let (sha, _) = codec::hash(&ctx.objects.storage().content_hash(), &[], &mut f)
+                .io_context(|| format!("reading {}", job.src.display()))?;
             if sha == prev.sha256 {
                 return Ok(Some(reuse(prev)));
             }
@@ -328,7 +328,7 @@ fn store_delta(ctx: &StoreCtx<'_>, job: &Job, prev: &FileEntry, size: u64) -> Re
     };
     // What was stat'ed is what the delta says; bytes appended meanwhile are WAL's.
     let mut file = file.take(size);
-    let mut whole = HashWriter::new(io::sink());
+    let mut whole = HashWriter::new(io::sink(), &ctx.objects.storage().content_hash());
     let mut delta = DeltaWriter::new(ctx.objects.writer(ctx.codec)?, size)
         .map_err(|e| storing_error(ctx, job, e))?;
     let mut hashes = Vec::with_capacity((size / PAGE as u64) as usize);

@@ -5,10 +5,21 @@
 
 use clap::{Parser, Subcommand};
 use pgcellar::catalog::verify::Selection;
-use pgcellar::catalog::{self, check, expire, verify};
+use pgcellar::catalog::{self, check, expire, key, verify};
 use pgcellar::config::{CommonArgs, Settings};
+use pgcellar::crypto::Argon2Cost;
 use pgcellar::{cli, log_error, log_info, log_notice};
 use serde::Serialize;
+use std::path::PathBuf;
+
+/// Argon2id cost from the flags (memory in MiB).
+fn cost(memory_mib: u32, iterations: u32) -> Argon2Cost {
+    Argon2Cost {
+        memory_kib: memory_mib.saturating_mul(1024),
+        iterations,
+        parallelism: 1,
+    }
+}
 
 /// Manage a pgcellar repository.
 #[derive(Parser)]
@@ -21,9 +32,48 @@ struct Args {
 }
 
 #[derive(Subcommand)]
+enum KeyCommand {
+    /// Rewrap the master key under a new passphrase or key file; no data is
+    /// re-encrypted, and the old secret stops opening the repository
+    Rotate {
+        /// File holding the new passphrase (or PGCELLAR_NEW_PASSPHRASE, or a prompt)
+        #[arg(long, value_name = "FILE")]
+        new_passphrase_file: Option<PathBuf>,
+        /// New key file (at least 32 random bytes)
+        #[arg(long, value_name = "FILE")]
+        new_key_file: Option<PathBuf>,
+        /// Argon2id memory for a new passphrase, in MiB
+        #[arg(long, value_name = "MIB", default_value_t = 64)]
+        kdf_memory: u32,
+        /// Argon2id passes for a new passphrase
+        #[arg(long, value_name = "N", default_value_t = 3)]
+        kdf_iterations: u32,
+    },
+    /// Write a new random key file (mode 0600); never replaces a file
+    Generate {
+        /// Where to write it
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Create the repository if needed and register the server from the running cluster
-    Init,
+    Init {
+        /// Create the repository encrypted (secret from --passphrase-file,
+        /// PGCELLAR_PASSPHRASE or --key-file, or a prompt on a terminal)
+        #[arg(long)]
+        encrypt: bool,
+        /// Argon2id memory for a passphrase, in MiB (default 64)
+        #[arg(long, value_name = "MIB", default_value_t = 64, requires = "encrypt")]
+        kdf_memory: u32,
+        /// Argon2id passes for a passphrase (default 3)
+        #[arg(long, value_name = "N", default_value_t = 3, requires = "encrypt")]
+        kdf_iterations: u32,
+    },
+    /// Manage the secret of an encrypted repository
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// List the servers in the repository
     Servers {
         /// Machine-readable output (docs/cli-json.md)
@@ -150,8 +200,12 @@ fn run(args: &Args) -> anyhow::Result<i32> {
         }
     };
     match &args.command {
-        Command::Init => {
-            let out = catalog::init(&settings)?;
+        Command::Init {
+            encrypt,
+            kdf_memory,
+            kdf_iterations,
+        } => {
+            let out = catalog::init(&settings, *encrypt, cost(*kdf_memory, *kdf_iterations))?;
             let repo = settings.repo_url()?;
             if out.created_repo {
                 log_notice!("created repository {repo}");
@@ -286,6 +340,29 @@ fn run(args: &Args) -> anyhow::Result<i32> {
         Command::SwitchWal { checkpoint, wait } => {
             let out = catalog::switch_wal(&settings, *checkpoint, *wait)?;
             emit(&format!("{}\n", out.segment))?;
+        }
+        Command::Key(KeyCommand::Rotate {
+            new_passphrase_file,
+            new_key_file,
+            kdf_memory,
+            kdf_iterations,
+        }) => {
+            let new = key::new_secret(new_passphrase_file.as_deref(), new_key_file.as_deref())?;
+            let id = key::rotate(&settings, &new, cost(*kdf_memory, *kdf_iterations))?;
+            log_notice!(
+                "rotated the secret of {}: master key {id} is now opened only by the new secret; \
+                 update --passphrase-file/--key-file wherever it is configured (archive_command, \
+                 restore_command, cron)",
+                settings.repo_url()?
+            );
+        }
+        Command::Key(KeyCommand::Generate { file }) => {
+            let path = key::generate(file)?;
+            log_notice!(
+                "wrote a new key file {} (mode 0600); keep a copy apart from the repository: \
+                 without it no backup can be read",
+                path.display()
+            );
         }
         Command::Cron => {
             for line in expire::cron(&settings)? {

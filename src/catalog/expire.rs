@@ -542,7 +542,7 @@ mod tests {
     fn cron_visits_every_server_removes_old_aborted_backups_and_is_then_silent() {
         let dir = tempfile::tempdir().unwrap();
         let s = settings(dir.path());
-        let (repo, _) = Repository::open_or_create(&s).unwrap();
+        let (repo, _) = Repository::open_or_create(&s, crate::repo::Creation::plain()).unwrap();
         register(&repo, "a");
         register(&repo, "b");
         let st = repo.storage();

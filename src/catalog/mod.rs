@@ -16,6 +16,7 @@ mod backups;
 mod cat;
 pub mod check;
 pub mod expire;
+pub mod key;
 mod render;
 pub mod retention;
 mod servers;

@@ -4,10 +4,11 @@
 use crate::archive::timeline::ArchiveIndex;
 use crate::archive::StoredWal;
 use crate::config::Settings;
+use crate::crypto::Argon2Cost;
 use crate::error::Result;
 use crate::pg;
 use crate::repo::manifest;
-use crate::repo::{layout, now_rfc3339, Repository, ServerInfo};
+use crate::repo::{layout, now_rfc3339, Creation, Repository, ServerInfo};
 use crate::storage::TEMP_PREFIX;
 use serde::Serialize;
 
@@ -22,13 +23,25 @@ pub struct InitOutcome {
     pub server: ServerInfo,
 }
 
-/// Create the repository if needed and register the server from the running cluster.
-pub fn init(settings: &Settings) -> Result<InitOutcome> {
+/// Create the repository if needed (encrypted when `encrypt`, with a passphrase
+/// stretched at `cost`) and register the server from the running cluster.
+pub fn init(settings: &Settings, encrypt: bool, cost: Argon2Cost) -> Result<InitOutcome> {
     let name = settings.server_name()?.to_string();
     // Connect first: a typo in --conninfo should not leave an empty repository behind.
     let mut client = pg::connect(settings.conninfo.as_deref())?;
     let id = pg::identity(&mut client)?;
-    let (repo, created_repo) = Repository::open_or_create(settings)?;
+    let create = Creation {
+        encrypt: match encrypt {
+            true => Some(super::key::secret_or_prompt(
+                settings,
+                "new repository passphrase",
+                true,
+            )?),
+            false => None,
+        },
+        cost,
+    };
+    let (repo, created_repo) = Repository::open_or_create(settings, create)?;
     let info = ServerInfo {
         name,
         system_identifier: id.system_id.to_string(),

@@ -3,34 +3,98 @@
 //! [`CountWriter`] and [`CountReader`] only count, for the stored (compressed) side,
 //! where a second SHA-256 would cost time and nothing reads it.
 
+use crate::crypto::SubKey;
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::io::{self, Read, Write};
 
-/// SHA-256 and length of the bytes that passed a hashing filter.
+/// How stored content is named: by its SHA-256, or, in an encrypted repository, by
+/// HMAC-SHA-256 (under the repository's name key) of that SHA-256, so that a reader of
+/// the repository cannot match a name to content they can guess. Keying the digest
+/// rather than the content keeps one SHA-256 pass per file either way, and gives the
+/// plain SHA-256 too, for checks that stay on the database host (spool, look-ahead).
+#[derive(Clone, Debug, Default)]
+pub enum ContentHash {
+    /// Plain SHA-256 (an unencrypted repository).
+    #[default]
+    Sha256,
+    /// HMAC-SHA-256 of the SHA-256, under this key (an encrypted repository).
+    Hmac(SubKey),
+}
+
+impl ContentHash {
+    /// Whether names are keyed (the repository is encrypted).
+    pub fn is_keyed(&self) -> bool {
+        matches!(self, ContentHash::Hmac(_))
+    }
+
+    /// The content id of `bytes` in one call.
+    pub fn of(&self, bytes: &[u8]) -> String {
+        let mut h = Hasher::new(self);
+        h.update(bytes);
+        h.finish().sha256
+    }
+
+    /// The content id of content whose plain SHA-256 (hex) is `sha256`; `None` if
+    /// that is not SHA-256 hex.
+    pub fn id_of_sha256(&self, sha256: &str) -> Option<String> {
+        let raw = hex::decode(sha256).ok().filter(|r| r.len() == 32)?;
+        Some(self.id(&raw))
+    }
+
+    fn id(&self, raw_sha256: &[u8]) -> String {
+        match self {
+            ContentHash::Sha256 => hex::encode(raw_sha256),
+            ContentHash::Hmac(key) => match Hmac::<Sha256>::new_from_slice(key.bytes()) {
+                Ok(mut mac) => {
+                    mac.update(raw_sha256);
+                    hex::encode(mac.finalize().into_bytes())
+                }
+                // HMAC takes a key of any length; this arm is unreachable.
+                Err(_) => hex::encode(raw_sha256),
+            },
+        }
+    }
+}
+
+/// Content id and length of the bytes that passed a hashing filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hashed {
-    /// SHA-256, lower-case hex.
+    /// The content id, lower-case hex: the SHA-256, or in an encrypted repository its
+    /// HMAC ([`ContentHash`]). This is what names and manifests hold.
     pub sha256: String,
+    /// The plain SHA-256, lower-case hex (equal to `sha256` without encryption).
+    pub content_sha256: String,
     /// Number of bytes.
     pub size: u64,
 }
 
 /// The state both hashing filters share.
-#[derive(Default)]
 struct Hasher {
     sha: Sha256,
+    how: ContentHash,
     size: u64,
 }
 
 impl Hasher {
+    fn new(how: &ContentHash) -> Self {
+        Hasher {
+            sha: Sha256::new(),
+            how: how.clone(),
+            size: 0,
+        }
+    }
+
     fn update(&mut self, bytes: &[u8]) {
         self.sha.update(bytes);
         self.size += bytes.len() as u64;
     }
 
     fn finish(self) -> Hashed {
+        let raw = self.sha.finalize();
         Hashed {
-            sha256: hex::encode(self.sha.finalize()),
+            sha256: self.how.id(&raw),
+            content_sha256: hex::encode(raw),
             size: self.size,
         }
     }
@@ -44,10 +108,10 @@ pub struct HashWriter<W> {
 
 impl<W: Write> HashWriter<W> {
     /// Hash everything written from now on, passing it to `inner`.
-    pub fn new(inner: W) -> Self {
+    pub fn new(inner: W, how: &ContentHash) -> Self {
         HashWriter {
             inner,
-            hasher: Hasher::default(),
+            hasher: Hasher::new(how),
         }
     }
 
@@ -86,10 +150,10 @@ pub struct HashReader<R> {
 
 impl<R: Read> HashReader<R> {
     /// Hash everything read from `inner` from now on.
-    pub fn new(inner: R) -> Self {
+    pub fn new(inner: R, how: &ContentHash) -> Self {
         HashReader {
             inner,
-            hasher: Hasher::default(),
+            hasher: Hasher::new(how),
         }
     }
 

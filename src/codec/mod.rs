@@ -1,4 +1,4 @@
-//! Stored-file filters: hashing, compression and (next, issue 14) encryption, each a
+//! Stored-file filters: hashing (plain or keyed) and compression, each a
 //! pass-through `Read` or `Write` adapter, stacked in one place (`pipeline`) the same
 //! way for every command.
 //!
@@ -15,7 +15,9 @@ mod hash;
 mod pipeline;
 
 pub use compress::{Codec, Compression, Decoder, Encoder};
-pub use hash::{is_sha256_hex, CountReader, CountWriter, HashReader, HashWriter, Hashed};
+pub use hash::{
+    is_sha256_hex, ContentHash, CountReader, CountWriter, HashReader, HashWriter, Hashed,
+};
 pub use pipeline::{
     decode, encode, encode_pipelined, hash, ReadStack, StreamStats, WriteStack, BUF_SIZE,
 };

@@ -3,20 +3,21 @@
 //!
 //! Write (wal-push, base-backup):
 //!   original bytes -> [`HashWriter`] (SHA-256 and size of the original)
-//!   -> [`WriteStack`]: [`Encoder`] (compress) -> *encrypt* -> [`CountWriter`] -> sink
+//!   -> [`WriteStack`]: [`Encoder`] (compress) -> [`CountWriter`] -> sink (*encrypt*)
 //!
 //! Read (wal-get, restore, verify, timeline history):
-//!   source -> [`ReadStack`]: [`CountReader`] -> *decrypt* -> [`Decoder`] (decompress)
+//!   source (*decrypt*) -> [`ReadStack`]: [`CountReader`] -> [`Decoder`] (decompress)
 //!   -> [`HashReader`] -> output; the caller compares the hash with the one it expects
 //!   before trusting the output.
 //!
-//! *encrypt*/*decrypt* mark the slot for the encryption filters of issue 14: encrypt
-//! after compressing (ciphertext does not compress) and decrypt before decompressing,
-//! inside [`WriteStack`] and [`ReadStack`] only, so no entry point changes. The hash
-//! stays outermost, on the original bytes: it names the content, not its encoding.
+//! *encrypt*/*decrypt* happen below the sink, in the storage layer
+//! `storage::layer::Encrypted`, so every file of an encrypted repository (small JSON
+//! files too) goes through the cipher, after compression (ciphertext does not
+//! compress). The hash stays outermost, on the original bytes: it names the content,
+//! not its encoding; in an encrypted repository it is keyed ([`ContentHash`]).
 
 use super::compress::{Codec, Compression, Decoder, Encoder};
-use super::hash::{overrun, CountReader, CountWriter, HashReader, HashWriter, Hashed};
+use super::hash::{overrun, ContentHash, CountReader, CountWriter, HashReader, HashWriter, Hashed};
 use std::io::{self, Read, Write};
 
 /// Buffer size for streaming copies: large enough to amortise syscalls, small enough
@@ -26,8 +27,11 @@ pub const BUF_SIZE: usize = 256 * 1024;
 /// What one streaming pass measured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamStats {
-    /// SHA-256 of the original (uncompressed) bytes, lower-case hex.
+    /// Content id of the original (uncompressed) bytes, lower-case hex: their
+    /// SHA-256, or its HMAC in an encrypted repository ([`ContentHash`]).
     pub sha256: String,
+    /// Plain SHA-256 of the original bytes (equal to `sha256` without encryption).
+    pub content_sha256: String,
     /// Original size in bytes.
     pub size: u64,
     /// Compressed (stored) size in bytes.
@@ -38,6 +42,7 @@ impl StreamStats {
     fn new(original: Hashed, stored_size: u64) -> Self {
         StreamStats {
             sha256: original.sha256,
+            content_sha256: original.content_sha256,
             size: original.size,
             stored_size,
         }
@@ -47,7 +52,6 @@ impl StreamStats {
 /// The stored side of the write stack: original bytes go in, stored bytes come out
 /// into the sink.
 pub struct WriteStack<W: Write> {
-    // Encryption (issue 14) goes between the encoder and the counter.
     top: Encoder<CountWriter<W>>,
 }
 
@@ -90,7 +94,6 @@ impl<W: Write> Write for WriteStack<W> {
 /// The stored side of the read stack: stored bytes from the source go in, original
 /// bytes come out.
 pub struct ReadStack<R: Read> {
-    // Decryption (issue 14) goes between the counter and the decoder.
     top: Decoder<CountReader<R>>,
 }
 
@@ -117,12 +120,13 @@ impl<R: Read> Read for ReadStack<R> {
 /// Read everything from `input` (whose first bytes may already be in `head`), hash it,
 /// compress it with `codec` and write the result to `output`.
 pub fn encode(
+    how: &ContentHash,
     head: &[u8],
     input: &mut dyn Read,
     output: &mut dyn Write,
     codec: Codec,
 ) -> io::Result<StreamStats> {
-    let mut stack = HashWriter::new(WriteStack::new(output, codec)?);
+    let mut stack = HashWriter::new(WriteStack::new(output, codec)?, how);
     if !head.is_empty() {
         stack.write_all(head)?;
     }
@@ -138,6 +142,7 @@ pub fn encode(
 /// The stack is the same as [`encode`]'s, cut between the hash and the compressor:
 /// the hash filter sits on the reading side, as a [`HashReader`].
 pub fn encode_pipelined(
+    how: &ContentHash,
     head: &[u8],
     input: &mut (dyn Read + Send),
     output: &mut dyn Write,
@@ -153,7 +158,7 @@ pub fn encode_pipelined(
     }
     std::thread::scope(|scope| {
         let reader = scope.spawn(move || -> io::Result<Hashed> {
-            let mut source = HashReader::new(head.chain(input));
+            let mut source = HashReader::new(head.chain(input), how);
             // The head goes to the compressor as one write, as in `encode`: lz4 frames
             // depend on where writes end, and the stored bytes must not.
             let mut first = head.len();
@@ -195,19 +200,20 @@ pub fn encode_pipelined(
 /// Decompress `input` (stored with `compression`) into `output`, hashing the
 /// decompressed bytes. The caller compares the hash before trusting `output`.
 pub fn decode(
+    how: &ContentHash,
     input: &mut dyn Read,
     output: &mut dyn Write,
     compression: Compression,
 ) -> io::Result<StreamStats> {
-    let mut source = HashReader::new(ReadStack::new(input, compression)?);
+    let mut source = HashReader::new(ReadStack::new(input, compression)?, how);
     for_each_chunk(&mut source, |chunk| output.write_all(chunk))?;
     let (stored, original) = source.finish();
     Ok(StreamStats::new(original, stored.stored_size()))
 }
 
-/// SHA-256 of a stream, without compressing (the fast path for duplicate checks).
-pub fn hash(head: &[u8], input: &mut dyn Read) -> io::Result<(String, u64)> {
-    let mut source = HashReader::new(head.chain(input));
+/// Content id of a stream, without compressing (the fast path for duplicate checks).
+pub fn hash(how: &ContentHash, head: &[u8], input: &mut dyn Read) -> io::Result<(String, u64)> {
+    let mut source = HashReader::new(head.chain(input), how);
     for_each_chunk(&mut source, |_| Ok(()))?;
     let (_, original) = source.finish();
     Ok((original.sha256, original.size))

@@ -1,10 +1,13 @@
 //! Unit tests of each filter alone, of the stacks, and of the bytes they store.
 
 use super::compress::{Codec, Compression, Decoder, Encoder};
-use super::hash::{CountReader, CountWriter, HashReader, HashWriter, Hashed};
+use super::hash::{ContentHash, CountReader, CountWriter, HashReader, HashWriter, Hashed};
 use super::pipeline::{decode, encode, encode_pipelined, hash, ReadStack, WriteStack, BUF_SIZE};
 use sha2::{Digest, Sha256};
 use std::io::{self, Read, Write};
+
+/// Plain SHA-256 naming, as in an unencrypted repository.
+const P: ContentHash = ContentHash::Sha256;
 
 const ALL: [Compression; 4] = [
     Compression::Zstd,
@@ -125,7 +128,7 @@ fn stored_bytes_are_pinned() {
     for (compression, level, len, stored_sha) in PINNED {
         let codec = Codec { compression, level };
         let mut stored = Vec::new();
-        let st = encode(&data[..40], &mut &data[40..], &mut stored, codec).unwrap();
+        let st = encode(&P, &data[..40], &mut &data[40..], &mut stored, codec).unwrap();
         assert_eq!((st.sha256.as_str(), st.size), (want, data.len() as u64));
         assert_eq!(
             (stored.len(), sha(&stored).as_str()),
@@ -133,7 +136,7 @@ fn stored_bytes_are_pinned() {
             "{codec:?}"
         );
         let mut piped = Vec::new();
-        encode_pipelined(&data[..40], &mut &data[40..], &mut piped, codec).unwrap();
+        encode_pipelined(&P, &data[..40], &mut &data[40..], &mut piped, codec).unwrap();
         assert_eq!(sha(&piped), stored_sha, "pipelined {codec:?}");
     }
 }
@@ -147,22 +150,22 @@ fn round_trip_every_codec() {
     for c in ALL {
         let codec = default_codec(c);
         let mut stored = Vec::new();
-        let st = encode(&data[..100], &mut &data[100..], &mut stored, codec).unwrap();
+        let st = encode(&P, &data[..100], &mut &data[100..], &mut stored, codec).unwrap();
         assert_eq!(st.sha256, want, "{c}");
         assert_eq!(st.size, data.len() as u64);
         assert_eq!(st.stored_size, stored.len() as u64);
         let mut piped = Vec::new();
-        let st2 = encode_pipelined(&data[..100], &mut &data[100..], &mut piped, codec).unwrap();
+        let st2 = encode_pipelined(&P, &data[..100], &mut &data[100..], &mut piped, codec).unwrap();
         assert_eq!(st2, st, "{c}");
         assert_eq!(piped, stored, "{c}");
         let mut out = Vec::new();
-        let back = decode(&mut &stored[..], &mut out, c).unwrap();
+        let back = decode(&P, &mut &stored[..], &mut out, c).unwrap();
         assert_eq!(out, data);
         assert_eq!(back.sha256, want);
         assert_eq!(back.stored_size, stored.len() as u64);
         assert_eq!(Compression::from_extension(c.extension()), Some(c));
     }
-    assert_eq!(hash(&data[..5], &mut &data[5..]).unwrap().0, want);
+    assert_eq!(hash(&P, &data[..5], &mut &data[5..]).unwrap().0, want);
 }
 
 #[test]
@@ -173,16 +176,19 @@ fn both_encoders_store_the_same_bytes_wherever_the_head_ends() {
         for cut in [0, 1, 40, BUF_SIZE + 7] {
             let (head, rest) = data.split_at(cut);
             let mut plain = Vec::new();
-            let st = encode(head, &mut &rest[..], &mut plain, codec).unwrap();
+            let st = encode(&P, head, &mut &rest[..], &mut plain, codec).unwrap();
             let mut piped = Vec::new();
-            let st2 = encode_pipelined(head, &mut &rest[..], &mut piped, codec).unwrap();
+            let st2 = encode_pipelined(&P, head, &mut &rest[..], &mut piped, codec).unwrap();
             assert_eq!(sha(&piped), sha(&plain), "{c} head {cut}");
             assert_eq!(st, st2);
             assert_eq!(
                 (st.sha256.as_str(), st.size),
                 (sha(&data).as_str(), data.len() as u64)
             );
-            assert_eq!(hash(head, &mut &rest[..]).unwrap(), (st.sha256, st.size));
+            assert_eq!(
+                hash(&P, head, &mut &rest[..]).unwrap(),
+                (st.sha256, st.size)
+            );
         }
     }
 }
@@ -191,11 +197,11 @@ fn both_encoders_store_the_same_bytes_wherever_the_head_ends() {
 fn corrupt_stream_is_detected() {
     let data = vec![7u8; 100_000];
     let mut stored = Vec::new();
-    encode(&[], &mut &data[..], &mut stored, Codec::default()).unwrap();
+    encode(&P, &[], &mut &data[..], &mut stored, Codec::default()).unwrap();
     let mid = stored.len() / 2;
     stored[mid] ^= 0xFF;
     let mut out = Vec::new();
-    let r = decode(&mut &stored[..], &mut out, Compression::Zstd);
+    let r = decode(&P, &mut &stored[..], &mut out, Compression::Zstd);
     // Either the decoder notices or the hash differs.
     if let Ok(st) = r {
         assert_ne!(st.sha256, sha(&data));
@@ -231,10 +237,13 @@ impl Write for Trickle {
 #[test]
 fn hash_writer_hashes_only_what_the_inner_writer_took() {
     let data = wal_like(10_000);
-    let mut w = HashWriter::new(Trickle {
-        out: Vec::new(),
-        max: 7,
-    });
+    let mut w = HashWriter::new(
+        Trickle {
+            out: Vec::new(),
+            max: 7,
+        },
+        &P,
+    );
     let n = w.write(&data).unwrap();
     assert_eq!(n, 7);
     w.write_all(&data[n..]).unwrap();
@@ -244,6 +253,7 @@ fn hash_writer_hashes_only_what_the_inner_writer_took() {
         hashed,
         Hashed {
             sha256: sha(&data),
+            content_sha256: sha(&data),
             size: data.len() as u64
         }
     );
@@ -252,7 +262,7 @@ fn hash_writer_hashes_only_what_the_inner_writer_took() {
 #[test]
 fn hash_reader_passes_bytes_through_and_hashes_them() {
     let data = wal_like(300_000);
-    let mut r = HashReader::new(&data[..]);
+    let mut r = HashReader::new(&data[..], &P);
     let mut got = Vec::new();
     r.read_to_end(&mut got).unwrap();
     let (_, hashed) = r.finish();
@@ -262,7 +272,7 @@ fn hash_reader_passes_bytes_through_and_hashes_them() {
         (sha(&data), data.len() as u64)
     );
     // Nothing read, nothing hashed: the SHA-256 of the empty string.
-    let (_, empty) = HashReader::new(&data[..]).finish();
+    let (_, empty) = HashReader::new(&data[..], &P).finish();
     assert_eq!((empty.sha256, empty.size), (sha(b""), 0));
 }
 
@@ -307,7 +317,7 @@ fn encoder_and_decoder_round_trip_alone() {
 
 /// Decode `stored` through the full read stack: the content and what it measured.
 fn load(stored: &[u8], c: Compression) -> io::Result<(Vec<u8>, Hashed, u64)> {
-    let mut r = HashReader::new(ReadStack::new(stored, c)?);
+    let mut r = HashReader::new(ReadStack::new(stored, c)?, &P);
     let mut out = Vec::new();
     r.read_to_end(&mut out)?;
     let (stack, hashed) = r.finish();
@@ -319,7 +329,7 @@ fn stacks_round_trip_and_count_both_sides() {
     let data = wal_like(600_000);
     for c in ALL {
         let mut stored = Vec::new();
-        let mut w = HashWriter::new(WriteStack::new(&mut stored, default_codec(c)).unwrap());
+        let mut w = HashWriter::new(WriteStack::new(&mut stored, default_codec(c)).unwrap(), &P);
         for chunk in data.chunks(65_536) {
             w.write_all(chunk).unwrap();
         }
@@ -342,12 +352,12 @@ fn a_changed_stored_byte_is_caught() {
     let data = wal_like(200_000);
     for c in ALL {
         let mut stored = Vec::new();
-        let st = encode(&[], &mut &data[..], &mut stored, default_codec(c)).unwrap();
+        let st = encode(&P, &[], &mut &data[..], &mut stored, default_codec(c)).unwrap();
         // Past the frame header, where a flipped bit changes content, not framing.
         let at = stored.len() / 3;
         stored[at] ^= 0x10;
         // The decoder may notice; if it does not, the hash must.
-        if let Ok(back) = decode(&mut &stored[..], &mut io::sink(), c) {
+        if let Ok(back) = decode(&P, &mut &stored[..], &mut io::sink(), c) {
             assert_ne!(back.sha256, st.sha256, "{c}: a flipped byte went unnoticed");
         }
     }
@@ -358,11 +368,11 @@ fn a_truncated_stored_file_is_caught() {
     let data = wal_like(200_000);
     for c in ALL {
         let mut stored = Vec::new();
-        let st = encode(&[], &mut &data[..], &mut stored, default_codec(c)).unwrap();
+        let st = encode(&P, &[], &mut &data[..], &mut stored, default_codec(c)).unwrap();
         let whole = (st.sha256.clone(), st.size);
         // Past lz4's 4-byte end mark, which it may do without.
         for keep in [stored.len() - 5, stored.len() / 2, 3] {
-            match decode(&mut &stored[..keep], &mut io::sink(), c) {
+            match decode(&P, &mut &stored[..keep], &mut io::sink(), c) {
                 // zstd and gzip notice the missing end themselves; lz4 frames (no
                 // content size or checksum) and raw files leave it to the hash.
                 Ok(back) => {
@@ -447,10 +457,11 @@ fn pipelined_errors_reach_the_caller_from_either_side() {
     let data = wal_like(4 * BUF_SIZE);
     for c in ALL {
         let codec = default_codec(c);
-        let e =
-            encode_pipelined(&[], &mut &data[..], &mut Failing { left: 1000 }, codec).unwrap_err();
+        let e = encode_pipelined(&P, &[], &mut &data[..], &mut Failing { left: 1000 }, codec)
+            .unwrap_err();
         assert_eq!(e.to_string(), "disk full", "{c}");
         let e = encode_pipelined(
+            &P,
             &[],
             &mut Broken { left: 3 * BUF_SIZE },
             &mut io::sink(),
@@ -477,9 +488,9 @@ fn bench_encode_16mib() {
             for _ in 0..20 {
                 let mut f = std::fs::File::open(&path).unwrap();
                 let st = if pipelined {
-                    encode_pipelined(&[], &mut f, &mut io::sink(), codec)
+                    encode_pipelined(&P, &[], &mut f, &mut io::sink(), codec)
                 } else {
-                    encode(&[], &mut f, &mut io::sink(), codec)
+                    encode(&P, &[], &mut f, &mut io::sink(), codec)
                 };
                 stored = st.unwrap().stored_size;
             }
@@ -490,4 +501,22 @@ fn bench_encode_16mib() {
         }
     }
     std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn keyed_names_hide_the_sha256_and_keep_it_for_local_checks() {
+    let data = wal_like(100_000);
+    let key = ContentHash::Hmac(crate::crypto::SubKey::from_bytes([3; 32]));
+    let other = ContentHash::Hmac(crate::crypto::SubKey::from_bytes([4; 32]));
+    let mut stored = Vec::new();
+    let st = encode(&key, &[], &mut &data[..], &mut stored, Codec::default()).unwrap();
+    assert_eq!(st.content_sha256, sha(&data));
+    assert_ne!(st.sha256, sha(&data));
+    assert_eq!(st.sha256, key.of(&data));
+    assert_ne!(st.sha256, other.of(&data));
+    assert_eq!(key.id_of_sha256(&sha(&data)).unwrap(), st.sha256);
+    assert_eq!(hash(&key, &[], &mut &data[..]).unwrap().0, st.sha256);
+    let back = decode(&key, &mut &stored[..], &mut io::sink(), Compression::Zstd).unwrap();
+    assert_eq!(back.sha256, st.sha256);
+    assert_eq!(P.of(&data), sha(&data));
 }

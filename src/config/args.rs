@@ -127,6 +127,24 @@ pub struct CommonArgs {
         help_heading = "S3 options"
     )]
     pub s3_session_token_file: Option<PathBuf>,
+    /// File holding the passphrase of an encrypted repository (or set PGCELLAR_PASSPHRASE)
+    #[arg(
+        long,
+        env = "PGCELLAR_PASSPHRASE_FILE",
+        value_name = "FILE",
+        global = true,
+        help_heading = "Encryption options"
+    )]
+    pub passphrase_file: Option<PathBuf>,
+    /// Key file of an encrypted repository (at least 32 random bytes; 'pgcellar key generate')
+    #[arg(
+        long,
+        env = "PGCELLAR_KEY_FILE",
+        value_name = "FILE",
+        global = true,
+        help_heading = "Encryption options"
+    )]
+    pub key_file: Option<PathBuf>,
     /// Seconds to wait for a connection to the S3 store (default 10)
     #[arg(
         long,

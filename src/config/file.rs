@@ -50,6 +50,10 @@ pub struct FileConfig {
     pub s3_session_token: Option<String>,
     /// a file holding it.
     pub s3_session_token_file: Option<PathBuf>,
+    /// File holding the passphrase of an encrypted repository.
+    pub passphrase_file: Option<PathBuf>,
+    /// Key file of an encrypted repository.
+    pub key_file: Option<PathBuf>,
     /// Seconds to wait for a connection to the S3 store.
     pub s3_connect_timeout: Option<u64>,
     /// Seconds one S3 request attempt may take.

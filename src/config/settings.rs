@@ -40,6 +40,8 @@ pub struct Settings {
     pub lock_stale_after: Duration,
     /// Whether a local repository may be written while running as root.
     pub allow_root: bool,
+    /// Where the secret of an encrypted repository comes from.
+    pub key: super::KeySource,
     /// The flags and environment, for the command families resolved later.
     pub(super) args: CommonArgs,
     /// The raw file values, for the same; nothing outside `config` reads them.
@@ -114,7 +116,9 @@ impl Settings {
             Some(RepoUrl::S3 { .. }) => super::s3::resolve_s3(args, &file, layers, retries)?,
             _ => S3Options::default(),
         };
+        let key = super::key::resolve_key(args, &file, layers)?;
         Ok(Settings {
+            key,
             s3,
             repo,
             server,

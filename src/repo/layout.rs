@@ -63,3 +63,10 @@ pub fn object_name(id: &str, ext: &str) -> String {
 pub fn object_file(server: &str, id: &str, ext: &str) -> String {
     format!("{}/{}", objects_dir(server), object_name(id, ext))
 }
+
+/// Files an encrypted repository keeps in clear: the root file and the wrapped key,
+/// needed to open the rest, and lock files (host names and process ids), which a
+/// lock's own connection writes without the key.
+pub fn in_clear(path: &str) -> bool {
+    path == "pgcellar.json" || path == "pgcellar.key" || path.split('/').nth(1) == Some("locks")
+}

@@ -10,4 +10,4 @@ pub mod objects;
 mod server;
 
 pub use json::{now_rfc3339, parse_json, read_small, to_json, MAX_SMALL_FILE};
-pub use server::{Repository, RootFile, ServerInfo, FORMAT, ROOT_FILE};
+pub use server::{Creation, Repository, RootEncryption, RootFile, ServerInfo, FORMAT, ROOT_FILE};

@@ -3,10 +3,11 @@
 
 use super::json::{now_rfc3339, parse_json, read_small, to_json};
 use super::layout;
-use crate::config::Settings;
+use crate::config::{Settings, PASSPHRASE_ENV};
+use crate::crypto::{self, Argon2Cost, RepoKeys, Secret, WrappedKey, KEY_FILE};
 use crate::error::{Error, ErrorKind, Result};
 use crate::names::check_server_name;
-use crate::storage::{self, Overwrite, RepoUrl, Storage};
+use crate::storage::{self, layer::Encrypted, Overwrite, RepoUrl, Storage};
 use serde::{Deserialize, Serialize};
 
 /// The repository format this build reads and writes.
@@ -23,6 +24,51 @@ pub struct RootFile {
     pub created: String,
     /// Which program created it.
     pub created_by: String,
+    /// Present when the repository is encrypted (chosen at creation, never changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<RootEncryption>,
+}
+
+/// How an encrypted repository is encrypted (`pgcellar.json`, field `encryption`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootEncryption {
+    /// Cipher of stored files.
+    pub cipher: String,
+    /// How content is named.
+    pub names: String,
+    /// The file holding the wrapped master key.
+    pub key_file: String,
+}
+
+const FILE_CIPHER: &str = "xchacha20poly1305-stream-be32-64k";
+const NAME_HASH: &str = "hmac-sha256-of-sha256";
+
+impl RootEncryption {
+    fn current() -> Self {
+        RootEncryption {
+            cipher: FILE_CIPHER.into(),
+            names: NAME_HASH.into(),
+            key_file: KEY_FILE.into(),
+        }
+    }
+}
+
+/// What `init` asks of a repository it may create.
+pub struct Creation {
+    /// Encrypt a new repository with this secret (none: unencrypted).
+    pub encrypt: Option<Secret>,
+    /// Argon2id cost for a passphrase.
+    pub cost: Argon2Cost,
+}
+
+impl Creation {
+    /// An unencrypted repository.
+    pub fn plain() -> Self {
+        Creation {
+            encrypt: None,
+            cost: Argon2Cost::default(),
+        }
+    }
 }
 
 /// Contents of `<server>/server.json`: what the cluster behind a server name is.
@@ -107,16 +153,53 @@ impl ServerInfo {
 pub struct Repository {
     storage: Box<dyn Storage>,
     url: RepoUrl,
+    encrypted: Option<String>,
 }
 
 impl Repository {
-    /// Open an existing repository, refusing unknown formats.
+    /// Open an existing repository, refusing unknown formats; an encrypted one opens
+    /// with the configured secret, or not at all.
     pub fn open(settings: &Settings) -> Result<Repository> {
         let url = settings.repo_url()?.clone();
         let storage = storage::open_with(&url, &settings.storage_options())?;
-        let repo = Repository { storage, url };
-        repo.read_root()?;
-        Ok(repo)
+        let root = read_root(storage.as_ref(), &url)?;
+        let keys = match (&root.encryption, settings.key.is_set()) {
+            (Some(_), _) => {
+                let secret = settings.key.read()?.ok_or_else(|| {
+                    Error::config(format!(
+                        "{url} is encrypted: give its secret with --passphrase-file FILE,                          {PASSPHRASE_ENV} or --key-file FILE (as chosen at 'pgcellar init                          --encrypt' or the last 'pgcellar key rotate')"
+                    ))
+                })?;
+                Some(open_keys(storage.as_ref(), &url, &secret)?)
+            }
+            (None, true) => {
+                return Err(Error::config(format!(
+                    "{url} is not encrypted, but a passphrase or key file is configured;                      encryption is chosen when a repository is created: remove the setting,                      or create a new repository with 'pgcellar init --encrypt'"
+                )))
+            }
+            (None, false) => None,
+        };
+        Ok(Repository::assemble(storage, url, keys))
+    }
+
+    fn assemble(storage: Box<dyn Storage>, url: RepoUrl, keys: Option<RepoKeys>) -> Repository {
+        match keys {
+            Some(keys) => Repository {
+                encrypted: Some(keys.key_id.clone()),
+                storage: Box::new(Encrypted::new(storage, keys, layout::in_clear)),
+                url,
+            },
+            None => Repository {
+                storage,
+                url,
+                encrypted: None,
+            },
+        }
+    }
+
+    /// The id of the master key of an encrypted repository (not secret).
+    pub fn key_id(&self) -> Option<&str> {
+        self.encrypted.as_deref()
     }
 
     /// Open the repository and read the configured server's registration; a mistyped
@@ -127,27 +210,76 @@ impl Repository {
         Ok((repo, server))
     }
 
-    /// Open a repository, creating its root (0700) and `pgcellar.json` if missing.
-    pub fn open_or_create(settings: &Settings) -> Result<(Repository, bool)> {
+    /// Open a repository, creating its root (0700) and `pgcellar.json` if missing
+    /// (encrypted when `create.encrypt` holds a secret).
+    pub fn open_or_create(settings: &Settings, create: Creation) -> Result<(Repository, bool)> {
         let url = settings.repo_url()?.clone();
         let storage = storage::open_with(&url, &settings.storage_options())?;
-        let repo = Repository { storage, url };
-        match repo.read_root() {
-            Ok(_) => Ok((repo, false)),
+        match read_root(storage.as_ref(), &url) {
+            Ok(root) => {
+                if create.encrypt.is_some() && root.encryption.is_none() {
+                    return Err(Error::config(format!(
+                        "{url} already exists, unencrypted; encryption is chosen when a                          repository is created: use a new repository for --encrypt"
+                    )));
+                }
+                drop(storage);
+                Ok((Repository::open(settings)?, false))
+            }
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                repo.storage.create_dir_all("")?;
+                if create.encrypt.is_none() && settings.key.is_set() {
+                    return Err(Error::config(format!(
+                        "a passphrase or key file is configured but {url} does not exist yet:                          add --encrypt to create it encrypted, or remove the setting"
+                    )));
+                }
+                storage.create_dir_all("")?;
+                let (encryption, keys) = match &create.encrypt {
+                    Some(secret) => {
+                        let (wrapped, keys) = crypto::keys::create(secret, create.cost)?;
+                        // The key goes first, the root file last: until the root exists
+                        // there is no repository, so a key left by a crash is replaced.
+                        storage.write_all(KEY_FILE, &to_json(&wrapped)?, Overwrite::Replace)?;
+                        (Some(RootEncryption::current()), Some(keys))
+                    }
+                    None => (None, None),
+                };
                 let root = RootFile {
                     format: FORMAT,
                     created: now_rfc3339(),
                     created_by: format!("pgcellar {}", env!("CARGO_PKG_VERSION")),
+                    encryption,
                 };
-                let json = to_json(&root)?;
-                repo.storage.write_all(ROOT_FILE, &json, Overwrite::Never)?;
-                repo.read_root()?;
-                Ok((repo, true))
+                storage.write_all(ROOT_FILE, &to_json(&root)?, Overwrite::Never)?;
+                read_root(storage.as_ref(), &url)?;
+                Ok((Repository::assemble(storage, url, keys), true))
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Rewrap the master key of the encrypted repository of `settings` under `new`,
+    /// opening it with `old`; no stored file changes but `pgcellar.key`, replaced
+    /// atomically. Returns the key id, the same before and after.
+    pub fn rotate_key(
+        settings: &Settings,
+        old: &Secret,
+        new: &Secret,
+        cost: Argon2Cost,
+    ) -> Result<String> {
+        let url = settings.repo_url()?.clone();
+        let storage = storage::open_with(&url, &settings.storage_options())?;
+        let root = read_root(storage.as_ref(), &url)?;
+        if root.encryption.is_none() {
+            return Err(Error::config(format!(
+                "{url} is not encrypted; there is no key to rotate"
+            )));
+        }
+        let wrapped = read_wrapped(storage.as_ref(), &url)?;
+        let location = url.to_string();
+        let rewrapped = crypto::keys::rewrap(&wrapped, old, new, cost, &location)?;
+        storage.write_all(KEY_FILE, &to_json(&rewrapped)?, Overwrite::Replace)?;
+        // Read back what is stored now: the new secret must open it.
+        let keys = open_keys(storage.as_ref(), &url, new)?;
+        Ok(keys.key_id)
     }
 
     /// The storage driver.
@@ -158,45 +290,6 @@ impl Repository {
     /// The repository's URL.
     pub fn url(&self) -> &RepoUrl {
         &self.url
-    }
-
-    fn read_root(&self) -> Result<RootFile> {
-        let bytes = match read_small(self.storage.as_ref(), ROOT_FILE) {
-            Ok(b) => b,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(Error::not_found(format!(
-                    "{} is not a pgcellar repository (no {ROOT_FILE}); run 'pgcellar init' first",
-                    self.url
-                )))
-            }
-            Err(e) => return Err(e),
-        };
-        let root: RootFile = parse_json(&bytes, &format!("{}/{ROOT_FILE}", self.url))?;
-        if root.format == 1 {
-            // Format 1 stored hard-linked copies per backup; its backups cannot be read
-            // as objects, and converting in place would rewrite every byte.
-            return Err(Error::new(
-                ErrorKind::UnsupportedFormat,
-                format!(
-                    "{}/{ROOT_FILE}: the repository uses format 1 (hard-linked backup copies), \
-                     this pgcellar reads only format {FORMAT}; it cannot be converted in place: \
-                     create a new repository with 'pgcellar init' and take a full backup, and keep \
-                     the old one with the pgcellar that wrote it until its backups expire",
-                    self.url
-                ),
-            ));
-        }
-        if root.format != FORMAT {
-            return Err(Error::new(
-                ErrorKind::UnsupportedFormat,
-                format!(
-                    "{}/{ROOT_FILE}: the repository uses format {}, but this pgcellar reads only \
-                 format {FORMAT}; use a matching pgcellar version",
-                    self.url, root.format
-                ),
-            ));
-        }
-        Ok(root)
     }
 
     /// The registration of `server`, or a clear error if it is not registered.
@@ -286,6 +379,64 @@ impl Repository {
             Err(e) => Err(e),
         }
     }
+}
+
+fn read_root(storage: &dyn Storage, url: &RepoUrl) -> Result<RootFile> {
+    let bytes = match read_small(storage, ROOT_FILE) {
+        Ok(b) => b,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(Error::not_found(format!(
+                "{} is not a pgcellar repository (no {ROOT_FILE}); run 'pgcellar init' first",
+                url
+            )))
+        }
+        Err(e) => return Err(e),
+    };
+    let root: RootFile = parse_json(&bytes, &format!("{}/{ROOT_FILE}", url))?;
+    if root.format == 1 {
+        // Format 1 stored hard-linked copies per backup; its backups cannot be read
+        // as objects, and converting in place would rewrite every byte.
+        return Err(Error::new(
+            ErrorKind::UnsupportedFormat,
+            format!(
+                "{}/{ROOT_FILE}: the repository uses format 1 (hard-linked backup copies), \
+                 this pgcellar reads only format {FORMAT}; it cannot be converted in place: \
+                 create a new repository with 'pgcellar init' and take a full backup, and keep \
+                 the old one with the pgcellar that wrote it until its backups expire",
+                url
+            ),
+        ));
+    }
+    if root.format != FORMAT {
+        return Err(Error::new(
+            ErrorKind::UnsupportedFormat,
+            format!(
+                "{}/{ROOT_FILE}: the repository uses format {}, but this pgcellar reads only \
+             format {FORMAT}; use a matching pgcellar version",
+                url, root.format
+            ),
+        ));
+    }
+    Ok(root)
+}
+
+fn read_wrapped(storage: &dyn Storage, url: &RepoUrl) -> Result<WrappedKey> {
+    let bytes = read_small(storage, KEY_FILE).map_err(|e| {
+        if e.kind() == ErrorKind::NotFound {
+            Error::corrupt(format!(
+                "{url} is encrypted but {KEY_FILE} is missing: restore it from your copy \
+                 (without it no backup can be read)"
+            ))
+        } else {
+            e
+        }
+    })?;
+    parse_json(&bytes, &format!("{url}/{KEY_FILE}"))
+}
+
+fn open_keys(storage: &dyn Storage, url: &RepoUrl, secret: &Secret) -> Result<RepoKeys> {
+    let wrapped = read_wrapped(storage, url)?;
+    crypto::keys::open(&wrapped, secret, &url.to_string())
 }
 
 #[cfg(test)]

@@ -73,7 +73,7 @@ fn restore_one(src: Source<'_>, entry: &FileEntry, delta: bool) -> Result<bool> 
             if meta.is_file() && meta.len() == entry.size {
                 let mut f =
                     File::open(&local).io_context(|| format!("opening {}", local.display()))?;
-                let (sha, _) = codec::hash(&[], &mut f)
+                let (sha, _) = codec::hash(&src.storage.content_hash(), &[], &mut f)
                     .io_context(|| format!("reading {}", local.display()))?;
                 if sha == entry.sha256 {
                     fs::set_permissions(&local, fs::Permissions::from_mode(entry.mode & 0o7777))

@@ -80,6 +80,15 @@ pub fn restore_command(wal_get: &Path, settings: &Settings, standby: bool) -> Re
              if it has no credentials)"
         );
     }
+    match settings.key.forward_args()? {
+        Some(key) => args.extend(key),
+        None => crate::log_warn!(
+            "the repository passphrase came from {}, which restore_command cannot carry: \
+             PostgreSQL's wal-get needs it in the server's environment, or use \
+             --passphrase-file or --key-file instead (wal-get stops recovery without it)",
+            crate::config::PASSPHRASE_ENV
+        ),
+    }
     if standby {
         args.push("--standby".into());
     }
@@ -212,5 +221,25 @@ mod tests {
             "{cmd}"
         );
         assert!(!cmd.contains("very-secret-value"), "{cmd}");
+    }
+
+    #[test]
+    fn the_key_file_reaches_the_restore_command_and_the_key_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("repo.key");
+        fs::write(&key, "0123456789abcdef0123456789abcdef-secret").unwrap();
+        let args = crate::config::CommonArgs {
+            repo: Some("/srv/repo".into()),
+            server: Some("main".into()),
+            key_file: Some(key.clone()),
+            ..Default::default()
+        };
+        let settings = Settings::resolve(&args, None).unwrap();
+        let cmd = restore_command(Path::new("/usr/bin/wal-get"), &settings, false).unwrap();
+        assert!(
+            cmd.contains(&format!("--key-file {}", key.display())),
+            "{cmd}"
+        );
+        assert!(!cmd.contains("secret"), "{cmd}");
     }
 }

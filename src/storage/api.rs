@@ -121,6 +121,12 @@ pub trait Storage: Send + Sync {
     /// What this driver can do (see [`Capabilities`]).
     fn capabilities(&self) -> Capabilities;
 
+    /// How content stored here is named: keyed in an encrypted repository (the
+    /// encryption layer holds the key), plain SHA-256 otherwise.
+    fn content_hash(&self) -> crate::codec::ContentHash {
+        crate::codec::ContentHash::Sha256
+    }
+
     /// Abort unfinished uploads (left by a crashed writer) started longer ago than
     /// `older_than`, and say how many there were. Only object stores have them.
     fn clean_incomplete_uploads(&self, older_than: std::time::Duration) -> Result<u64> {

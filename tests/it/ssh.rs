@@ -57,7 +57,7 @@ impl SshRepo {
             ..Default::default()
         };
         let s = Settings::resolve(&args, None).unwrap();
-        let (repo, created) = Repository::open_or_create(&s)
+        let (repo, created) = Repository::open_or_create(&s, pgcellar::repo::Creation::plain())
             .unwrap_or_else(|e| panic!("{e}\n--- sshd log ---\n{}", sshd.log()));
         assert!(created);
         repo.register_server(&ServerInfo {

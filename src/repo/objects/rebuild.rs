@@ -42,7 +42,10 @@ pub fn rebuild(store: &ObjectStore<'_>, entry: &FileEntry, out: &mut dyn Write) 
         inner: out,
         failed: &out_failed,
     };
-    let mut hashed = HashWriter::new(io::BufWriter::with_capacity(BUF_SIZE, marked));
+    let mut hashed = HashWriter::new(
+        io::BufWriter::with_capacity(BUF_SIZE, marked),
+        &store.storage().content_hash(),
+    );
     let base_in = store.open(base)?;
     let mut readers = Vec::with_capacity(deltas.len());
     for d in deltas {

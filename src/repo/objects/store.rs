@@ -78,7 +78,7 @@ impl<'a> ObjectStore<'a> {
         Ok(ObjectWriter {
             store: self,
             codec,
-            out: HashWriter::new(stack),
+            out: HashWriter::new(stack, &self.storage.content_hash()),
         })
     }
 
@@ -107,7 +107,7 @@ impl<'a> ObjectStore<'a> {
         };
         let stack = ReadStack::new(raw, object.compression)
             .map_err(|e| Error::corrupt(format!("object {path} cannot be read: {e}")))?;
-        Ok(HashReader::new(stack))
+        Ok(HashReader::new(stack, &self.storage.content_hash()))
     }
 
     /// Read a small object whole and check it against its id.

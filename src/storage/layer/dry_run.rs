@@ -84,6 +84,10 @@ where
         self.inner.capabilities()
     }
 
+    fn content_hash(&self) -> crate::codec::ContentHash {
+        self.inner.content_hash()
+    }
+
     fn clean_incomplete_uploads(&self, older_than: std::time::Duration) -> Result<u64> {
         if self.skip(format_args!("aborting unfinished uploads")) {
             return Ok(0);

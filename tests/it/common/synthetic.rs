@@ -19,8 +19,9 @@ pub fn register_synthetic(r: RepoDir, sysid: u64) -> (RepoDir, bool) {
 
 /// [`register_synthetic`] for a repository the caller keeps.
 pub fn register_synthetic_in(r: &RepoDir, sysid: u64) -> bool {
-    let (repo, created) = Repository::open_or_create(&r.settings())
-        .unwrap_or_else(|e| panic!("creating {}: {e}", r.url()));
+    let (repo, created) =
+        Repository::open_or_create(&r.settings(), pgcellar::repo::Creation::plain())
+            .unwrap_or_else(|e| panic!("creating {}: {e}", r.url()));
     repo.register_server(&ServerInfo {
         name: r.server.clone(),
         system_identifier: sysid.to_string(),

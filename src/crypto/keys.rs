@@ -179,7 +179,7 @@ fn random<const N: usize>() -> Result<[u8; N]> {
     Ok(b)
 }
 
-fn kek(secret: &Secret, kdf: &Kdf, salt: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
+fn kek(secret: &Secret, kdf: &Kdf, salt: &[u8], location: &str) -> Result<Zeroizing<[u8; 32]>> {
     let mut out = Zeroizing::new([0u8; 32]);
     match (secret, kdf) {
         (Secret::Passphrase(p), Kdf::Argon2id(c)) => {
@@ -195,17 +195,16 @@ fn kek(secret: &Secret, kdf: &Kdf, salt: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
                 .expand(b"pgcellar key-file kek v1", &mut *out)
                 .map_err(|_| Error::invalid("key derivation failed"))?;
         }
-        (s, _) => {
+        (Secret::Passphrase(_), Kdf::HkdfSha256) => {
             return Err(Error::config(format!(
-                "this repository's key is opened with a {}, but a {} was given",
-                match kdf {
-                    Kdf::Argon2id(_) => "passphrase",
-                    Kdf::HkdfSha256 => "key file",
-                },
-                match s {
-                    Secret::Passphrase(_) => "passphrase",
-                    Secret::KeyFile(_) => "key file",
-                }
+                "the passphrase given does not open {location}/{KEY_FILE}: it is opened with \
+                 a key file (rotated since?); give --key-file FILE"
+            )))
+        }
+        (Secret::KeyFile(_), Kdf::Argon2id(_)) => {
+            return Err(Error::config(format!(
+                "the key file given does not open {location}/{KEY_FILE}: it is opened with a \
+                 passphrase (rotated since?); give --passphrase-file FILE or PGCELLAR_PASSPHRASE"
             )))
         }
     }
@@ -226,7 +225,7 @@ fn wrap(master: &[u8; 32], key_id: &str, secret: &Secret, cost: Argon2Cost) -> R
     };
     let salt = random::<32>()?;
     let nonce = random::<24>()?;
-    let kek = kek(secret, &kdf, &salt)?;
+    let kek = kek(secret, &kdf, &salt, "the new key")?;
     let wrapped = XChaCha20Poly1305::new((&*kek).into())
         .encrypt(
             (&nonce).into(),
@@ -273,7 +272,7 @@ fn unwrap_master(w: &WrappedKey, secret: &Secret, location: &str) -> Result<Zero
     let salt = field("salt", &w.salt, 32)?;
     let nonce = field("nonce", &w.nonce, 24)?;
     let wrapped = field("wrapped_key", &w.wrapped_key, 48)?;
-    let kek = kek(secret, &w.kdf, &salt)?;
+    let kek = kek(secret, &w.kdf, &salt, location)?;
     let master = XChaCha20Poly1305::new((&*kek).into())
         .decrypt(
             nonce.as_slice().into(),

@@ -641,7 +641,12 @@ fn damaged_pg_control_or_killed_restore_never_starts(repo: &RepoDir) {
     }
     restore_ok(repo, &a.pgdata, &["--backup", &id, "--delta"]);
     assert_eq!(inode(), before, "{rel} was rewritten, not patched");
-    let (sha, size) = pgcellar::codec::hash(&[], &mut fs::File::open(&local).unwrap()).unwrap();
+    let (sha, size) = pgcellar::codec::hash(
+        &Default::default(),
+        &[],
+        &mut fs::File::open(&local).unwrap(),
+    )
+    .unwrap();
     assert_eq!((sha, size), (big.sha256.clone(), big.size));
     a.append_conf(&[
         format!("port = {}", a.port),

@@ -261,7 +261,11 @@ fn deletes_keep_every_referenced_object_and_corruption_is_never_delivered(repo: 
     consistent(repo, false, "after four backups");
 
     // pgcellar cat: the file as the manifest describes it, by either path form.
-    let sha = |b: &[u8]| pgcellar::codec::hash(&[], &mut &b[..]).unwrap().0;
+    let sha = |b: &[u8]| {
+        pgcellar::codec::hash(&Default::default(), &[], &mut &b[..])
+            .unwrap()
+            .0
+    };
     let control = manifest(repo, &ids[3])
         .files
         .into_iter()

@@ -12,6 +12,7 @@ mod architecture;
 
 mod backup_restore;
 mod catalog;
+mod encryption;
 mod faults;
 mod format2;
 mod garage_cluster;

@@ -622,7 +622,7 @@ fn assert_archive_whole(repo: &RepoDir) {
         let stored = repo.read_stored(&format!("{}/wal/{f}", repo.server));
         let mut input = stored.as_slice();
         let mut out = Vec::new();
-        let stats = pgcellar::codec::decode(&mut input, &mut out, compression)
+        let stats = pgcellar::codec::decode(&Default::default(), &mut input, &mut out, compression)
             .unwrap_or_else(|e| panic!("{f} is torn: {e}"));
         assert_eq!(stats.sha256, sha, "{f} does not hash to its name");
         assert_eq!(sha256_hex(&out), sha, "{f}");

@@ -631,6 +631,9 @@ pub struct RepoDir {
     /// the flags that reach the store, and the settings arguments. `path` is then
     /// not where anything is stored: inspect through [`RepoDir::storage`].
     pub s3: Option<(String, Vec<String>, pgcellar::config::CommonArgs)>,
+    /// When set, the repository is encrypted and opened with this secret: the flag
+    /// (`--key-file` or `--passphrase-file`) and the file, readable by postgres.
+    pub key: std::sync::Mutex<Option<(String, PathBuf)>>,
 }
 
 impl RepoDir {
@@ -644,7 +647,34 @@ impl RepoDir {
             server: "main".to_string(),
             ssh: None,
             s3: None,
+            key: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The same repository, to be created encrypted under a new key file
+    /// (`pgcellar key generate`), which every command then gets.
+    pub fn encrypted(self) -> RepoDir {
+        let key = self.dir.join("repo.key");
+        run_ok(
+            Command::new(bin("pgcellar"))
+                .args(["key", "generate"])
+                .arg(&key),
+        );
+        chown_postgres(&key);
+        self.set_key("--key-file", &key);
+        self
+    }
+
+    /// Open the repository with `flag file` from now on (after a rotation).
+    pub fn set_key(&self, flag: &str, file: &Path) {
+        if let Ok(mut k) = self.key.lock() {
+            *k = Some((flag.to_string(), file.to_path_buf()));
+        }
+    }
+
+    /// The secret the binaries are given, if the repository is encrypted.
+    pub fn key(&self) -> Option<(String, PathBuf)> {
+        self.key.lock().ok().and_then(|k| k.clone())
     }
 
     /// A new repository under its own prefix of `garage`'s bucket.
@@ -702,6 +732,10 @@ impl RepoDir {
         if let Some((_, flags, _)) = &self.s3 {
             a.extend(flags.iter().cloned());
         }
+        if let Some((flag, file)) = self.key() {
+            a.push(flag);
+            a.push(file.display().to_string());
+        }
         a
     }
 
@@ -739,14 +773,24 @@ impl RepoDir {
             .arg("--conninfo")
             .arg(cluster.conninfo())
             .arg("init");
+        if self.key().is_some() {
+            c.arg("--encrypt");
+        }
         run_ok(&mut c);
     }
 
     /// The settings the binaries resolve from [`RepoDir::args`] (no config file).
     pub fn settings(&self) -> pgcellar::config::Settings {
+        let (passphrase_file, key_file) = match self.key() {
+            Some((flag, file)) if flag == "--passphrase-file" => (Some(file), None),
+            Some((_, file)) => (None, Some(file)),
+            None => (None, None),
+        };
         if let Some((_, _, args)) = &self.s3 {
             let mut args = args.clone();
             args.server = Some(self.server.clone());
+            args.passphrase_file = passphrase_file;
+            args.key_file = key_file;
             return pgcellar::config::Settings::resolve(&args, None).expect("settings");
         }
         let args = pgcellar::config::CommonArgs {
@@ -756,13 +800,16 @@ impl RepoDir {
             ssh_known_hosts: self.ssh.as_ref().map(|s| s.2.clone()),
             // As the binaries get PGCELLAR_ALLOW_ROOT from bin_dir() (CI runs as root).
             allow_root: true,
+            passphrase_file,
+            key_file,
             ..Default::default()
         };
         pgcellar::config::Settings::resolve(&args, None).expect("settings")
     }
 
     /// This repository's storage through its own driver (an SSH session for an
-    /// ssh:// repository), as the binaries open it.
+    /// ssh:// repository), as the binaries open it, but without decrypting anything:
+    /// the bytes as they are stored.
     pub fn storage(&self) -> Box<dyn pgcellar::storage::Storage> {
         let s = self.settings();
         pgcellar::storage::open_with(s.repo_url().expect("repo url"), &s.storage_options())
@@ -807,6 +854,8 @@ impl RepoDir {
 pub fn list_tree(s: &dyn pgcellar::storage::Storage, dir: &str, rel: &str, out: &mut Vec<String>) {
     let here = if rel.is_empty() {
         dir.to_string()
+    } else if dir.is_empty() {
+        rel.to_string()
     } else {
         format!("{dir}/{rel}")
     };

@@ -41,7 +41,7 @@ pub struct Settings {
     /// Whether a local repository may be written while running as root.
     pub allow_root: bool,
     /// Where the secret of an encrypted repository comes from.
-    pub key: super::KeySource,
+    pub key: super::key::KeySource,
     /// The flags and environment, for the command families resolved later.
     pub(super) args: CommonArgs,
     /// The raw file values, for the same; nothing outside `config` reads them.

@@ -290,14 +290,18 @@ const MAP: &[(&str, &[&str])] = &[
     ("util", &["error"]),
     ("names", &["error"]),
     ("pg", &["error", "util"]),
-    ("codec", &["error"]),
+    ("crypto", &["error"]),
+    ("codec", &["error", "crypto"]),
     ("wal", &["error", "names"]),
-    ("storage", &["error", "util", "names"]),
-    ("config", &["error", "util", "names", "codec", "storage"]),
+    ("storage", &["error", "util", "names", "crypto", "codec"]),
+    (
+        "config",
+        &["error", "util", "names", "crypto", "codec", "storage"],
+    ),
     (
         "repo",
         &[
-            "error", "util", "names", "codec", "wal", "storage", "config",
+            "error", "util", "names", "crypto", "codec", "wal", "storage", "config",
         ],
     ),
     (
@@ -321,7 +325,8 @@ const MAP: &[(&str, &[&str])] = &[
     (
         "catalog",
         &[
-            "error", "util", "names", "pg", "codec", "wal", "storage", "config", "repo", "archive",
+            "error", "util", "names", "pg", "crypto", "codec", "wal", "storage", "config", "repo",
+            "archive",
         ],
     ),
     ("cli", &["error", "util"]),

@@ -405,18 +405,10 @@ pub fn push_file(
             return Ok((FileOutcome::Recorded { sha256 }, report));
         }
     }
-    let pushed = if settings.key.is_set() {
-        // Encrypted: naming the content takes the repository's key, so it opens first.
-        Repository::open_server(settings).and_then(|(repo, server)| {
-            let outcome = crate::archive::push(&repo, &server, wal_path, settings.codec)?;
-            Ok((outcome, repo, server))
-        })
-    } else {
-        // The repository opens (an SSH handshake) while the file is already compressed.
-        push_overlapped(wal_path, settings.codec, || {
-            Repository::open_server(settings)
-        })
-    };
+    // The repository opens (an SSH handshake) while the file is already compressed.
+    let pushed = push_overlapped(wal_path, settings.codec, || {
+        Repository::open_server(settings)
+    });
     let (Some(la), Some(name)) = (la, name) else {
         let (outcome, _, _) = pushed?;
         return Ok((FileOutcome::Pushed(outcome), BatchReport::default()));

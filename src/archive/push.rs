@@ -199,7 +199,7 @@ pub fn push_overlapped(
         let mut sink = DeferredSink { rx, state };
         let mut encoded = match sink.state {
             SinkState::Existing(_) => Err(already_archived()),
-            // Overlap runs only unencrypted (see the caller), so the hash is plain.
+            // The key is not known yet: hash plain, and key the digest once it is.
             _ => codec::encode_pipelined(
                 &ContentHash::Sha256,
                 &src.head,
@@ -223,6 +223,18 @@ pub fn push_overlapped(
     // failure of the encoder, which then only saw a closed channel.
     let (repo, server) = opened?;
     let storage = repo.storage();
+    // In an encrypted repository the name carries the keyed id of the SHA-256 just
+    // taken (docs/repository-format.md, 9B.3), so the encoder did not need the key.
+    let encoded = match encoded {
+        (Ok(mut stats), state) => {
+            stats.sha256 = storage
+                .content_hash()
+                .id_of_sha256(&stats.content_sha256)
+                .unwrap_or_default();
+            (Ok(stats), state)
+        }
+        other => other,
+    };
     let outcome = match encoded {
         (Ok(stats), SinkState::Writing(out)) => finish(storage, &server, &src, out, stats, codec)?,
         (Ok(stats), SinkState::Existing(existing)) => compare_existing(

@@ -506,6 +506,21 @@ mod tests {
     }
 
     #[test]
+    fn the_files_needed_to_open_an_encrypted_repository_stay_in_clear() {
+        assert!(layout::in_clear(ROOT_FILE) && layout::in_clear(KEY_FILE));
+        assert!(layout::in_clear(&layout::lock_file("main", "server")));
+        for path in [
+            layout::server_file("main"),
+            layout::backup_manifest("main", "20261202T213000"),
+            layout::backup_keep_marker("main", "20261202T213000"),
+            layout::object_file("main", &"ab".repeat(32), "zst"),
+            format!("{}/x", layout::wal_root("main")),
+        ] {
+            assert!(!layout::in_clear(&path), "{path}");
+        }
+    }
+
+    #[test]
     fn server_names() {
         for ok in ["main", "db-1", "pg15.prod", "A_b"] {
             check_server_name(ok).unwrap();

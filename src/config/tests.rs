@@ -206,3 +206,46 @@ fn example_config_parses() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pgcellar.toml");
     file::FileConfig::load(&path).unwrap();
 }
+
+#[test]
+fn the_repository_secret_comes_from_exactly_one_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let pass = dir.path().join("p");
+    std::fs::write(&pass, "a passphrase\n").unwrap();
+    let cfg = write_cfg(&format!("key_file = {:?}\n", key.display().to_string()));
+    // From the file, when no flag names one.
+    let from_file = CommonArgs {
+        config: Some(cfg.path().to_path_buf()),
+        ..Default::default()
+    };
+    let s = Settings::resolve(&from_file, None).unwrap();
+    assert_eq!(s.key, KeySource::KeyFile(key.clone()));
+    assert!(matches!(
+        s.key.read().unwrap(),
+        Some(crate::crypto::Secret::KeyFile(_))
+    ));
+    // A flag replaces the file's choice instead of adding a second secret.
+    let flag = CommonArgs {
+        passphrase_file: Some(pass.clone()),
+        ..from_file.clone()
+    };
+    assert_eq!(
+        Settings::resolve(&flag, None).unwrap().key,
+        KeySource::PassphraseFile(pass.clone())
+    );
+    // Two flags at once are a mistake, not a guess.
+    let both = CommonArgs {
+        passphrase_file: Some(pass),
+        key_file: Some(key),
+        ..Default::default()
+    };
+    let msg = Settings::resolve(&both, None).unwrap_err().to_string();
+    assert!(msg.contains("more than one repository secret"), "{msg}");
+    // A short key file is refused when read, with what to do.
+    let short = dir.path().join("short");
+    std::fs::write(&short, "abc").unwrap();
+    let msg = KeySource::KeyFile(short).read().err().unwrap().to_string();
+    assert!(msg.contains("pgcellar key generate"), "{msg}");
+}

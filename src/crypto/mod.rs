@@ -3,7 +3,7 @@
 //! (`chacha20poly1305` with its STREAM construction, `argon2`, `hkdf`, `hmac`);
 //! nothing here is a cipher of our own. The storage layer `storage::layer::Encrypted`
 //! applies the cipher to every file; `codec::Digest` applies the name key.
-//! A leaf below `repo` and `storage`: it imports neither.
+//! Below `repo` and `storage`: it imports neither (only `error` and `util`).
 
 pub mod keys;
 pub mod stream;

@@ -168,7 +168,7 @@ impl<R: Read> Opener<R> {
     }
 
     fn start(&mut self) -> io::Result<()> {
-        let n = read_up_to(&mut self.inner, &mut self.header)?;
+        let n = crate::util::read_full(&mut self.inner, &mut self.header)?;
         self.stored += n as u64;
         if n < HEADER || &self.header[..MAGIC.len()] != MAGIC {
             return Err(io::Error::new(
@@ -197,7 +197,7 @@ impl<R: Read> Opener<R> {
         let want = CHUNK + TAG + 1;
         let have = self.raw.len();
         self.raw.resize(want, 0);
-        let n = read_up_to(&mut self.inner, &mut self.raw[have..])?;
+        let n = crate::util::read_full(&mut self.inner, &mut self.raw[have..])?;
         self.stored += n as u64;
         self.raw.truncate(have + n);
         let last = self.raw.len() < want;
@@ -238,20 +238,6 @@ impl<R: Read> Read for Opener<R> {
         self.pos += n;
         Ok(n)
     }
-}
-
-/// Fill `buf` as far as `r` allows; fewer bytes only at the end of the stream.
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

@@ -290,7 +290,7 @@ const MAP: &[(&str, &[&str])] = &[
     ("util", &["error"]),
     ("names", &["error"]),
     ("pg", &["error", "util"]),
-    ("crypto", &["error"]),
+    ("crypto", &["error", "util"]),
     ("codec", &["error", "crypto"]),
     ("wal", &["error", "names"]),
     ("storage", &["error", "util", "names", "crypto", "codec"]),

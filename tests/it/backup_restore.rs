@@ -765,12 +765,6 @@ fn restore_refuses_a_wal_get_the_data_directory_owner_cannot_run() {
 
 on_both_backends!(killed_and_racing_writers_leave_a_consistent_repository);
 
-fn pgcellar_cmd(repo: &RepoDir, args: &[&str]) -> Output {
-    let mut cmd = pg_command(bin("pgcellar"));
-    cmd.args(repo.args()).args(args);
-    cmd.output().expect("spawn pgcellar")
-}
-
 fn out_text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -826,7 +820,7 @@ fn bytes_read_by(pid: u32) -> u64 {
 }
 
 fn list_json(repo: &RepoDir) -> Vec<serde_json::Value> {
-    let o = pgcellar_cmd(repo, &["list", "--json"]);
+    let o = repo.pgcellar(&["list", "--json"]);
     assert!(o.status.success(), "{}", out_text(&o));
     serde_json::from_slice::<serde_json::Value>(&o.stdout)
         .unwrap()
@@ -836,7 +830,7 @@ fn list_json(repo: &RepoDir) -> Vec<serde_json::Value> {
 }
 
 fn verify_all_ok(repo: &RepoDir) {
-    let o = pgcellar_cmd(repo, &["verify", "--all"]);
+    let o = repo.pgcellar(&["verify", "--all"]);
     assert_eq!(o.status.code(), Some(0), "verify --all: {}", out_text(&o));
 }
 
@@ -882,7 +876,7 @@ fn killed_and_racing_writers_leave_a_consistent_repository(repo: &RepoDir) {
             holder.get_or_insert(h.clone());
             assert_eq!(Some(&h), holder.as_ref(), "the lock changed hands");
         }
-        let o = pgcellar_cmd(repo, &["--config", &cfg_arg, "cron"]);
+        let o = repo.pgcellar(&["--config", &cfg_arg, "cron"]);
         assert!(o.status.success(), "{}", out_text(&o));
         assert!(
             !out_text(&o).contains("removed aborted"),
@@ -1023,7 +1017,7 @@ fn killed_and_racing_writers_leave_a_consistent_repository(repo: &RepoDir) {
     assert!(killed, "expire finished before it could be killed");
     verify_all_ok(repo);
     // The next expire recovers the lock and finishes the job.
-    let o = pgcellar_cmd(repo, &["expire", "--retention", "REDUNDANCY 1"]);
+    let o = repo.pgcellar(&["expire", "--retention", "REDUNDANCY 1"]);
     assert!(o.status.success(), "{}", out_text(&o));
     let rows = list_json(repo);
     assert_eq!(
@@ -1126,9 +1120,9 @@ fn a_long_running_holder_keeps_its_lock_and_a_dead_one_loses_it() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["id"], id.as_str());
     assert_eq!(rows[0]["status"], "running", "{rows:?}");
-    let o = pgcellar_cmd(&repo, &["cron"]);
+    let o = repo.pgcellar(&["cron"]);
     assert!(o.status.success(), "{}", out_text(&o));
-    let o = pgcellar_cmd(&repo, &["expire", "--retention", "REDUNDANCY 1"]);
+    let o = repo.pgcellar(&["expire", "--retention", "REDUNDANCY 1"]);
     assert_eq!(o.status.code(), Some(1), "{}", out_text(&o));
     assert!(
         out_text(&o).contains("locked by base-backup"),
@@ -1150,7 +1144,7 @@ fn a_long_running_holder_keeps_its_lock_and_a_dead_one_loses_it() {
     write_lock(dead, now - chrono::Duration::minutes(30));
     let rows = list_json(&repo);
     assert_eq!(rows[0]["status"], "aborted", "{rows:?}");
-    let o = pgcellar_cmd(&repo, &["--conninfo", &c.conninfo(), "check", "--json"]);
+    let o = repo.pgcellar(&["--conninfo", &c.conninfo(), "check", "--json"]);
     let r: serde_json::Value =
         serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", out_text(&o)));
     let row = check_row(&r, "aborted_backups");
@@ -1159,7 +1153,7 @@ fn a_long_running_holder_keeps_its_lock_and_a_dead_one_loses_it() {
     assert!(message.contains(&id), "{r}");
     // One line a person reads: no runs of blanks from a broken string continuation.
     assert!(!message.contains("  "), "{message:?}");
-    let o = pgcellar_cmd(&repo, &["cron"]);
+    let o = repo.pgcellar(&["cron"]);
     assert!(o.status.success(), "{}", out_text(&o));
     assert!(
         out_text(&o).contains(&format!("removed aborted backup directory {id}")),

@@ -62,14 +62,6 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-fn pgcellar(repo: &RepoDir, args: &[&str]) -> Output {
-    pg_command(bin("pgcellar"))
-        .args(repo.args())
-        .args(args)
-        .output()
-        .expect("spawn pgcellar")
-}
-
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
@@ -138,7 +130,7 @@ fn encrypted_repository_round_trips_and_stores_no_plaintext(repo: &RepoDir) {
     r.amcheck();
     drop(r);
 
-    let out = pgcellar(repo, &["verify", "--all"]);
+    let out = repo.pgcellar(&["verify", "--all"]);
     assert!(out.status.success(), "verify: {}", stderr(&out));
 
     // Nothing stored holds the marker, or the SHA-256 of a file the backup holds
@@ -272,26 +264,23 @@ fn rotation_wrong_keys_and_tampering_fail_cleanly(repo: &RepoDir) {
     let pass = other.join("passphrase");
     fs::write(&pass, "correct horse battery staple\n").unwrap();
     chown_postgres(&pass);
-    let out = pgcellar(
-        repo,
-        &[
-            "key",
-            "rotate",
-            "--new-passphrase-file",
-            &pass.display().to_string(),
-            "--kdf-memory",
-            "8",
-            "--kdf-iterations",
-            "1",
-        ],
-    );
+    let out = repo.pgcellar(&[
+        "key",
+        "rotate",
+        "--new-passphrase-file",
+        &pass.display().to_string(),
+        "--kdf-memory",
+        "8",
+        "--kdf-iterations",
+        "1",
+    ]);
     assert!(out.status.success(), "rotate: {}", stderr(&out));
     assert_eq!(key_id(repo), before);
-    let old = pgcellar(repo, &["list"]);
+    let old = repo.pgcellar(&["list"]);
     assert_eq!(old.status.code(), Some(1));
     assert!(stderr(&old).contains("does not open"), "{}", stderr(&old));
     repo.set_key("--passphrase-file", &pass);
-    let listed = pgcellar(repo, &["list"]);
+    let listed = repo.pgcellar(&["list"]);
     assert!(listed.status.success(), "{}", stderr(&listed));
     let r = restore_and_start(repo, &["--backup", &id]);
     assert_eq!(r.psql("SELECT count(*) FROM t"), "2000");
@@ -323,7 +312,7 @@ fn rotation_wrong_keys_and_tampering_fail_cleanly(repo: &RepoDir) {
     );
     let object = format!("{}/objects/{}", repo.server, objects[objects.len() / 2]);
     flip_a_byte(repo, &object);
-    let out = pgcellar(repo, &["verify", &id]);
+    let out = repo.pgcellar(&["verify", &id]);
     assert!(!out.status.success(), "verify passed a damaged object");
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
     assert!(said.contains("altered"), "{said}");

@@ -17,12 +17,6 @@ on_all_backends!(killed_sweeps_and_a_concurrent_backup_never_lose_a_referenced_o
 // Damages objects on disk.
 on_both_backends!(deletes_keep_every_referenced_object_and_corruption_is_never_delivered);
 
-fn pgcellar(repo: &RepoDir, args: &[&str]) -> Output {
-    let mut cmd = pg_command(bin("pgcellar"));
-    cmd.args(repo.args()).args(args);
-    cmd.output().expect("spawn pgcellar")
-}
-
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -32,7 +26,7 @@ fn text(o: &Output) -> String {
 }
 
 fn ok(repo: &RepoDir, args: &[&str]) -> String {
-    let o = pgcellar(repo, args);
+    let o = repo.pgcellar(args);
     assert!(o.status.success(), "pgcellar {args:?}: {}", text(&o));
     String::from_utf8_lossy(&o.stdout).to_string()
 }
@@ -112,7 +106,7 @@ fn stored_objects(repo: &RepoDir) -> BTreeSet<String> {
 /// verify --all passes and every object a backup names is stored; with `exact`, no
 /// other object is (nothing is running, so a sweep leaves nothing unreferenced).
 fn consistent(repo: &RepoDir, exact: bool, when: &str) {
-    let o = pgcellar(repo, &["verify", "--all"]);
+    let o = repo.pgcellar(&["verify", "--all"]);
     assert_eq!(
         o.status.code(),
         Some(0),
@@ -215,7 +209,7 @@ fn users_of(repo: &RepoDir, object: &str) -> Vec<String> {
 
 /// `pgcellar cat` of `path` in backup `id`: (exit code, stdout bytes, stderr).
 fn cat(repo: &RepoDir, id: &str, path: &str) -> (Option<i32>, Vec<u8>, String) {
-    let o = pgcellar(repo, &["cat", id, path]);
+    let o = repo.pgcellar(&["cat", id, path]);
     (
         o.status.code(),
         o.stdout,
@@ -358,7 +352,7 @@ fn deletes_keep_every_referenced_object_and_corruption_is_never_delivered(repo: 
         assert!(users.contains(&latest), "{what}: {users:?}");
 
         // verify of the latest backup alone names every backup the object breaks.
-        let o = pgcellar(repo, &["verify", "--json"]);
+        let o = repo.pgcellar(&["verify", "--json"]);
         assert_eq!(o.status.code(), Some(1), "{what}: {}", text(&o));
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
         let p = v[0]["problems"]
@@ -374,7 +368,7 @@ fn deletes_keep_every_referenced_object_and_corruption_is_never_delivered(repo: 
             ["checksum_mismatch", "file_unreadable"].contains(&kind),
             "{what}: {p}"
         );
-        let human = pgcellar(repo, &["verify", "--all"]);
+        let human = repo.pgcellar(&["verify", "--all"]);
         assert_eq!(human.status.code(), Some(1));
         let human = text(&human);
         assert!(human.contains(&file.path), "{what}: {human}");
@@ -430,7 +424,7 @@ fn deletes_keep_every_referenced_object_and_corruption_is_never_delivered(repo: 
     let stored = repo.path.join(&object);
     let original = fs::read(&stored).unwrap();
     fs::remove_file(&stored).unwrap();
-    let o = pgcellar(repo, &["verify", "--all", "--json"]);
+    let o = repo.pgcellar(&["verify", "--all", "--json"]);
     assert_eq!(o.status.code(), Some(1));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     let users = users_of(repo, &object);
@@ -511,7 +505,7 @@ fn killed_sweeps_and_a_concurrent_backup_never_lose_a_referenced_object(repo: &R
         );
         consistent(repo, false, &format!("after a sweep killed at N={n}"));
         // The next command breaks the dead process's lock; cron finishes the sweep.
-        let o = pgcellar(repo, &["cron"]);
+        let o = repo.pgcellar(&["cron"]);
         assert!(o.status.success(), "N={n}: cron: {}", text(&o));
         consistent(repo, true, &format!("after cron, N={n}"));
     }
@@ -559,7 +553,7 @@ fn killed_sweeps_and_a_concurrent_backup_never_lose_a_referenced_object(repo: &R
     }
     let mut raced = 0;
     while child.try_wait().unwrap().is_none() {
-        let o = pgcellar(repo, &["delete", "oldest"]);
+        let o = repo.pgcellar(&["delete", "oldest"]);
         if child.try_wait().unwrap().is_some() {
             break;
         }
@@ -570,7 +564,7 @@ fn killed_sweeps_and_a_concurrent_backup_never_lose_a_referenced_object(repo: &R
             text(&o)
         );
         assert!(text(&o).contains("locked by base-backup"), "{}", text(&o));
-        let o = pgcellar(repo, &["cron"]);
+        let o = repo.pgcellar(&["cron"]);
         assert!(o.status.success(), "{}", text(&o));
         assert!(o.stdout.is_empty(), "cron beside base-backup: {}", text(&o));
         raced += 1;
@@ -585,6 +579,6 @@ fn killed_sweeps_and_a_concurrent_backup_never_lose_a_referenced_object(repo: &R
     consistent(repo, true, "after the racing backup");
     ok(repo, &["delete", "oldest"]);
     consistent(repo, true, "after a delete once the backup ended");
-    let o = pgcellar(repo, &["cron"]);
+    let o = repo.pgcellar(&["cron"]);
     assert!(o.status.success() && o.stdout.is_empty(), "{}", text(&o));
 }

@@ -26,16 +26,8 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn pgcellar(repo: &RepoDir, args: &[&str]) -> Output {
-    pg_command(bin("pgcellar"))
-        .args(repo.args())
-        .args(args)
-        .output()
-        .expect("spawn pgcellar")
-}
-
 fn pgcellar_json(repo: &RepoDir, args: &[&str]) -> Value {
-    let o = pgcellar(repo, args);
+    let o = repo.pgcellar(args);
     assert!(o.status.success(), "pgcellar {args:?}: {}", text(&o));
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&o)))
 }
@@ -143,7 +135,7 @@ fn uploads_a_crash_leaves_unfinished_are_aborted_by_cron() {
     crashed_backup();
     // The shortest age cron accepts; the upload is older than that by then.
     std::thread::sleep(Duration::from_secs(2));
-    let o = pgcellar(&repo, &["--aborted-backup-max-age", "1", "cron"]);
+    let o = repo.pgcellar(&["--aborted-backup-max-age", "1", "cron"]);
     assert!(o.status.success(), "cron: {}", text(&o));
     assert!(
         text(&o).contains("unfinished upload"),
@@ -335,7 +327,7 @@ fn catalog_commands_and_recovery_on_s3() {
     let show = pgcellar_json(&repo, &["show", "oldest", "--json"]);
     assert_eq!(show["wal_needed"]["complete"], true, "{show}");
     let keep_file = format!("main/backups/{b1}/keep");
-    assert!(pgcellar(&repo, &["keep", &b1]).status.success());
+    assert!(repo.pgcellar(&["keep", &b1]).status.success());
     assert!(repo.storage().stat(&keep_file).unwrap().is_some());
     let plan = pgcellar_json(
         &repo,
@@ -352,9 +344,7 @@ fn catalog_commands_and_recovery_on_s3() {
         serde_json::json!([]),
         "a kept backup is not expired: {plan}"
     );
-    assert!(pgcellar(&repo, &["keep", &b1, "--release"])
-        .status
-        .success());
+    assert!(repo.pgcellar(&["keep", &b1, "--release"]).status.success());
     assert!(repo.storage().stat(&keep_file).unwrap().is_none());
     let out = pgcellar_json(&repo, &["expire", "--json", "--retention", "REDUNDANCY 1"]);
     assert_eq!(out["deleted"], serde_json::json!([b1.as_str()]), "{out}");
@@ -369,7 +359,7 @@ fn catalog_commands_and_recovery_on_s3() {
     for row in check["checks"].as_array().unwrap() {
         assert_eq!(row["status"], "ok", "{row}");
     }
-    let cron = pgcellar(&repo, &["cron"]);
+    let cron = repo.pgcellar(&["cron"]);
     assert!(cron.status.success(), "cron: {}", text(&cron));
 
     c.psql("INSERT INTO t VALUES (1000)");

@@ -750,6 +750,15 @@ impl RepoDir {
         format!("{} -v {} %p", bin("wal-push").display(), self.shell_args())
     }
 
+    /// Run `pgcellar ARGS` on this repository as postgres (like a DBA would).
+    pub fn pgcellar(&self, args: &[&str]) -> Output {
+        pg_command(bin("pgcellar"))
+            .args(self.args())
+            .args(args)
+            .output()
+            .expect("spawn pgcellar")
+    }
+
     /// `restore_command` that gets from this repository.
     pub fn restore_command(&self) -> String {
         format!("{} {} %f %p", bin("wal-get").display(), self.shell_args())

@@ -4,6 +4,7 @@
 #
 #   bash benches/encryption.sh [SCALE]        (default 100: a ~1.5 GB data directory)
 #   ROUNDS=3 SEGMENTS=20 bash benches/encryption.sh
+#   PUSH_ONLY=1 ROUNDS=9 bash benches/encryption.sh 30   (only step 1, more rounds)
 #
 # One scratch PostgreSQL 15 cluster (16 MiB segments) archives every WAL file into
 # four repositories: pgcellar plain, pgcellar encrypted (key file), pgBackRest repo1
@@ -166,6 +167,7 @@ for round in $(seq 1 "$ROUNDS"); do
         esac
         timed "push_$r" "${AS[@]}" bash -c 'SEGS=($SEGS_LIST); for f in "${SEGS[@]}"; do "$W/bin/wal-push" -q "$@" --push-lookahead 0 "$W/segs/$f"; done' _ "${args[@]}"
     done
+    [ -n "${PUSH_ONLY:-}" ] && continue
     settle
     timed bb_plain "${BB[@]}" "${PLAIN[@]}"
     settle
@@ -180,11 +182,15 @@ for round in $(seq 1 "$ROUNDS"); do
     timed pgbr_restore_plain "${PGBR[@]}" --repo=1 --pg1-path="$W/r/pgbr_plain" --process-max=2 restore
     timed pgbr_restore_enc "${PGBR[@]}" --repo=2 --pg1-path="$W/r/pgbr_enc" --process-max=2 restore
 done
-# The encrypted restore rebuilt the same files as the plain one.
-diff -r -q -x postgresql.auto.conf -x recovery.signal -x backup_label "$W/r/plain" "$W/r/enc" >/dev/null \
-    || { echo "the encrypted restore differs from the plain one" >&2; exit 1; }
+if [ -z "${PUSH_ONLY:-}" ]; then
+# Both restores hold the same relation files (the two backups are separate copies of
+# a live cluster, so bytes may differ; the tests check content byte for byte).
+files() { (cd "$1" && find base global -type f | sort); }
+[ "$(files "$W/r/plain")" = "$(files "$W/r/enc")" ] \
+    || { echo "the encrypted restore holds other files than the plain one" >&2; exit 1; }
 BYTES_PLAIN=$(du -sb "$W/repo-plain/bench/objects" | cut -f1)
 BYTES_ENC=$(du -sb "$W/repo-enc/bench/objects" | cut -f1)
+fi
 
 python3 - <<EOF
 import statistics
@@ -196,6 +202,8 @@ print(f"data directory {$DATA_BYTES/1e6:.0f} MB (pgbench scale $SCALE); medians 
       f"CPU = user+sys of the command and its children")
 print(f"{'step':44} {'plain':>9} {'encrypted':>10} {'ratio':>6} {'cpu plain':>10} {'cpu enc':>8} {'ratio':>6}")
 def row(label, a, b):
+    if a not in T or b not in T:
+        return
     print(f"{label:44} {med(T[a]):>8.2f}s {med(T[b]):>9.2f}s {med(T[b])/med(T[a]):>5.2f}x "
           f"{med(C[a]):>9.2f}s {med(C[b]):>7.2f}s {med(C[b])/med(C[a]):>5.2f}x")
 row("pgcellar serial wal-push x $SEGMENTS, key file", "push_plain", "push_enc")
@@ -205,7 +213,8 @@ row("pgcellar restore --jobs 2", "restore_plain", "restore_enc")
 row("pgBackRest backup full, process-max 2", "pgbr_bb_plain", "pgbr_bb_enc")
 row("pgBackRest restore, process-max 2", "pgbr_restore_plain", "pgbr_restore_enc")
 print(f"target: encrypted/plain wall <= 1.10x for serial wal-push, backup and restore")
-print(f"stored objects: plain {$BYTES_PLAIN/1e6:.1f} MB, encrypted {$BYTES_ENC/1e6:.1f} MB")
+if "${BYTES_PLAIN:-}":
+    print(f"stored objects: plain {${BYTES_PLAIN:-0}/1e6:.1f} MB, encrypted {${BYTES_ENC:-0}/1e6:.1f} MB")
 for k in sorted(T):
     print(f"  samples {k}: wall {T[k].split()} cpu {C[k].split()}")
 EOF

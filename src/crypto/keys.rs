@@ -1,14 +1,15 @@
 //! The repository's keys. A random 256-bit master key is made once, at `init`, and
 //! never changes; what is stored (`pgcellar.key`) is that key wrapped (encrypted with
-//! XChaCha20-Poly1305) under a key-encryption key derived from the user's secret:
+//! AES-256-GCM) under a key-encryption key derived from the user's secret and a fresh
+//! random salt (so a key-encryption key wraps once, and a random nonce is safe):
 //! Argon2id for a passphrase, HKDF-SHA-256 for a key file (already high-entropy, so
 //! opening costs nothing per call). Rotation rewraps the same master key under a new
 //! secret, so no stored byte is re-encrypted. The keys actually used are derived
 //! from the master key with HKDF, one per purpose.
 
 use crate::error::{Error, ErrorKind, Result};
-use chacha20poly1305::aead::{Aead, Payload};
-use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
+use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::{Aes256Gcm, KeyInit};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::sync::Arc;
@@ -224,9 +225,9 @@ fn wrap(master: &[u8; 32], key_id: &str, secret: &Secret, cost: Argon2Cost) -> R
         Secret::KeyFile(_) => Kdf::HkdfSha256,
     };
     let salt = random::<32>()?;
-    let nonce = random::<24>()?;
+    let nonce = random::<12>()?;
     let kek = kek(secret, &kdf, &salt, "the new key")?;
-    let wrapped = XChaCha20Poly1305::new((&*kek).into())
+    let wrapped = Aes256Gcm::new((&*kek).into())
         .encrypt(
             (&nonce).into(),
             Payload {
@@ -240,7 +241,7 @@ fn wrap(master: &[u8; 32], key_id: &str, secret: &Secret, cost: Argon2Cost) -> R
         wrapped_by: secret.kind().to_string(),
         kdf,
         salt: hex::encode(salt),
-        cipher: "xchacha20poly1305".to_string(),
+        cipher: "aes-256-gcm".to_string(),
         nonce: hex::encode(nonce),
         wrapped_key: hex::encode(wrapped),
         key_id: key_id.to_string(),
@@ -260,7 +261,7 @@ fn unwrap_master(w: &WrappedKey, secret: &Secret, location: &str) -> Result<Zero
                 ))
             })
     };
-    if w.version != 1 || w.cipher != "xchacha20poly1305" {
+    if w.version != 1 || w.cipher != "aes-256-gcm" {
         return Err(Error::new(
             ErrorKind::UnsupportedFormat,
             format!(
@@ -270,10 +271,10 @@ fn unwrap_master(w: &WrappedKey, secret: &Secret, location: &str) -> Result<Zero
         ));
     }
     let salt = field("salt", &w.salt, 32)?;
-    let nonce = field("nonce", &w.nonce, 24)?;
+    let nonce = field("nonce", &w.nonce, 12)?;
     let wrapped = field("wrapped_key", &w.wrapped_key, 48)?;
     let kek = kek(secret, &w.kdf, &salt, location)?;
-    let master = XChaCha20Poly1305::new((&*kek).into())
+    let master = Aes256Gcm::new((&*kek).into())
         .decrypt(
             nonce.as_slice().into(),
             Payload {

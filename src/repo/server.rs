@@ -40,7 +40,7 @@ pub struct RootEncryption {
     pub key_file: String,
 }
 
-const FILE_CIPHER: &str = "xchacha20poly1305-stream-be32-64k";
+const FILE_CIPHER: &str = "aes-256-gcm-stream-be32-64k-hkdf-file-key";
 const NAME_HASH: &str = "hmac-sha256-of-sha256";
 
 impl RootEncryption {

@@ -104,7 +104,20 @@ pub fn check_source(name: &WalName, size: u64, head: &[u8], server: &ServerInfo)
             segment_size: server.wal_segment_size,
             major: server.pg_major,
         };
-        wal::check_segment(name, size, head, &expect)?;
+        if let wal::MagicCheck::NewerThanKnown(magic) =
+            wal::check_segment(name, size, head, &expect)?
+        {
+            // Archiving must go on after an upgrade to a major newer than this build;
+            // what that leaves unchecked goes to the server log with every call.
+            crate::log_warn!(
+                "{name}: PostgreSQL {} is newer than this pgcellar knows (up to {}): page \
+                 magic {magic:#06X} was only checked to be newer than {}'s; system \
+                 identifier, segment size and page address were checked; upgrade pgcellar",
+                server.pg_major,
+                wal::NEWEST_KNOWN_MAJOR,
+                wal::NEWEST_KNOWN_MAJOR
+            );
+        }
     }
     Ok(())
 }

@@ -161,16 +161,22 @@ fn backup_locked(
             .label
             .clone()
             .unwrap_or_else(|| format!("pgcellar {id}"));
-        let started = start_backup(client, server.pg_major, &label)?;
+        let started = start_backup(client, server.pg_major, server.wal_segment_size, &label)?;
         crate::log_info!(
-            "backup {id} started at {} ({}) after {:.2}s, parent {}",
+            "backup {id} started at {} ({}){} after {:.2}s, parent {}",
             started.lsn,
             started.wal,
+            if started.from_standby {
+                " on a standby"
+            } else {
+                ""
+            },
             secs(),
             parent
                 .as_ref()
                 .map_or("none (full)".to_string(), |p| p.id.to_string())
         );
+        crate::util::fault::pause_after_backup_start();
         let tablespace_names = tablespace_names(client)?;
         let walk = walk_cluster(pgdata, server.pg_major, &tablespace_names)?;
         let jobs = settings.backup.workers(opts.jobs);
@@ -203,7 +209,7 @@ fn backup_locked(
         // Before the stop: its WAL switch wakes the archiver, whose failures from then
         // on tell the wait below that archiving is broken.
         let archiver_before = archiver_status(client);
-        let stopped = stop_backup(client, server.pg_major)?;
+        let stopped = stop_backup(client, server.pg_major, server.wal_segment_size, &started)?;
         let stop_time = Utc::now();
         crate::log_info!(
             "backup {id} stopped at {} ({}) at {:.2}s",
@@ -220,6 +226,7 @@ fn backup_locked(
             client,
             archiver_before,
             opts.progress,
+            started.from_standby,
         )?;
         crate::log_info!(
             "WAL {} to {} confirmed at {:.2}s",

@@ -93,8 +93,13 @@ pub(super) fn store_files(
 ) -> Result<Vec<FileEntry>> {
     // Largest first, so that the last worker does not start a huge file alone.
     files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
-    let results: Mutex<Vec<FileEntry>> = Mutex::new(Vec::with_capacity(files.len()));
-    let stored = crate::util::workers::try_for_each(jobs, &files, |_, job| {
+    // pg_control goes last, after every other file is read, as pg_basebackup sends it:
+    // recovery of a backup taken on a standby ends at the minimum recovery point of
+    // this copy of it, which must cover every page copied before.
+    let (control, files): (Vec<Job>, Vec<Job>) =
+        files.into_iter().partition(|j| j.path == CONTROL_FILE);
+    let results: Mutex<Vec<FileEntry>> = Mutex::new(Vec::with_capacity(files.len() + 1));
+    let store = |job: &Job| -> Result<()> {
         if let Some(entry) = store_one(ctx, job)? {
             if let Ok(mut r) = results.lock() {
                 r.push(entry);
@@ -102,7 +107,9 @@ pub(super) fn store_files(
         }
         ctx.progress.inc(job.size);
         Ok(())
-    });
+    };
+    let stored = crate::util::workers::try_for_each(jobs, &files, |_, job| store(job))
+        .and_then(|()| control.iter().try_for_each(store));
     ctx.progress.finish_and_clear();
     stored?;
     // One flush for every object instead of an fsync each (about 15 ms apiece on
@@ -112,6 +119,9 @@ pub(super) fn store_files(
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
+
+/// The manifest path of the control file.
+const CONTROL_FILE: &str = "data/global/pg_control";
 
 /// Whether `path` is a main-fork relation file: only those have 8 KiB pages that
 /// PostgreSQL rewrites in place; `_fsm`, `_vm` and `_init` forks are stored whole.

@@ -124,6 +124,7 @@ pub(super) fn wait_for_wal(
     client: &mut postgres::Client,
     before: Option<ArchiverStatus>,
     progress: bool,
+    from_standby: bool,
 ) -> Result<()> {
     let needed = segments_between(start, stop, server.wal_segment_size)?;
     let deadline = Instant::now() + timeout;
@@ -140,11 +141,18 @@ pub(super) fn wait_for_wal(
             break Ok(());
         };
         if announced.as_deref() != Some(first.as_str()) {
-            let line = format!(
+            let mut line = format!(
                 "waiting for WAL segment {first} to be archived ({} of {} still missing)",
                 missing.len(),
                 needed.len()
             );
+            if from_standby {
+                // A standby cannot switch segments; only the primary completes this one.
+                line.push_str(
+                    "; a standby cannot switch WAL segments, so it arrives when the primary \
+                     fills or switches it (archive_timeout on the primary bounds the wait)",
+                );
+            }
             crate::log_info!("{line}");
             spinner.set_message(line);
             announced = Some(first.clone());
@@ -176,11 +184,16 @@ pub(super) fn wait_for_wal(
                 format!(
                     "{} of the {} WAL segments this backup needs ({start} to {stop}) did not \
                      reach {} within {}s, first {first}; check archive_command and \
-                     pg_stat_archiver (backup_wal_timeout raises the bound)",
+                     pg_stat_archiver{} (backup_wal_timeout raises the bound)",
                     missing.len(),
                     needed.len(),
                     storage.location(),
                     timeout.as_secs(),
+                    if from_standby {
+                        ", and on the primary archive_timeout or SELECT pg_switch_wal()"
+                    } else {
+                        ""
+                    },
                 ),
             ));
         }

@@ -44,6 +44,13 @@ struct Args {
     /// Start as a standby (standby.signal; wal-get --standby keeps retrying)
     #[arg(long)]
     standby: bool,
+    /// With --standby: stream from this primary (primary_conninfo), e.g.
+    /// 'host=db1 port=5432 user=replicator'
+    #[arg(long, value_name = "CONNINFO", requires = "standby")]
+    primary_conninfo: Option<String>,
+    /// With --standby: the primary's replication slot to stream from (primary_slot_name)
+    #[arg(long, value_name = "SLOT", requires = "standby")]
+    primary_slot_name: Option<String>,
     /// Reuse matching files of an existing directory and remove the others
     #[arg(long)]
     delta: bool,
@@ -88,6 +95,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
         target_timeline: args.target_timeline,
         target_action: args.target_action,
         standby: args.standby,
+        primary_conninfo: args.primary_conninfo.clone(),
+        primary_slot_name: args.primary_slot_name.clone(),
         delta: args.delta,
         tablespace_map: args.tablespace_map.clone(),
         jobs: args.jobs.map(usize::from),

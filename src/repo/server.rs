@@ -329,12 +329,36 @@ impl Repository {
         match self.server(&info.name) {
             Ok(existing) => {
                 if existing.system_identifier != info.system_identifier {
+                    // pg_upgrade makes a new system identifier, restarts at timeline 1
+                    // and would share timeline history files with the old cluster: a
+                    // new name keeps both recoverable.
+                    let upgrade = if info.pg_major > existing.pg_major {
+                        format!(
+                            "; this looks like pg_upgrade from {} to {}: register the upgraded \
+                             cluster under a new name (e.g. --server {}-{}), take a full backup \
+                             of it, and keep the old server's backups for PostgreSQL {} \
+                             (docs/versions.md)",
+                            existing.pg_major,
+                            info.pg_major,
+                            info.name,
+                            info.pg_major,
+                            existing.pg_major
+                        )
+                    } else {
+                        " (use another --server name)".to_string()
+                    };
                     return Err(Error::new(
                         ErrorKind::Conflict,
                         format!(
-                            "server {:?} in {} is registered to database system {}, but this \
-                             cluster is {}; refusing to mix clusters (use another --server name)",
-                            info.name, self.url, existing.system_identifier, info.system_identifier
+                            "server {:?} in {} is registered to database system {} (PostgreSQL \
+                             {}), but this cluster is {} (PostgreSQL {}); refusing to mix \
+                             clusters{upgrade}",
+                            info.name,
+                            self.url,
+                            existing.system_identifier,
+                            existing.pg_major,
+                            info.system_identifier,
+                            info.pg_major
                         ),
                     ));
                 }

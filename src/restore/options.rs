@@ -169,6 +169,11 @@ pub struct RestoreOptions {
     pub target_action: Option<TargetAction>,
     /// Start as a standby (`standby.signal`, `wal-get --standby`).
     pub standby: bool,
+    /// A standby's `primary_conninfo`: stream from this primary once the archive
+    /// is replayed.
+    pub primary_conninfo: Option<String>,
+    /// A standby's `primary_slot_name` on that primary.
+    pub primary_slot_name: Option<String>,
     /// Reuse matching files of an existing directory, remove the others.
     pub delta: bool,
     /// `OID_OR_NAME=DIR` tablespace relocations.
@@ -205,6 +210,42 @@ pub fn parse_tablespace_mapping(s: &str) -> std::result::Result<(String, PathBuf
         _ => Err(format!("{s:?}: expected OID_OR_NAME=/absolute/directory")),
     }
 }
+/// Check `--primary-conninfo` and `--primary-slot-name` before anything is written:
+/// they need `--standby`, the conninfo one line, the slot a replication slot name.
+pub fn check_streaming_options(opts: &RestoreOptions) -> Result<()> {
+    if !opts.standby && (opts.primary_conninfo.is_some() || opts.primary_slot_name.is_some()) {
+        return Err(Error::invalid(
+            "--primary-conninfo and --primary-slot-name need --standby",
+        ));
+    }
+    if let Some(c) = &opts.primary_conninfo {
+        if c.trim().is_empty() || c.contains(['\n', '\r', '\0']) {
+            return Err(Error::invalid(
+                "--primary-conninfo must be keyword=value pairs on one line",
+            ));
+        }
+        if let Err(e) = c.parse::<postgres::Config>() {
+            return Err(Error::invalid(format!(
+                "--primary-conninfo is not a connection string: {e}"
+            )));
+        }
+    }
+    if let Some(s) = &opts.primary_slot_name {
+        // PostgreSQL's own rule for replication slot names.
+        let ok = !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !ok {
+            return Err(Error::invalid(format!(
+                "--primary-slot-name {:?} is not a slot name (1-63 of a-z, 0-9 and _)",
+                crate::names::truncate_for_display(s)
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -117,8 +117,11 @@ pub(super) fn write_recovery_settings(
     let disable_archiving = opts.archive_mode == ArchiveMode::Off;
     for line in old.lines() {
         let key = line.trim_start();
+        let streaming = (opts.primary_conninfo.is_some() && key.starts_with("primary_conninfo"))
+            || (opts.primary_slot_name.is_some() && key.starts_with("primary_slot_name"));
         if key.starts_with("recovery_target")
             || key.starts_with("restore_command")
+            || streaming
             || (disable_archiving
                 && (key.starts_with("archive_command") || key.starts_with("archive_library")))
         {
@@ -155,6 +158,12 @@ pub(super) fn write_recovery_settings(
     }
     if let Some(a) = opts.target_action {
         lines.push(format!("recovery_target_action = '{}'", a.as_str()));
+    }
+    if let Some(c) = &opts.primary_conninfo {
+        lines.push(format!("primary_conninfo = {}", conf_quote(c)));
+    }
+    if let Some(slot) = &opts.primary_slot_name {
+        lines.push(format!("primary_slot_name = {}", conf_quote(slot)));
     }
     if disable_archiving {
         // archive_mode stays as it was: segments keep being marked .ready, so a real

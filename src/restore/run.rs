@@ -29,6 +29,7 @@ pub fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreOutcome>
             "--exclusive needs --target-time, --target-xid or --target-lsn",
         ));
     }
+    super::options::check_streaming_options(opts)?;
     let wal_get = wal_get_path()?;
     let dest = absolute(&opts.dest)?;
     check_runnable_by_owner(&wal_get, &dest)?;

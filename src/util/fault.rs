@@ -45,6 +45,18 @@ pub(crate) fn pause_before_rename() {
     }
 }
 
+/// `PGCELLAR_TEST_FAULT=pause-after-backup-start` makes base-backup announce itself on
+/// stderr and wait five seconds once PostgreSQL has started the backup, so a test can
+/// promote the standby it backs up.
+#[inline(always)]
+pub(crate) fn pause_after_backup_start() {
+    #[cfg(feature = "fault-injection")]
+    if armed("pause-after-backup-start") {
+        eprintln!("pgcellar test fault: pausing after backup start");
+        std::thread::sleep(std::time::Duration::from_secs(5));
+    }
+}
+
 /// `PGCELLAR_TEST_FAULT=lookahead-abort-after-commit` kills the process right after a
 /// look-ahead push is durable in the repository, before its record is written, while
 /// other workers may be mid-push.

@@ -6,20 +6,45 @@ use crate::error::{Error, Result};
 
 /// Magic number of WAL pages for a PostgreSQL major version (`XLOG_PAGE_MAGIC`).
 pub fn page_magic(major: u32) -> Option<u16> {
-    Some(match major {
-        10 => 0xD097,
-        11 => 0xD098,
-        12 => 0xD101,
-        13 => 0xD106,
-        14 => 0xD10D,
-        15 => 0xD110,
-        16 => 0xD113,
-        17 => 0xD116,
-        18 => 0xD118,
-        // Versions we have not verified skip the magic check; the system identifier,
-        // segment size and page address checks still apply.
-        _ => return None,
-    })
+    KNOWN_MAGIC
+        .iter()
+        .find(|(m, _)| *m == major)
+        .map(|(_, magic)| *magic)
+}
+
+/// `XLOG_PAGE_MAGIC` of each major this pgcellar knows, oldest first. Each major
+/// raises it, so a newer major's WAL has a larger magic than any here.
+const KNOWN_MAGIC: [(u32, u16); 9] = [
+    (10, 0xD097),
+    (11, 0xD098),
+    (12, 0xD101),
+    (13, 0xD106),
+    (14, 0xD10D),
+    (15, 0xD110),
+    (16, 0xD113),
+    (17, 0xD116),
+    (18, 0xD118),
+];
+
+/// The newest major whose page magic pgcellar knows.
+pub const NEWEST_KNOWN_MAJOR: u32 = KNOWN_MAGIC[KNOWN_MAGIC.len() - 1].0;
+
+/// The major whose WAL pages carry `magic`, if it is one pgcellar knows.
+pub fn major_of_magic(magic: u16) -> Option<u32> {
+    KNOWN_MAGIC
+        .iter()
+        .find(|(_, m)| *m == magic)
+        .map(|(major, _)| *major)
+}
+
+/// How far [`check_segment`] could check the page magic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MagicCheck {
+    /// The exact magic of the registered major.
+    Exact,
+    /// The registered major is newer than any pgcellar knows: the magic was only seen
+    /// to be newer than the newest known one (so not zeroes, nor an older format).
+    NewerThanKnown(u16),
 }
 
 /// Smallest WAL segment size PostgreSQL allows (`initdb --wal-segsize=1`).
@@ -100,13 +125,14 @@ pub struct SegmentExpectation {
     pub major: u32,
 }
 
-/// Check a segment's header and size against the registered cluster.
+/// Check a segment's header and size against the registered cluster; says how far
+/// the page magic could be checked.
 pub fn check_segment(
     name: &WalName,
     file_size: u64,
     header: &[u8],
     expect: &SegmentExpectation,
-) -> Result<()> {
+) -> Result<MagicCheck> {
     if !is_valid_segment_size(expect.segment_size) {
         return Err(Error::config(format!(
             "the registered WAL segment size {} is not a power of two from 1 MiB to 1 GiB",
@@ -121,26 +147,14 @@ pub fn check_segment(
         )));
     }
     let h = LongPageHeader::parse(header).map_err(|e| e.context(name))?;
-    if let Some(magic) = page_magic(expect.major) {
-        if h.magic != magic {
-            return Err(Error::invalid(format!(
-                "{name}: WAL page magic is {:#06X}, expected {magic:#06X} for PostgreSQL {} \
-                 (not a WAL segment of this cluster, or zero-filled)",
-                h.magic, expect.major
-            )));
-        }
-    }
+    let magic_check = check_magic(name, h.magic, h.system_id, expect)?;
     if h.info & XLP_LONG_HEADER == 0 {
         return Err(Error::invalid(format!(
             "{name}: first page lacks the long header flag; not the start of a WAL segment"
         )));
     }
     if h.system_id != expect.system_id {
-        return Err(Error::invalid(format!(
-            "{name} belongs to database system {} but this server is registered as {}; \
-             refusing another cluster's WAL (check --server and --repo)",
-            h.system_id, expect.system_id
-        )));
+        return Err(foreign_system(name, h.magic, h.system_id, expect));
     }
     if h.segment_size as u64 != expect.segment_size {
         return Err(Error::invalid(format!(
@@ -166,7 +180,65 @@ pub fn check_segment(
             )));
         }
     }
-    Ok(())
+    Ok(magic_check)
+}
+
+/// The page magic against the registered major: exact for a major pgcellar knows;
+/// for a newer one (pgcellar older than the server), newer than every known magic.
+fn check_magic(
+    name: &WalName,
+    magic: u16,
+    system_id: u64,
+    expect: &SegmentExpectation,
+) -> Result<MagicCheck> {
+    if let Some(want) = page_magic(expect.major) {
+        if magic == want {
+            return Ok(MagicCheck::Exact);
+        }
+        if system_id != expect.system_id && major_of_magic(magic).is_some() {
+            // Another cluster altogether (say, after pg_upgrade): say that, not "magic".
+            return Err(foreign_system(name, magic, system_id, expect));
+        }
+        return Err(Error::invalid(format!(
+            "{name}: WAL page magic is {magic:#06X}, expected {want:#06X} for PostgreSQL {} \
+             (not a WAL segment of this cluster, or zero-filled)",
+            expect.major
+        )));
+    }
+    let newest = page_magic(NEWEST_KNOWN_MAJOR).unwrap_or(u16::MAX);
+    if expect.major > NEWEST_KNOWN_MAJOR && magic > newest && magic >> 12 == 0xD {
+        return Ok(MagicCheck::NewerThanKnown(magic));
+    }
+    Err(Error::invalid(format!(
+        "{name}: WAL page magic is {magic:#06X}, which is no PostgreSQL {}'s WAL as far as \
+         this pgcellar knows (it knows up to {NEWEST_KNOWN_MAJOR}, magic {newest:#06X}); not a \
+         WAL segment of this cluster, or zero-filled",
+        expect.major
+    )))
+}
+
+/// The refusal of a segment from another database system, naming its major when the
+/// page magic tells it, and what to do after pg_upgrade.
+fn foreign_system(
+    name: &WalName,
+    magic: u16,
+    system_id: u64,
+    expect: &SegmentExpectation,
+) -> Error {
+    let upgraded = major_of_magic(magic).filter(|m| *m > expect.major);
+    let hint = match upgraded {
+        Some(m) => format!(
+            "; it is PostgreSQL {m} WAL, as after pg_upgrade: register the upgraded cluster \
+             under a new server name ('pgcellar --server NEW init') and point archive_command \
+             at it (docs/versions.md)"
+        ),
+        None => " (check --server and --repo)".to_string(),
+    };
+    Error::invalid(format!(
+        "{name} belongs to database system {system_id} but this server is registered as {} \
+         (PostgreSQL {}); refusing another cluster's WAL{hint}",
+        expect.system_id, expect.major
+    ))
 }
 
 #[cfg(test)]
@@ -246,6 +318,126 @@ mod tests {
                 .to_string();
             assert!(msg.contains("page magic"), "{msg}");
         }
+    }
+
+    /// The first 40 bytes of a real segment of each major, written by that major's
+    /// `initdb --wal-segsize=1` (Debian's 15, the npm builds of the others), with the
+    /// file's name.
+    const REAL_HEADERS: [(u32, &str, &str); 6] = [
+        (
+            13,
+            "000000010000000000000006",
+            "06d107000100000000006000000000001b00000000000000c05f198a9216116b0000100000200000",
+        ),
+        (
+            14,
+            "000000010000000000000007",
+            "0dd107000100000000007000000000000d00000000000000deff249f9316116b0000100000200000",
+        ),
+        (
+            15,
+            "000000010000000000000006",
+            "10d10700010000000000600000000000101b000000000000fd9f6adc9416116b0000100000200000",
+        ),
+        (
+            16,
+            "000000010000000000000005",
+            "13d107000100000000005000000000003800000000000000368066d99516116b0000100000200000",
+        ),
+        (
+            17,
+            "000000010000000000000005",
+            "16d107000100000000005000000000004000000000000000699022f19616116b0000100000200000",
+        ),
+        (
+            18,
+            "000000010000000000000008",
+            "18d10700010000000000800000000000f1070000000000008ca002509816116b0000100000200000",
+        ),
+    ];
+
+    #[test]
+    fn real_segments_of_every_supported_major_pass_and_name_their_major() {
+        for (major, file, hex) in REAL_HEADERS {
+            let bytes: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect();
+            let h = LongPageHeader::parse(&bytes).unwrap();
+            assert_eq!(major_of_magic(h.magic), Some(major), "{major}");
+            assert_eq!(page_magic(major), Some(h.magic), "{major}");
+            assert_eq!(h.segment_size, 1 << 20);
+            assert_eq!(h.block_size, 8192);
+            let exp = SegmentExpectation {
+                system_id: h.system_id,
+                segment_size: 1 << 20,
+                major,
+            };
+            let name = WalName::parse(file).unwrap();
+            assert_eq!(
+                check_segment(&name, 1 << 20, &bytes, &exp).unwrap(),
+                MagicCheck::Exact,
+                "{major}"
+            );
+            // The same segment is refused for every other major's registration.
+            for other in (13..=18).filter(|m| *m != major) {
+                let exp = SegmentExpectation {
+                    major: other,
+                    ..exp
+                };
+                assert!(
+                    check_segment(&name, 1 << 20, &bytes, &exp).is_err(),
+                    "{major} as {other}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_major_newer_than_known_is_archived_with_a_looser_magic_check() {
+        let seg = 1u64 << 20;
+        let exp = SegmentExpectation {
+            system_id: 42,
+            segment_size: seg,
+            major: NEWEST_KNOWN_MAJOR + 1,
+        };
+        let name = WalName::parse("000000010000000000000003").unwrap();
+        let newer = header(0xD11B, 2, 3 * seg, 42, seg as u32);
+        assert_eq!(
+            check_segment(&name, seg, &newer, &exp).unwrap(),
+            MagicCheck::NewerThanKnown(0xD11B)
+        );
+        // An older format, zeroes or a foreign cluster are still refused.
+        for magic in [0xD118u16, 0xD110, 0, 0xFFFF] {
+            let h = header(magic, 2, 3 * seg, 42, seg as u32);
+            assert!(check_segment(&name, seg, &h, &exp).is_err(), "{magic:#X}");
+        }
+        let foreign = header(0xD11B, 2, 3 * seg, 43, seg as u32);
+        assert!(check_segment(&name, seg, &foreign, &exp).is_err());
+        let moved = header(0xD11B, 2, 4 * seg, 42, seg as u32);
+        assert!(check_segment(&name, seg, &moved, &exp).is_err());
+    }
+
+    #[test]
+    fn wal_of_an_upgraded_cluster_is_refused_with_what_to_do() {
+        let seg = 1u64 << 20;
+        let exp = SegmentExpectation {
+            system_id: 42,
+            segment_size: seg,
+            major: 15,
+        };
+        let name = WalName::parse("000000010000000000000003").unwrap();
+        let upgraded = header(0xD113, 2, 3 * seg, 77, seg as u32);
+        let msg = check_segment(&name, seg, &upgraded, &exp)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("PostgreSQL 16 WAL, as after pg_upgrade"),
+            "{msg}"
+        );
+        assert!(msg.contains("new server name"), "{msg}");
+        assert_eq!(major_of_magic(0xD110), Some(15));
+        assert_eq!(major_of_magic(0xD111), None);
     }
 
     #[test]

@@ -70,13 +70,24 @@ pub(crate) fn manifest(repo: &RepoDir, id: &str) -> Manifest {
 /// Restore with `extra` into a new directory, start it (no archiving unless
 /// `archive`), wait until it is out of recovery and return it.
 fn restore_and_start(repo: &RepoDir, extra: &[&str], archive: bool) -> (Cluster, String) {
+    let bindir = pg_bindir().expect("PostgreSQL binaries");
+    restore_and_start_with(repo, extra, archive, &bindir)
+}
+
+/// [`restore_and_start`] with the server binaries in `bindir` (another major).
+pub(crate) fn restore_and_start_with(
+    repo: &RepoDir,
+    extra: &[&str],
+    archive: bool,
+    bindir: &Path,
+) -> (Cluster, String) {
     let root = TestDir::new();
     let pgdata = root.join("pgdata");
     let log = restore_ok(repo, &pgdata, extra);
     // Recovery fetches its WAL from this same repository (over SSH for ssh://).
     let auto = fs::read_to_string(pgdata.join("postgresql.auto.conf")).unwrap();
     assert!(auto.contains(&repo.url()), "{auto}");
-    let c = Cluster::adopt_restored(root, pgdata);
+    let c = Cluster::adopt_restored_with(root, pgdata, bindir.to_path_buf());
     if !archive {
         c.append_conf(&["archive_mode = off".to_string()]);
     }
@@ -85,7 +96,8 @@ fn restore_and_start(repo: &RepoDir, extra: &[&str], archive: bool) -> (Cluster,
     (c, log)
 }
 
-fn rows(c: &Cluster) -> String {
+/// `count max` of table `t`.
+pub(crate) fn rows(c: &Cluster) -> String {
     c.psql("SELECT count(*) || ' ' || coalesce(max(i), 0) FROM t")
 }
 
@@ -819,7 +831,7 @@ fn bytes_read_by(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn list_json(repo: &RepoDir) -> Vec<serde_json::Value> {
+pub(crate) fn list_json(repo: &RepoDir) -> Vec<serde_json::Value> {
     let o = repo.pgcellar(&["list", "--json"]);
     assert!(o.status.success(), "{}", out_text(&o));
     serde_json::from_slice::<serde_json::Value>(&o.stdout)

@@ -224,6 +224,20 @@ pub fn pg_bindir() -> Option<PathBuf> {
         .find(|d| d.join("initdb").exists() && d.join("pg_ctl").exists())
 }
 
+/// Client tools (psql, pgbench) to use with the server binaries in `bindir`: its own
+/// when it has them, else Debian's (15), which work against 13–18.
+pub fn client_bindir_for(bindir: &Path) -> PathBuf {
+    [
+        Some(bindir.to_path_buf()),
+        pg_bindir(),
+        Some(PathBuf::from("/usr/lib/postgresql/15/bin")),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|d| d.join("psql").exists())
+    .unwrap_or_else(|| bindir.to_path_buf())
+}
+
 /// Server binaries of PostgreSQL `major`: PG_BINDIR_<major>, else the npm build that
 /// `.ci/install-pg-npm <major>` put in `${PGCELLAR_PG_CACHE:-/var/cache/pgcellar/pg}`,
 /// else Debian's package. They may come without client tools: a [`Cluster`] then
@@ -325,8 +339,8 @@ impl Cluster {
                 "trust",
                 "-U",
                 "postgres",
+                // Not --no-instructions: PostgreSQL 13's initdb lacks it.
                 "--no-sync",
-                "--no-instructions",
             ])
             .arg(format!("--wal-segsize={}", opts.wal_segsize_mb));
         if opts.data_checksums {
@@ -360,11 +374,7 @@ impl Cluster {
         chown_postgres(&sockdir);
         let port = free_port();
         let log = root.join("server.log");
-        let client_bindir = if bindir.join("psql").exists() {
-            bindir.clone()
-        } else {
-            pg_bindir().unwrap_or_else(|| bindir.clone())
-        };
+        let client_bindir = client_bindir_for(&bindir);
         let c = Cluster {
             _root: root,
             pgdata,
@@ -535,6 +545,26 @@ impl Cluster {
             .args(args)
             .arg("postgres");
         run_ok(&mut c)
+    }
+
+    /// Promote a standby and wait until it has left recovery.
+    pub fn promote(&self) {
+        run_ok(
+            pg_command(self.bindir.join("pg_ctl"))
+                .arg("-D")
+                .arg(&self.pgdata)
+                .args(["-w", "-t", "60", "promote"]),
+        );
+        self.wait_for_promotion(Duration::from_secs(60));
+    }
+
+    /// A digest of every row of `table`, ordered by `key`: equal on two servers
+    /// means equal contents.
+    pub fn table_digest(&self, table: &str, key: &str) -> String {
+        self.psql(&format!(
+            "SELECT count(*) || ':' || md5(coalesce(string_agg(x::text, '|' ORDER BY {key}), '')) \
+             FROM {table} x"
+        ))
     }
 
     /// Wait until the server accepts queries and has left recovery.
@@ -769,6 +799,23 @@ impl RepoDir {
     pub fn archiving_cluster(&self) -> Option<Cluster> {
         let c = Cluster::init(ClusterOpts {
             archive_command: Some(self.archive_command()),
+            ..Default::default()
+        })?;
+        self.init_for(&c);
+        Some(c)
+    }
+
+    /// [`RepoDir::archiving_cluster`] on the server binaries in `bindir` (another
+    /// major), with `conf` lines added.
+    pub fn archiving_cluster_with(
+        &self,
+        bindir: Option<PathBuf>,
+        conf: &[&str],
+    ) -> Option<Cluster> {
+        let c = Cluster::init(ClusterOpts {
+            archive_command: Some(self.archive_command()),
+            bindir,
+            conf: conf.iter().map(|l| l.to_string()).collect(),
             ..Default::default()
         })?;
         self.init_for(&c);

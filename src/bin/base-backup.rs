@@ -9,6 +9,19 @@ use pgcellar::{cli, log_info};
 /// unchanged files are hard links to the previous backup).
 #[derive(Parser)]
 #[command(name = "base-backup", version)]
+#[command(after_help = "Examples:
+  base-backup --config /etc/pgcellar.toml                 # incremental (page level)
+  base-backup --config /etc/pgcellar.toml --full --jobs 4
+  base-backup --repo /var/lib/pgcellar --server main --pgdata /var/lib/postgresql/16/main \\
+              --conninfo 'host=/var/run/postgresql port=5432'
+  base-backup ... --conninfo 'host=/var/run/postgresql port=5433'   # from a hot standby
+
+Prints the new backup's id on stdout and nothing else there.
+
+Exit codes:
+  0  the backup is complete: its files, its WAL and, last, its manifest are stored
+  1  it failed and left no backup (one line on stderr says why)
+  2  usage error")]
 struct Args {
     #[command(flatten)]
     common: CommonArgs,

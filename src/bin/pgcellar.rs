@@ -24,6 +24,19 @@ fn cost(memory_mib: u32, iterations: u32) -> Argon2Cost {
 /// Manage a pgcellar repository.
 #[derive(Parser)]
 #[command(name = "pgcellar", version)]
+#[command(after_help = "Examples:
+  pgcellar --config /etc/pgcellar.toml init            # create the repository, register the cluster
+  pgcellar --config /etc/pgcellar.toml check --nagios
+  pgcellar --config /etc/pgcellar.toml list
+  pgcellar --config /etc/pgcellar.toml verify --all
+  pgcellar --config /etc/pgcellar.toml expire --dry-run --retention 'REDUNDANCY 2'
+  pgcellar --config /etc/pgcellar.toml cron            # from cron or a systemd timer
+
+Exit codes:
+  0  success
+  1  failure, with a one-line reason on stderr
+  2  usage error
+  check --nagios: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN")]
 struct Args {
     #[command(flatten)]
     common: CommonArgs,

@@ -10,6 +10,19 @@ use std::path::PathBuf;
 /// Restore a backup into DEST_DIR and prepare point-in-time recovery.
 #[derive(Parser)]
 #[command(name = "restore", version)]
+#[command(after_help = "Examples:
+  restore --config /etc/pgcellar.toml /var/lib/postgresql/16/main        # to the end of the archive
+  restore --config /etc/pgcellar.toml --target-time '2026-11-03 13:00:00+00' --target-action promote DEST
+  restore --config /etc/pgcellar.toml --backup 20261123T184500Z --target-name before_migration DEST
+  restore --config /etc/pgcellar.toml --standby --primary-conninfo 'host=db1 user=replicator' DEST
+  restore --config /etc/pgcellar.toml --delta DEST                        # reuse matching files
+
+Then start PostgreSQL on DEST: it recovers through wal-get.
+
+Exit codes:
+  0  DEST holds the backup, every file verified, with the recovery settings written
+  1  it failed (one line on stderr says why); DEST is left unstartable, never half-right
+  2  usage error")]
 #[command(group(ArgGroup::new("target").args(["target_time", "target_xid", "target_lsn", "target_name", "target_immediate"])))]
 struct Args {
     #[command(flatten)]

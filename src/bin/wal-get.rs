@@ -16,6 +16,17 @@ const FATAL: i32 = 126;
 /// Fetch one archived WAL file (PostgreSQL's %f) into a path (%p).
 #[derive(Parser)]
 #[command(name = "wal-get", version)]
+#[command(after_help = "Examples:
+  restore_command = 'wal-get --config /etc/pgcellar.toml %f %p'
+  wal-get --repo /var/lib/pgcellar --server main 000000010000000000000042 /tmp/seg
+
+Exit codes:
+  0    DEST_PATH holds the file, complete and checksum-verified
+  1    the repository was reached and does not hold the file (the end of recovery)
+  126+ any other failure (unreachable repository, checksum mismatch, bad setting,
+       usage error): PostgreSQL stops recovery instead of ending it early
+  With --standby (written by restore --standby) those failures exit 1 after a loud
+  line, so a standby keeps running and retries.")]
 struct Args {
     #[command(flatten)]
     common: CommonArgs,

@@ -12,6 +12,14 @@ use std::time::Instant;
 /// Archive one WAL file (PostgreSQL's %p) into the repository.
 #[derive(Parser)]
 #[command(name = "wal-push", version)]
+#[command(after_help = "Examples:
+  archive_command = 'wal-push --config /etc/pgcellar.toml %p'
+  archive_command = 'wal-push --repo /var/lib/pgcellar --server main %p'
+  archive_command = 'wal-push --repo ssh://backup@vault/srv/pgcellar --server main %p'
+
+Exit codes:
+  0  the file is durably in the repository (or an identical copy already was)
+  1  anything else (PostgreSQL keeps the file and retries); never above 125")]
 struct Args {
     #[command(flatten)]
     common: CommonArgs,

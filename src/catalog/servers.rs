@@ -8,8 +8,7 @@ use crate::crypto::Argon2Cost;
 use crate::error::Result;
 use crate::pg;
 use crate::repo::manifest;
-use crate::repo::{layout, now_rfc3339, Creation, Repository, ServerInfo};
-use crate::storage::TEMP_PREFIX;
+use crate::repo::{now_rfc3339, Creation, Repository, ServerInfo};
 use serde::Serialize;
 
 /// What `init` found and did.
@@ -83,21 +82,7 @@ pub struct ServerSummary {
 
 /// Names of the servers registered in the repository, sorted.
 pub fn server_names(repo: &Repository) -> Result<Vec<String>> {
-    let storage = repo.storage();
-    let mut names = Vec::new();
-    for e in storage.list("")? {
-        if !e.is_dir || e.name.starts_with(TEMP_PREFIX) {
-            continue;
-        }
-        if crate::names::check_server_name(&e.name).is_err() {
-            continue;
-        }
-        if storage.stat(&layout::server_file(&e.name))?.is_some() {
-            names.push(e.name);
-        }
-    }
-    names.sort();
-    Ok(names)
+    repo.server_names()
 }
 
 /// Every server in the repository with its backup and WAL counts.

@@ -29,9 +29,14 @@ impl ClusterIdentity {
 /// from PGHOST/PGPORT/PGUSER/PGDATABASE/PGPASSWORD and libpq's defaults.
 pub fn connect_config(conninfo: Option<&str>) -> Result<postgres::Config> {
     let text = conninfo.unwrap_or("");
-    let mut cfg: postgres::Config = text.parse().map_err(|e| {
+    // The parser's own message is only "invalid connection string"; its cause names
+    // the keyword or value that is wrong.
+    let mut cfg: postgres::Config = text.parse().map_err(|e: postgres::Error| {
         Error::config(format!(
-            "bad --conninfo (expected keyword=value pairs): {e}"
+            "bad --conninfo {:?} (expected keyword=value pairs, e.g. 'host=/var/run/postgresql \
+             port=5432 user=postgres'): {}",
+            crate::names::truncate_for_display(text),
+            describe(&e)
         ))
     })?;
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -94,25 +99,43 @@ fn current_user() -> Option<String> {
 /// Open a session.
 pub fn connect(conninfo: Option<&str>) -> Result<Client> {
     let cfg = connect_config(conninfo)?;
-    let hosts: Vec<String> = cfg
-        .get_hosts()
-        .iter()
-        .map(|h| match h {
-            postgres::config::Host::Tcp(s) => s.clone(),
-            postgres::config::Host::Unix(p) => p.display().to_string(),
-        })
-        .collect();
+    let tried = targets(&cfg).join(", then ");
     cfg.connect(NoTls).map_err(|e| {
         Error::new(
             ErrorKind::Postgres,
             format!(
-                "cannot connect to PostgreSQL at {} as {}: {}",
-                hosts.join(","),
+                "cannot connect to PostgreSQL at {tried} as user {} (database {}): {}; check \
+                 --conninfo (host, port) and that the server runs",
                 cfg.get_user().unwrap_or("?"),
+                cfg.get_dbname().unwrap_or("?"),
                 describe(&e)
             ),
         )
     })
+}
+
+/// Each place a connection is tried, as libpq would: `host:port`, or the socket file
+/// of a socket directory (the port names it).
+fn targets(cfg: &postgres::Config) -> Vec<String> {
+    let ports = cfg.get_ports();
+    cfg.get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            // One port for every host, or one per host, as libpq takes them.
+            let port = ports
+                .get(i)
+                .or_else(|| ports.first())
+                .copied()
+                .unwrap_or(5432);
+            match h {
+                postgres::config::Host::Tcp(s) => format!("host {s} port {port}"),
+                postgres::config::Host::Unix(p) => {
+                    format!("socket {}", p.join(format!(".s.PGSQL.{port}")).display())
+                }
+            }
+        })
+        .collect()
 }
 
 /// A one-line description of a postgres error, including the server's message.
@@ -190,4 +213,29 @@ pub fn column<'a, T: postgres::types::FromSql<'a>>(
             ),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_conninfo_names_the_part_that_is_wrong() {
+        for (text, want) in [("prot=5432", "prot"), ("port=abc", "port")] {
+            let msg = connect_config(Some(text)).unwrap_err().to_string();
+            assert!(msg.contains(want) && msg.contains(text), "{text}: {msg}");
+            assert!(msg.matches(want).count() >= 2, "{text}: {msg}");
+        }
+    }
+
+    #[test]
+    fn a_failed_connection_names_every_place_tried() {
+        let cfg = connect_config(Some("host=/run/pg,db2 port=5433 user=u")).unwrap();
+        assert_eq!(
+            targets(&cfg),
+            ["socket /run/pg/.s.PGSQL.5433", "host db2 port 5433"]
+        );
+        let cfg = connect_config(Some("host=db1 user=u")).unwrap();
+        assert!(targets(&cfg)[0].starts_with("host db1 port "));
+    }
 }

@@ -292,6 +292,25 @@ impl Repository {
         &self.url
     }
 
+    /// Names of the servers registered in the repository, sorted.
+    pub fn server_names(&self) -> Result<Vec<String>> {
+        let storage = self.storage.as_ref();
+        let mut names = Vec::new();
+        for e in storage.list("")? {
+            if !e.is_dir || e.name.starts_with(storage::TEMP_PREFIX) {
+                continue;
+            }
+            if check_server_name(&e.name).is_err() {
+                continue;
+            }
+            if storage.stat(&layout::server_file(&e.name))?.is_some() {
+                names.push(e.name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     /// The registration of `server`, or a clear error if it is not registered.
     pub fn server(&self, server: &str) -> Result<ServerInfo> {
         check_server_name(server)?;
@@ -299,13 +318,20 @@ impl Repository {
         let bytes = match read_small(self.storage.as_ref(), &path) {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::NotFound => {
+                // A typo in --server is the usual cause: name the ones that exist.
+                let known = match self.server_names() {
+                    Ok(names) if names.is_empty() => "it has no servers yet".to_string(),
+                    Ok(names) => format!("its servers are {}", names.join(", ")),
+                    Err(_) => "its servers could not be listed".to_string(),
+                };
                 return Err(Error::new(
                     ErrorKind::NotRegistered,
                     format!(
-                        "server {server:?} is not registered in {}; run 'pgcellar init' for it",
+                        "server {server:?} is not registered in {} ({known}); check --server, \
+                         or run 'pgcellar init' to register it",
                         self.url
                     ),
-                ))
+                ));
             }
             Err(e) => return Err(e),
         };

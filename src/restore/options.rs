@@ -246,9 +246,62 @@ pub fn check_streaming_options(opts: &RestoreOptions) -> Result<()> {
     Ok(())
 }
 
+/// Refuse a `--target-time` after `now`: PostgreSQL would replay the whole archive and
+/// then stop with "recovery ended before configured recovery target was reached",
+/// usually a mistyped date or time zone.
+pub fn check_target_not_in_future(
+    opts: &RestoreOptions,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<()> {
+    if let Some(Target::Time(text, t)) = &opts.target {
+        if *t > now {
+            return Err(Error::invalid(format!(
+                "--target-time {text:?} is in the future (it is now {} UTC): recovery could \
+                 never reach it; check the date and the time zone, or leave out the target \
+                 to recover everything archived",
+                now.format("%Y-%m-%d %H:%M:%S")
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_target_time_in_the_future_is_refused() {
+        let opts = |target: Option<Target>| RestoreOptions {
+            backup: None,
+            target,
+            exclusive: false,
+            target_timeline: None,
+            target_action: None,
+            standby: false,
+            primary_conninfo: None,
+            primary_slot_name: None,
+            delta: false,
+            tablespace_map: Vec::new(),
+            jobs: None,
+            dest: PathBuf::from("/x"),
+            progress: false,
+            archive_mode: ArchiveMode::Off,
+        };
+        let now = DateTime::parse_from_rfc3339("2026-12-03T08:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let past = opts(Some(Target::time("2026-12-03 07:59:59+00").unwrap()));
+        check_target_not_in_future(&past, now).unwrap();
+        // 09:30 in Paris is 08:30 UTC: after now.
+        let future = opts(Some(Target::time("2026-12-03 09:30:00+01").unwrap()));
+        let msg = check_target_not_in_future(&future, now)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("in the future"), "{msg}");
+        check_target_not_in_future(&opts(None), now).unwrap();
+        check_target_not_in_future(&opts(Some(Target::Immediate)), now).unwrap();
+    }
 
     #[test]
     fn targets_parse() {

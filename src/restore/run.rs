@@ -30,6 +30,7 @@ pub fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreOutcome>
         ));
     }
     super::options::check_streaming_options(opts)?;
+    super::options::check_target_not_in_future(opts, chrono::Utc::now())?;
     let wal_get = wal_get_path()?;
     let dest = absolute(&opts.dest)?;
     check_runnable_by_owner(&wal_get, &dest)?;

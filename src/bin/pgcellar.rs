@@ -3,14 +3,13 @@
 //! prints, maps the outcome to an exit code (0 ok, 1 failure, 2 usage; `check
 //! --nagios` uses the Nagios codes 0-3).
 
-use clap::{Parser, Subcommand};
 use pgcellar::catalog::verify::Selection;
 use pgcellar::catalog::{self, check, expire, key, verify};
-use pgcellar::config::{CommonArgs, Settings};
+use pgcellar::cli::pgcellar::{Args, Command, KeyCommand};
+use pgcellar::config::Settings;
 use pgcellar::crypto::Argon2Cost;
 use pgcellar::{cli, log_error, log_info, log_notice};
 use serde::Serialize;
-use std::path::PathBuf;
 
 /// Argon2id cost from the flags (memory in MiB).
 fn cost(memory_mib: u32, iterations: u32) -> Argon2Cost {
@@ -19,168 +18,6 @@ fn cost(memory_mib: u32, iterations: u32) -> Argon2Cost {
         iterations,
         parallelism: 1,
     }
-}
-
-/// Manage a pgcellar repository.
-#[derive(Parser)]
-#[command(name = "pgcellar", version)]
-#[command(after_help = "Examples:
-  pgcellar --config /etc/pgcellar.toml init            # create the repository, register the cluster
-  pgcellar --config /etc/pgcellar.toml check --nagios
-  pgcellar --config /etc/pgcellar.toml list
-  pgcellar --config /etc/pgcellar.toml verify --all
-  pgcellar --config /etc/pgcellar.toml expire --dry-run --retention 'REDUNDANCY 2'
-  pgcellar --config /etc/pgcellar.toml cron            # from cron or a systemd timer
-
-Exit codes:
-  0  success
-  1  failure, with a one-line reason on stderr
-  2  usage error
-  check --nagios: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN")]
-struct Args {
-    #[command(flatten)]
-    common: CommonArgs,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum KeyCommand {
-    /// Rewrap the master key under a new passphrase or key file; no data is
-    /// re-encrypted, and the old secret stops opening the repository
-    Rotate {
-        /// File holding the new passphrase (or PGCELLAR_NEW_PASSPHRASE, or a prompt)
-        #[arg(long, value_name = "FILE")]
-        new_passphrase_file: Option<PathBuf>,
-        /// New key file (at least 32 random bytes)
-        #[arg(long, value_name = "FILE")]
-        new_key_file: Option<PathBuf>,
-        /// Argon2id memory for a new passphrase, in MiB
-        #[arg(long, value_name = "MIB", default_value_t = 64)]
-        kdf_memory: u32,
-        /// Argon2id passes for a new passphrase
-        #[arg(long, value_name = "N", default_value_t = 3)]
-        kdf_iterations: u32,
-    },
-    /// Write a new random key file (mode 0600); never replaces a file
-    Generate {
-        /// Where to write it
-        file: PathBuf,
-    },
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Create the repository if needed and register the server from the running cluster
-    Init {
-        /// Create the repository encrypted (secret from --passphrase-file,
-        /// PGCELLAR_PASSPHRASE or --key-file, or a prompt on a terminal)
-        #[arg(long)]
-        encrypt: bool,
-        /// Argon2id memory for a passphrase, in MiB (default 64)
-        #[arg(long, value_name = "MIB", default_value_t = 64, requires = "encrypt")]
-        kdf_memory: u32,
-        /// Argon2id passes for a passphrase (default 3)
-        #[arg(long, value_name = "N", default_value_t = 3, requires = "encrypt")]
-        kdf_iterations: u32,
-    },
-    /// Manage the secret of an encrypted repository
-    #[command(subcommand)]
-    Key(KeyCommand),
-    /// List the servers in the repository
-    Servers {
-        /// Machine-readable output (docs/cli-json.md)
-        #[arg(long)]
-        json: bool,
-    },
-    /// List the backups of the server, newest first
-    List {
-        /// Machine-readable output (docs/cli-json.md)
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show one backup: its manifest and the WAL it needs
-    Show {
-        /// Backup id, 'latest' or 'oldest'
-        id: String,
-        /// Machine-readable output, including the file list (docs/cli-json.md)
-        #[arg(long)]
-        json: bool,
-    },
-    /// Check the repository, the server's archiving and the backups
-    Check {
-        /// Machine-readable output (docs/cli-json.md)
-        #[arg(long, conflicts_with = "nagios")]
-        json: bool,
-        /// One Nagios plugin line; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN
-        #[arg(long)]
-        nagios: bool,
-    },
-    /// Re-read backups (size and SHA-256 of every file) and check their WAL
-    Verify {
-        /// Backup id, 'latest' or 'oldest' (default: latest)
-        #[arg(conflicts_with = "all")]
-        id: Option<String>,
-        /// Verify every backup
-        #[arg(long)]
-        all: bool,
-        /// Machine-readable output (docs/cli-json.md)
-        #[arg(long)]
-        json: bool,
-    },
-    /// Apply the retention policy: remove expired backups and the WAL nothing needs
-    Expire {
-        /// Print the plan and change nothing
-        #[arg(long)]
-        dry_run: bool,
-        /// Policy instead of 'retention' from the config file, e.g. 'REDUNDANCY 3'
-        #[arg(long, env = "PGCELLAR_RETENTION", value_name = "POLICY")]
-        retention: Option<String>,
-        /// Machine-readable output (docs/cli-json.md)
-        #[arg(long)]
-        json: bool,
-    },
-    /// Remove one backup
-    Delete {
-        /// Backup id, 'latest' or 'oldest'
-        id: String,
-        /// Delete even if fewer than minimum_redundancy backups would remain
-        #[arg(long)]
-        force: bool,
-    },
-    /// Write one file of a backup to stdout, rebuilt from its objects and checked
-    #[command(after_help = "\
-The file streams to stdout and its SHA-256 is checked only at the end: if it does \
-not match (or an object is damaged), pgcellar exits 1 and says on stderr that the \
-output is NOT the file. So write to a file and use it only if the exit code is 0:
-
-  pgcellar cat latest global/pg_control > pg_control || rm -f pg_control
-  pgcellar cat 20261123T184500Z data/base/5/16384 > 16384 && cp 16384 /somewhere/")]
-    Cat {
-        /// Backup id, 'latest' or 'oldest'
-        id: String,
-        /// Manifest path (data/base/5/16384, tablespaces/OID/...) or a path inside the data directory (base/5/16384)
-        path: String,
-    },
-    /// Pin a backup so that retention never removes it
-    Keep {
-        /// Backup id, 'latest' or 'oldest'
-        id: String,
-        /// Remove the pin instead
-        #[arg(long)]
-        release: bool,
-    },
-    /// Force a WAL switch on the server
-    SwitchWal {
-        /// Run CHECKPOINT first (so there is always something to switch)
-        #[arg(long)]
-        checkpoint: bool,
-        /// Wait until the switched segment is in the repository
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Periodic maintenance: retention and removal of aborted backups; silent when all is well
-    Cron,
 }
 
 /// Write to stdout; a closed pipe (`pgcellar list | head`) ends the program quietly.

@@ -1,45 +1,16 @@
 //! `restore_command`: fetch one WAL file, verified. 0 delivered, 1 not archived,
 //! above 125 any other failure (so PostgreSQL stops instead of ending recovery early).
 
-use clap::Parser;
 use pgcellar::archive::prefetch::{self, Fetched};
-use pgcellar::config::{CommonArgs, PrefetchArgs, PrefetchSettings, Settings};
+use pgcellar::cli::wal_get::Args;
+use pgcellar::config::{PrefetchSettings, Settings};
 use pgcellar::util::retry;
 use pgcellar::wal::WalName;
 use pgcellar::{cli, log_error, log_info};
-use std::path::PathBuf;
 use std::time::Instant;
 
 /// Exit code for failures that must stop recovery (PostgreSQL treats > 125 as fatal).
 const FATAL: i32 = 126;
-
-/// Fetch one archived WAL file (PostgreSQL's %f) into a path (%p).
-#[derive(Parser)]
-#[command(name = "wal-get", version)]
-#[command(after_help = "Examples:
-  restore_command = 'wal-get --config /etc/pgcellar.toml %f %p'
-  wal-get --repo /var/lib/pgcellar --server main 000000010000000000000042 /tmp/seg
-
-Exit codes:
-  0    DEST_PATH holds the file, complete and checksum-verified
-  1    the repository was reached and does not hold the file (the end of recovery)
-  126+ any other failure (unreachable repository, checksum mismatch, bad setting,
-       usage error): PostgreSQL stops recovery instead of ending it early
-  With --standby (written by restore --standby) those failures exit 1 after a loud
-  line, so a standby keeps running and retries.")]
-struct Args {
-    #[command(flatten)]
-    common: CommonArgs,
-    #[command(flatten)]
-    prefetch: PrefetchArgs,
-    /// Running a standby: log failures loudly but exit 1 so it keeps retrying
-    #[arg(long)]
-    standby: bool,
-    /// WAL file name (%f)
-    wal_name: String,
-    /// Destination path (%p)
-    dest: PathBuf,
-}
 
 enum Outcome {
     Delivered,

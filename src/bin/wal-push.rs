@@ -1,35 +1,12 @@
 //! `archive_command`: archive one WAL file durably. Exit 0 only when it is safe.
 
-use clap::Parser;
 use pgcellar::archive::lookahead::{self, FileOutcome};
 use pgcellar::archive::PushOutcome;
-use pgcellar::config::{CommonArgs, CompressionArgs, LookaheadArgs, LookaheadSettings, Settings};
+use pgcellar::cli::wal_push::Args;
+use pgcellar::config::{LookaheadSettings, Settings};
 use pgcellar::util::retry;
 use pgcellar::{cli, log_info};
-use std::path::PathBuf;
 use std::time::Instant;
-
-/// Archive one WAL file (PostgreSQL's %p) into the repository.
-#[derive(Parser)]
-#[command(name = "wal-push", version)]
-#[command(after_help = "Examples:
-  archive_command = 'wal-push --config /etc/pgcellar.toml %p'
-  archive_command = 'wal-push --repo /var/lib/pgcellar --server main %p'
-  archive_command = 'wal-push --repo ssh://backup@vault/srv/pgcellar --server main %p'
-
-Exit codes:
-  0  the file is durably in the repository (or an identical copy already was)
-  1  anything else (PostgreSQL keeps the file and retries); never above 125")]
-struct Args {
-    #[command(flatten)]
-    common: CommonArgs,
-    #[command(flatten)]
-    compression: CompressionArgs,
-    #[command(flatten)]
-    lookahead: LookaheadArgs,
-    /// Path of the WAL file (%p); its base name is the WAL name
-    wal_path: PathBuf,
-}
 
 fn run(args: &Args) -> anyhow::Result<()> {
     let start = Instant::now();

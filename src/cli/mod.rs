@@ -1,12 +1,126 @@
-//! Helpers shared by the binaries: argument parsing with a chosen usage-error exit
-//! code, and one-line error reporting.
+//! The binaries' command lines (one module each, so the package's man pages and
+//! completions come from the same definitions), argument parsing with a chosen
+//! usage-error exit code, and one-line error reporting.
 
-use clap::Parser;
+pub mod base_backup;
+pub mod pgcellar;
+pub mod restore;
+pub mod wal_get;
+pub mod wal_push;
+
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
+
+/// A binary's command line, and the shared options (of
+/// [`CommonArgs`](crate::config::CommonArgs)) that mean nothing to it.
+pub trait Scoped: CommandFactory + FromArgMatches {
+    /// Ids (field names) of the shared options this binary does not use: hidden
+    /// from its `--help`, man page and completions, and refused on its command line.
+    /// Their environment variables and config-file keys are still read and ignored,
+    /// so one environment and one file serve every binary.
+    const NOT_OFFERED: &'static [&'static str];
+}
+
+/// Options only `pgcellar` (the catalog) and `base-backup` use.
+const CATALOG_ONLY: [&str; 4] = [
+    "minimum_redundancy",
+    "last_backup_maximum_age",
+    "archive_wait_timeout",
+    "aborted_backup_max_age",
+];
+
+impl Scoped for wal_push::Args {
+    const NOT_OFFERED: &'static [&'static str] = &[
+        "conninfo",
+        "backup_wal_timeout",
+        "lock_stale_after",
+        CATALOG_ONLY[0],
+        CATALOG_ONLY[1],
+        CATALOG_ONLY[2],
+        CATALOG_ONLY[3],
+    ];
+}
+
+impl Scoped for wal_get::Args {
+    const NOT_OFFERED: &'static [&'static str] = &[
+        "conninfo",
+        "allow_root",
+        "backup_wal_timeout",
+        "lock_stale_after",
+        CATALOG_ONLY[0],
+        CATALOG_ONLY[1],
+        CATALOG_ONLY[2],
+        CATALOG_ONLY[3],
+    ];
+}
+
+impl Scoped for base_backup::Args {
+    const NOT_OFFERED: &'static [&'static str] = &CATALOG_ONLY;
+}
+
+impl Scoped for restore::Args {
+    const NOT_OFFERED: &'static [&'static str] = &[
+        "conninfo",
+        "pgdata",
+        "backup_wal_timeout",
+        CATALOG_ONLY[0],
+        CATALOG_ONLY[1],
+        CATALOG_ONLY[2],
+        CATALOG_ONLY[3],
+    ];
+}
+
+impl Scoped for pgcellar::Args {
+    const NOT_OFFERED: &'static [&'static str] = &[];
+}
+
+/// The binary's clap command as it is offered: without the options it does not use.
+pub fn command<T: Scoped>() -> clap::Command {
+    T::NOT_OFFERED
+        .iter()
+        .fold(T::command(), |cmd, id| cmd.mut_arg(*id, |a| a.hide(true)))
+}
+
+/// Every binary's command, for the man pages and shell completions of the package
+/// (`examples/dist-assets.rs`).
+pub fn commands() -> Vec<clap::Command> {
+    vec![
+        command::<wal_push::Args>(),
+        command::<wal_get::Args>(),
+        command::<base_backup::Args>(),
+        command::<restore::Args>(),
+        command::<pgcellar::Args>(),
+    ]
+}
+
+/// Parse `args` (the program name first) as the binary's command line; an option
+/// the binary does not use is a usage error when given there.
+pub fn try_parse_from<T: Scoped>(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Result<T, clap::Error> {
+    let mut cmd = command::<T>();
+    let m = cmd.try_get_matches_from_mut(args)?;
+    if let Some(id) = T::NOT_OFFERED
+        .iter()
+        .find(|id| m.value_source(id) == Some(ValueSource::CommandLine))
+    {
+        let name = cmd.get_name().to_string();
+        return Err(cmd.error(
+            clap::error::ErrorKind::UnknownArgument,
+            format!(
+                "--{} does not apply to {name}; it is not one of its options",
+                id.replace('_', "-")
+            ),
+        ));
+    }
+    T::from_arg_matches(&m)
+}
 
 /// Parse the command line; on a usage error print clap's message and exit with
 /// `usage_exit` (wal-push must stay below 126, wal-get must exceed 125).
-pub fn parse_or_exit<T: Parser>(usage_exit: i32) -> T {
-    match T::try_parse() {
+pub fn parse_or_exit<T: Scoped>(usage_exit: i32) -> T {
+    let parsed = try_parse_from::<T>(std::env::args_os());
+    match parsed {
         Ok(v) => v,
         Err(e) => {
             let code = match e.kind() {
@@ -93,7 +207,51 @@ pub fn set_panic_exit_code(code: i32) {
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsString;
     use std::process::Command;
+
+    fn argv(s: &str) -> Vec<OsString> {
+        s.split(' ').map(OsString::from).collect()
+    }
+
+    #[test]
+    fn every_command_is_well_formed_and_offers_only_its_options() {
+        for cmd in super::commands() {
+            cmd.clone().debug_assert();
+            let help = cmd.clone().render_long_help().to_string();
+            let name = cmd.get_name().to_string();
+            let offers = |flag: &str| help.contains(flag);
+            assert!(help.contains("Exit codes:"), "{name}");
+            assert!(help.contains("Examples:"), "{name}");
+            match name.as_str() {
+                "wal-get" | "wal-push" | "restore" => {
+                    assert!(!offers("--conninfo"), "{name} offers --conninfo");
+                    assert!(!offers("--minimum-redundancy"), "{name}");
+                }
+                "base-backup" | "pgcellar" => assert!(offers("--conninfo"), "{name}"),
+                other => panic!("unexpected command {other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_option_a_binary_does_not_use_is_refused_on_its_command_line() {
+        let e = super::try_parse_from::<super::wal_get::Args>(argv(
+            "wal-get --conninfo host=x 000000010000000000000001 /tmp/x",
+        ))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("--conninfo does not apply to wal-get"), "{e}");
+        let ok = super::try_parse_from::<super::wal_get::Args>(argv(
+            "wal-get 000000010000000000000001 /tmp/x",
+        ));
+        assert!(ok.is_ok());
+        let ok = super::try_parse_from::<super::base_backup::Args>(argv(
+            "base-backup --conninfo host=x",
+        ));
+        assert!(ok.is_ok());
+    }
 
     #[test]
     fn one_line_prints_a_cause_once_although_source_exposes_it() {
@@ -173,7 +331,7 @@ mod tests {
             assert_eq!(lines.len(), 1, "{spec}: {stderr}");
             assert!(
                 lines[0].starts_with("wal-get: internal error: index out of bounds")
-                    && lines[0].contains("src/cli.rs:"),
+                    && lines[0].contains("src/cli/mod.rs:"),
                 "{spec}: {stderr}"
             );
             assert!(!stderr.contains("panicked"), "{spec}: {stderr}");

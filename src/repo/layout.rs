@@ -46,6 +46,11 @@ pub fn backup_keep_marker(server: &str, id: &str) -> String {
 pub fn check_probe(server: &str, token: &str) -> String {
     format!("{server}/locks/check-{token}.tmp")
 }
+/// `<server>/locks/backup-status.json`: phase and progress of a running base-backup
+/// (`repo::status`).
+pub fn backup_status_file(server: &str) -> String {
+    format!("{server}/locks/backup-status.json")
+}
 /// `<server>/locks/<name>.lock`
 pub fn lock_file(server: &str, name: &str) -> String {
     format!("{server}/locks/{name}.lock")

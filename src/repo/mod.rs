@@ -8,6 +8,7 @@ pub mod lock;
 pub mod manifest;
 pub mod objects;
 mod server;
+pub mod status;
 
 pub use json::{now_rfc3339, parse_json, read_small, to_json, MAX_SMALL_FILE};
 pub use server::{Creation, Repository, RootEncryption, RootFile, ServerInfo, FORMAT, ROOT_FILE};

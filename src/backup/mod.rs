@@ -14,6 +14,7 @@
 //! for WAL each have their own module.
 
 mod options;
+mod progress;
 mod run;
 mod session;
 mod store;

@@ -2,6 +2,7 @@
 //! wait and, last, the manifest.
 
 use super::options::BackupOptions;
+use super::progress::Reporter;
 use super::session::{
     check_archiving, check_data_directory, start_backup, stop_backup, tablespace_names,
 };
@@ -154,6 +155,13 @@ fn backup_locked(
     let (id, start_time) = new_backup_id(storage, &server.name)?;
     let dir = layout::backup_dir(&server.name, id.as_str());
     storage.create_dir_all(&dir)?;
+    let report = Reporter::new(
+        storage,
+        &server.name,
+        id.as_str(),
+        &lock.info().token,
+        opts.progress,
+    );
     let t0 = Instant::now();
     let secs = || t0.elapsed().as_secs_f64();
     let result = (|| {
@@ -180,8 +188,7 @@ fn backup_locked(
         let tablespace_names = tablespace_names(client)?;
         let walk = walk_cluster(pgdata, server.pg_major, &tablespace_names)?;
         let jobs = settings.backup.workers(opts.jobs);
-        let total = walk.files.iter().map(|f| f.size).sum();
-        let mut ctx = StoreCtx::new(storage, &server.name, codec, parent.as_ref(), opts, total);
+        let mut ctx = StoreCtx::new(storage, &server.name, codec, parent.as_ref(), opts, &report);
         let start_name = WalName::parse(&started.wal)?;
         let summaries = match &parent {
             Some(p) if !opts.checksum => {
@@ -225,9 +232,10 @@ fn backup_locked(
             settings.backup.backup_wal_timeout,
             client,
             archiver_before,
-            opts.progress,
+            &report,
             started.from_standby,
         )?;
+        report.finishing();
         crate::log_info!(
             "WAL {} to {} confirmed at {:.2}s",
             started.wal,
@@ -273,6 +281,7 @@ fn backup_locked(
         )?;
         Ok(m)
     })();
+    report.end();
     if let Err(e) = &result {
         // An aborted backup is invisible anyway; removing it only saves space.
         crate::log_info!("backup {id} failed ({e}); removing its directory");

@@ -3,6 +3,7 @@
 //! detection"): a whole file by size and mtime, or page by page by page hash.
 
 use super::options::BackupOptions;
+use super::progress::Reporter;
 use super::walk::{mode_of, Job};
 use crate::codec::{self, Codec, HashWriter, BUF_SIZE};
 use crate::error::{Error, IoContext, Result};
@@ -10,7 +11,6 @@ use crate::repo::manifest::{self, FileEntry, Manifest, ObjectRef, MAX_DELTAS, MA
 use crate::repo::objects::{page_hash, DeltaWriter, ObjectStore, PageHashes, Stored, PAGE};
 use crate::repo::ServerInfo;
 use crate::storage::Storage;
-use crate::util::progress::progress_bar;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -58,7 +58,7 @@ pub(super) struct StoreCtx<'a> {
     pub(super) parent_files: HashMap<&'a str, &'a FileEntry>,
     pub(super) checksum: bool,
     pub(super) untouched: Option<Untouched<'a>>,
-    pub(super) progress: indicatif::ProgressBar,
+    pub(super) report: &'a Reporter<'a>,
 }
 
 impl<'a> StoreCtx<'a> {
@@ -69,7 +69,7 @@ impl<'a> StoreCtx<'a> {
         codec: Codec,
         parent: Option<&'a Manifest>,
         opts: &BackupOptions,
-        total: u64,
+        report: &'a Reporter<'a>,
     ) -> StoreCtx<'a> {
         StoreCtx {
             objects: ObjectStore::new(storage, server),
@@ -80,7 +80,7 @@ impl<'a> StoreCtx<'a> {
                 .unwrap_or_default(),
             checksum: opts.checksum,
             untouched: None,
-            progress: progress_bar(total, opts.progress),
+            report,
         }
     }
 }
@@ -99,18 +99,22 @@ pub(super) fn store_files(
     let (control, files): (Vec<Job>, Vec<Job>) =
         files.into_iter().partition(|j| j.path == CONTROL_FILE);
     let results: Mutex<Vec<FileEntry>> = Mutex::new(Vec::with_capacity(files.len() + 1));
+    ctx.report.copying(
+        files.len() as u64 + control.len() as u64,
+        files.iter().chain(&control).map(|j| j.size).sum(),
+    );
     let store = |job: &Job| -> Result<()> {
-        if let Some(entry) = store_one(ctx, job)? {
+        let (entry, read) = store_one(ctx, job)?;
+        if let Some(entry) = entry {
             if let Ok(mut r) = results.lock() {
                 r.push(entry);
             }
         }
-        ctx.progress.inc(job.size);
+        ctx.report.file_done(job.size, read);
         Ok(())
     };
     let stored = crate::util::workers::try_for_each(jobs, &files, |_, job| store(job))
         .and_then(|()| control.iter().try_for_each(store));
-    ctx.progress.finish_and_clear();
     stored?;
     // One flush for every object instead of an fsync each (about 15 ms apiece on
     // ordinary disks); still well before the manifest makes the backup count.
@@ -138,8 +142,48 @@ struct Version {
     pages: Option<Stored>,
 }
 
-/// Store one file; `None` when it vanished meanwhile.
-fn store_one(ctx: &StoreCtx<'_>, job: &Job) -> Result<Option<FileEntry>> {
+/// Store one file; `None` when it vanished meanwhile. The flag says whether it was
+/// read: a file proven unchanged without reading it is reused unread.
+fn store_one(ctx: &StoreCtx<'_>, job: &Job) -> Result<(Option<FileEntry>, bool)> {
+    if let Some(entry) = reuse_unread(ctx, job)? {
+        return Ok((Some(entry), false));
+    }
+    Ok((store_read(ctx, job)?, true))
+}
+
+/// The parent's entry for a file proven unchanged without reading it: same size and
+/// mtime, old enough; or untouched according to the WAL summaries.
+fn reuse_unread(ctx: &StoreCtx<'_>, job: &Job) -> Result<Option<FileEntry>> {
+    if ctx.checksum {
+        return Ok(None);
+    }
+    let (Some(parent), Some(prev)) = (ctx.parent, ctx.parent_files.get(job.path.as_str())) else {
+        return Ok(None);
+    };
+    let meta = match fs::metadata(&job.src) {
+        Ok(m) => m,
+        // Vanished or unreadable: store_read says which.
+        Err(_) => return Ok(None),
+    };
+    let (size, mtime) = (meta.len(), meta.mtime());
+    if prev.size != size {
+        return Ok(None);
+    }
+    let old_enough = mtime + SAFE_HORIZON_SECS <= parent.start_time.timestamp();
+    let proven = (prev.mtime == mtime && old_enough)
+        || (is_main_fork(&job.path) && ctx.untouched.is_some_and(|f| f(&job.path)));
+    Ok(proven.then(|| FileEntry {
+        path: job.path.clone(),
+        size,
+        mtime,
+        mode: mode_of(&meta),
+        added_size: 0,
+        ..(*prev).clone()
+    }))
+}
+
+/// Store one file that must be read (hashed, compared page by page, or stored).
+fn store_read(ctx: &StoreCtx<'_>, job: &Job) -> Result<Option<FileEntry>> {
     let meta = match fs::metadata(&job.src) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -191,17 +235,10 @@ fn store_one(ctx: &StoreCtx<'_>, job: &Job) -> Result<Option<FileEntry>> {
     let page_level =
         is_main_fork(&job.path) && size >= PAGE_LEVEL_MIN_SIZE && size % PAGE as u64 == 0;
     let prev = match (ctx.parent, ctx.parent_files.get(job.path.as_str())) {
-        (Some(parent), Some(prev)) if prev.size == size => Some((parent, *prev)),
+        (Some(_), Some(prev)) if prev.size == size => Some(*prev),
         _ => None,
     };
-    if let Some((parent, prev)) = prev {
-        let old_enough = mtime + SAFE_HORIZON_SECS <= parent.start_time.timestamp();
-        if !ctx.checksum && prev.mtime == mtime && old_enough {
-            return Ok(Some(reuse(prev)));
-        }
-        if !ctx.checksum && is_main_fork(&job.path) && ctx.untouched.is_some_and(|f| f(&job.path)) {
-            return Ok(Some(reuse(prev)));
-        }
+    if let Some(prev) = prev {
         if prev.mtime == mtime && !page_level {
             // Same size and mtime but not provably old (or --checksum): most likely
             // unchanged, so hashing first usually saves the compression.

@@ -1,12 +1,12 @@
 //! The bounded wait until every WAL segment a backup needs is in the repository,
 //! cut short when `pg_stat_archiver` shows archiving is broken.
 
+use super::progress::Reporter;
 use crate::archive;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg;
 use crate::repo::{layout, ServerInfo};
 use crate::storage::Storage;
-use crate::util::progress::progress_bar;
 use crate::wal::{Segment, WalName};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeSet, HashMap};
@@ -44,6 +44,35 @@ pub(super) struct ArchiverStatus {
     last_failed_wal: Option<String>,
     last_failed_time: Option<DateTime<Utc>>,
     last_archived_time: Option<DateTime<Utc>>,
+    last_archived_wal: Option<String>,
+}
+
+impl ArchiverStatus {
+    /// One line for a person: the failures first (they are why a wait lasts), then
+    /// what was archived last.
+    fn summary(&self) -> String {
+        let at = |t: &Option<DateTime<Utc>>| {
+            t.map_or_else(
+                || "?".to_string(),
+                |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            )
+        };
+        let failed = match &self.last_failed_wal {
+            Some(w) => format!(
+                "{} failures, the last for {w} at {}; ",
+                self.failed_count,
+                at(&self.last_failed_time)
+            ),
+            None => String::new(),
+        };
+        match &self.last_archived_wal {
+            Some(w) => format!(
+                "{failed}last archived {w} at {}",
+                at(&self.last_archived_time)
+            ),
+            None => format!("{failed}nothing archived since the statistics were reset"),
+        }
+    }
 }
 
 /// Read `pg_stat_archiver`; `None` (and a debug line) if it cannot be read, since the
@@ -52,8 +81,8 @@ pub(super) fn archiver_status(client: &mut postgres::Client) -> Option<ArchiverS
     let read = |client: &mut postgres::Client| -> Result<ArchiverStatus> {
         let row = client
             .query_one(
-                "SELECT failed_count, last_failed_wal, last_failed_time, last_archived_time \
-                 FROM pg_stat_archiver",
+                "SELECT failed_count, last_failed_wal, last_failed_time, last_archived_time, \
+                 last_archived_wal FROM pg_stat_archiver",
                 &[],
             )
             .map_err(|e| pg::query_error("reading pg_stat_archiver", e))?;
@@ -64,6 +93,7 @@ pub(super) fn archiver_status(client: &mut postgres::Client) -> Option<ArchiverS
             last_failed_wal: pg::column(&row, 1, what)?,
             last_failed_time: time(pg::column(&row, 2, what)?),
             last_archived_time: time(pg::column(&row, 3, what)?),
+            last_archived_wal: pg::column(&row, 4, what)?,
         })
     };
     match read(client) {
@@ -123,15 +153,11 @@ pub(super) fn wait_for_wal(
     timeout: Duration,
     client: &mut postgres::Client,
     before: Option<ArchiverStatus>,
-    progress: bool,
+    report: &Reporter<'_>,
     from_standby: bool,
 ) -> Result<()> {
     let needed = segments_between(start, stop, server.wal_segment_size)?;
     let deadline = Instant::now() + timeout;
-    let spinner = progress_bar(0, progress);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{elapsed_precise} {msg}") {
-        spinner.set_style(style);
-    }
     let mut announced: Option<String> = None;
     // Short polls first: the stop segment is usually archived within a second.
     let mut pause = Duration::from_millis(50);
@@ -140,26 +166,27 @@ pub(super) fn wait_for_wal(
         let Some(first) = missing.first() else {
             break Ok(());
         };
+        let now = archiver_status(client);
+        let line = format!(
+            "waiting for WAL segment {first} to be archived ({} of {} still missing)",
+            missing.len(),
+            needed.len()
+        );
         if announced.as_deref() != Some(first.as_str()) {
-            let mut line = format!(
-                "waiting for WAL segment {first} to be archived ({} of {} still missing)",
-                missing.len(),
-                needed.len()
-            );
+            let mut logged = line.clone();
             if from_standby {
                 // A standby cannot switch segments; only the primary completes this one.
-                line.push_str(
+                logged.push_str(
                     "; a standby cannot switch WAL segments, so it arrives when the primary \
                      fills or switches it (archive_timeout on the primary bounds the wait)",
                 );
             }
-            crate::log_info!("{line}");
-            spinner.set_message(line);
+            crate::log_info!("{logged}");
             announced = Some(first.clone());
         }
-        spinner.tick();
-        if let (Some(before), Some(now)) = (&before, archiver_status(client)) {
-            if let Some(wal) = archiver_stuck(before, &now, &missing) {
+        report.waiting(first, &line, now.as_ref().map(ArchiverStatus::summary));
+        if let (Some(before), Some(now)) = (&before, &now) {
+            if let Some(wal) = archiver_stuck(before, now, &missing) {
                 let at = now.last_failed_time.map_or_else(
                     || "?".to_string(),
                     |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -200,7 +227,6 @@ pub(super) fn wait_for_wal(
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_secs(1));
     };
-    spinner.finish_and_clear();
     result
 }
 
@@ -242,6 +268,7 @@ mod tests {
             last_failed_wal: Some("000000010000000000000001".into()),
             last_failed_time: t(3600),
             last_archived_time: t(60),
+            last_archived_wal: None,
         };
         let missing = vec![
             "000000010000000000000004".to_string(),
@@ -252,6 +279,7 @@ mod tests {
             last_failed_wal: Some(wal.into()),
             last_failed_time: t(1),
             last_archived_time: archived,
+            last_archived_wal: None,
         };
         let ours = "000000010000000000000004";
         // Three failures in a row on a segment we need: stuck.

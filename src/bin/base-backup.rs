@@ -26,7 +26,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
         t.copied_files,
         t.copied_stored_size
     );
-    println!("{}", m.id);
+    if !args.common.quiet || args.print_id {
+        println!("{}", m.id);
+    }
     Ok(())
 }
 

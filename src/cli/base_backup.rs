@@ -14,7 +14,9 @@ use clap::Parser;
               --conninfo 'host=/var/run/postgresql port=5432'
   base-backup ... --conninfo 'host=/var/run/postgresql port=5433'   # from a hot standby
 
-Prints the new backup's id on stdout and nothing else there.
+Prints the new backup's id on stdout and nothing else there; --quiet prints nothing
+at all but errors (for cron, which mails any output), --quiet --print-id only the id.
+The progress line is drawn only when stderr is a terminal.
 
 Exit codes:
   0  the backup is complete: its files, its WAL and, last, its manifest are stored
@@ -37,6 +39,10 @@ pub struct Args {
     /// Decide whether a file is unchanged by its SHA-256, never by size and mtime
     #[arg(long)]
     pub checksum: bool,
+    /// Print the new backup's id on stdout even with --quiet (which otherwise
+    /// silences stdout too, for cron)
+    #[arg(long)]
+    pub print_id: bool,
     /// Label for pg_backup_start and the manifest
     #[arg(long, value_name = "TEXT")]
     pub label: Option<String>,

@@ -43,20 +43,18 @@ pub(super) fn restore_files(
 ) -> Result<(u64, u64)> {
     files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
     let total: u64 = files.iter().map(|f| f.size).sum();
-    let progress = crate::util::progress::progress_bar(total, opts.progress && files.len() > 1);
+    let progress = crate::util::progress::Meter::new(opts.progress && files.len() > 1, "written");
+    progress.start_copy(files.len() as u64, total);
     let written = AtomicUsize::new(0);
     let kept = AtomicUsize::new(0);
     let restored = crate::util::workers::try_for_each(jobs, &files, |_, entry| {
-        let counter = if restore_one(src, entry, opts.delta)? {
-            &written
-        } else {
-            &kept
-        };
+        let wrote = restore_one(src, entry, opts.delta)?;
+        let counter = if wrote { &written } else { &kept };
         counter.fetch_add(1, Ordering::Relaxed);
-        progress.inc(entry.size);
+        progress.file_done(entry.size, if wrote { entry.size } else { 0 });
         Ok(())
     });
-    progress.finish_and_clear();
+    progress.finish();
     restored?;
     Ok((written.into_inner() as u64, kept.into_inner() as u64))
 }

@@ -19,6 +19,7 @@ mod garage_cluster;
 mod gc;
 mod lookahead;
 mod matrix;
+mod progress;
 mod s3;
 mod ssh;
 mod standby;

@@ -1,4 +1,5 @@
 use super::*;
+use crate::backup::progress::Reporter;
 use crate::repo::objects::rebuild;
 use crate::storage::LocalStorage;
 use chrono::{DateTime, Utc};
@@ -39,8 +40,16 @@ fn store(
         checksum,
         ..Default::default()
     };
-    let ctx = StoreCtx::new(s, "main", Codec::default(), parent, &opts, 0);
-    store_one(&ctx, job).unwrap()
+    let report = Reporter::new(s, "main", "20260101T000000Z", "token", false);
+    let ctx = StoreCtx::new(s, "main", Codec::default(), parent, &opts, &report);
+    let (entry, read) = store_one(&ctx, job).unwrap();
+    // A file is reused unread only when nothing but its size and mtime was needed.
+    if let Some(e) = &entry {
+        if !read {
+            assert_eq!(e.added_size, 0, "{}", e.path);
+        }
+    }
+    entry
 }
 
 fn rebuilt(s: &LocalStorage, e: &FileEntry) -> Vec<u8> {

@@ -4,9 +4,11 @@
 use super::stored::{lookup, short, stored_name, StoredWal};
 use crate::codec::{self, Codec, ContentHash};
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::repo::{layout, Repository, ServerInfo};
+use crate::repo::{layout, parse_json, read_small, to_json, Repository, ServerInfo};
 use crate::storage::{self, AtomicFile, Committed, Overwrite, Storage};
 use crate::wal::{self, SegmentExpectation, WalKind, WalName};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -129,7 +131,10 @@ pub fn push(
     path: &Path,
     codec: Codec,
 ) -> Result<PushOutcome> {
-    let mut src = WalSource::open(path, server)?;
+    let mut src = WalSource::open_unchecked(path)?;
+    if let Err(e) = check_source(&src.name, src.size, &src.head, server) {
+        return Err(refused_source(repo.storage(), &server.name, &src.name, e));
+    }
     push_source(repo.storage(), server, &mut src, codec)
 }
 
@@ -163,7 +168,7 @@ pub fn push_source(
         Destination::Existing(existing) => {
             // Only hash: compressing would waste time on a file we will not store.
             let (id, sha) = src.hash(&storage.content_hash())?;
-            return compare_existing(&src.name, &id, &sha, &existing, storage);
+            return compare_existing(&server.name, &src.name, &id, &sha, &existing, storage);
         }
         Destination::New(out) => out,
     };
@@ -197,7 +202,9 @@ pub fn push_overlapped(
         let (name, size, head) = (&src.name, src.size, &src.head);
         let opener = s.spawn(move || -> Result<(Repository, ServerInfo)> {
             let (repo, server) = open()?;
-            check_source(name, size, head, &server)?;
+            if let Err(e) = check_source(name, size, head, &server) {
+                return Err(refused_source(repo.storage(), &server.name, name, e));
+            }
             // A send error means the encoder already failed; its error is reported.
             let _ = tx.send(prepare(repo.storage(), &server, name)?);
             Ok((repo, server))
@@ -251,6 +258,7 @@ pub fn push_overlapped(
     let outcome = match encoded {
         (Ok(stats), SinkState::Writing(out)) => finish(storage, &server, &src, out, stats, codec)?,
         (Ok(stats), SinkState::Existing(existing)) => compare_existing(
+            &server.name,
             &src.name,
             &stats.sha256,
             &stats.content_sha256,
@@ -260,7 +268,7 @@ pub fn push_overlapped(
         (Err(_), SinkState::Existing(existing)) => {
             // The sink stopped the encoder: a copy exists, so only the hash matters.
             let (id, sha) = src.hash(&storage.content_hash())?;
-            compare_existing(&src.name, &id, &sha, &existing, storage)?
+            compare_existing(&server.name, &src.name, &id, &sha, &existing, storage)?
         }
         (Err(e), _) => return Err(archiving_error(&src, storage, e)),
         (Ok(_), SinkState::Waiting(_)) => {
@@ -443,7 +451,7 @@ pub fn settle(
                 }
                 None => "the identical copy is left to the push that created it",
             };
-            Err(Error::new(
+            let e = Error::new(
                 ErrorKind::Conflict,
                 format!(
                     "{name} was stored concurrently with different content in {} (sha256 {} \
@@ -453,35 +461,124 @@ pub fn settle(
                     short(&other.sha256),
                     short(sha256)
                 ),
-            ))
+            );
+            record_refusal(storage, server, name, REFUSED_DIFFERENT_CONTENT, &e);
+            Err(e)
         }
     }
 }
 
 fn compare_existing(
+    server: &str,
     name: &WalName,
     sha: &str,
     content_sha256: &str,
     existing: &[StoredWal],
     storage: &dyn Storage,
 ) -> Result<PushOutcome> {
-    if existing.iter().all(|s| s.sha256 == sha) {
+    let Some(other) = existing.iter().find(|s| s.sha256 != sha) else {
         return Ok(PushOutcome::AlreadyArchived {
             sha256: sha.to_string(),
             content_sha256: content_sha256.to_string(),
         });
-    }
-    Err(Error::new(
+    };
+    let e = Error::new(
         ErrorKind::Conflict,
         format!(
             "{name} is already archived in {} with different content (sha256 {} there, {} here); \
              refusing to overwrite history. If this server was restored or promoted, check \
              --server and the timeline",
             storage.location(),
-            short(&existing[0].sha256),
+            short(&other.sha256),
             short(sha)
         ),
-    ))
+    );
+    record_refusal(storage, server, name, REFUSED_DIFFERENT_CONTENT, &e);
+    Err(e)
+}
+
+/// [`PushRefusal::reason`] of a name already archived (or stored concurrently) with
+/// other content.
+pub const REFUSED_DIFFERENT_CONTENT: &str = "different_content";
+/// [`PushRefusal::reason`] of a file whose size or page header does not belong to the
+/// registered cluster (foreign system identifier, truncated or renamed segment).
+pub const REFUSED_INVALID_SEGMENT: &str = "invalid_segment";
+
+/// The last file wal-push refused, as recorded in the repository for `pgcellar info`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRefusal {
+    /// When it was refused.
+    pub time: DateTime<Utc>,
+    /// The WAL file refused.
+    pub wal: String,
+    /// Why: [`REFUSED_DIFFERENT_CONTENT`] or [`REFUSED_INVALID_SEGMENT`] (later
+    /// versions may add reasons).
+    pub reason: String,
+    /// wal-push's error message; `None` in an encrypted repository, where this file
+    /// stays in clear and the message could name system identifiers.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Host that ran wal-push.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+}
+
+/// Longest message a refusal record keeps: the file must stay a small one.
+const REFUSAL_MESSAGE_MAX: usize = 2000;
+
+/// Record `error` as wal-push's last refusal of `name`, best effort: this runs only
+/// on the way to a failure that PostgreSQL will retry, and whatever goes wrong here
+/// must not change that failure (nor ever touch a successful push).
+pub fn record_refusal(
+    storage: &dyn Storage,
+    server: &str,
+    name: &WalName,
+    reason: &str,
+    error: &Error,
+) {
+    let message = (!storage.content_hash().is_keyed()).then(|| {
+        let text = error.to_string();
+        match text.char_indices().nth(REFUSAL_MESSAGE_MAX) {
+            Some((cut, _)) => format!("{}...", &text[..cut]),
+            None => text,
+        }
+    });
+    let record = PushRefusal {
+        time: Utc::now(),
+        wal: name.to_string(),
+        reason: reason.to_string(),
+        message,
+        host: crate::repo::lock::hostname(),
+        pid: std::process::id(),
+    };
+    if let Ok(json) = to_json(&record) {
+        let _ = storage.write_all(
+            &layout::push_refusal_file(server),
+            &json,
+            Overwrite::Replace,
+        );
+    }
+}
+
+/// [`record_refusal`] of a file [`check_source`] rejected, returning its error. A
+/// registration that cannot be checked against (a configuration error) is not the
+/// file's fault and is not recorded.
+fn refused_source(storage: &dyn Storage, server: &str, name: &WalName, e: Error) -> Error {
+    if e.kind() != ErrorKind::Config {
+        record_refusal(storage, server, name, REFUSED_INVALID_SEGMENT, &e);
+    }
+    e
+}
+
+/// wal-push's last recorded refusal for `server`, if any.
+pub fn last_refusal(storage: &dyn Storage, server: &str) -> Result<Option<PushRefusal>> {
+    let path = layout::push_refusal_file(server);
+    match read_small(storage, &path) {
+        Ok(bytes) => parse_json(&bytes, &path).map(Some),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 #[cfg(test)]
 mod tests {
@@ -523,5 +620,42 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].sha256, a);
         let _ = fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn a_refusal_is_recorded_and_an_identical_push_records_nothing() {
+        use crate::storage::LocalStorage;
+        let root =
+            std::env::temp_dir().join(format!("pgcellar-refusal-{}", crate::util::temp_name()));
+        let st = LocalStorage::new(root.clone());
+        st.create_dir_all(&layout::locks_dir("main")).unwrap();
+        let name = WalName::parse("000000010000000000000007").unwrap();
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let existing = vec![StoredWal {
+            name: name.clone(),
+            sha256: a.clone(),
+            compression: Compression::Zstd,
+            path: format!("main/wal/0000000100000000/{name}-{a}.zst"),
+            stored_size: 1,
+        }];
+        // The same content again is fine and leaves no record.
+        compare_existing("main", &name, &a, &a, &existing, &st).unwrap();
+        assert_eq!(last_refusal(&st, "main").unwrap(), None);
+        let err = compare_existing("main", &name, &b, &b, &existing, &st).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Conflict);
+        let rec = last_refusal(&st, "main")
+            .unwrap()
+            .expect("a refusal record");
+        assert_eq!(rec.wal, name.as_str());
+        assert_eq!(rec.reason, REFUSED_DIFFERENT_CONTENT);
+        assert_eq!(rec.message.as_deref(), Some(err.to_string().as_str()));
+        assert_eq!(rec.pid, std::process::id());
+        // A repository whose locks directory cannot be written still gets the
+        // refusal's own error, unchanged.
+        let _ = fs::remove_dir_all(&root);
+        fs::write(&root, b"not a directory").unwrap();
+        let err = compare_existing("main", &name, &b, &b, &existing, &st).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Conflict);
+        let _ = fs::remove_file(root);
     }
 }

@@ -1,10 +1,12 @@
-//! The catalog command: `pgcellar init | servers | list | show | check | verify |
+//! The catalog command: `pgcellar init | servers | info | list | show | check | verify |
 //! expire | delete | keep | cat | switch-wal | cron`. Parses, calls one library function,
 //! prints, maps the outcome to an exit code (0 ok, 1 failure, 2 usage; `check
-//! --nagios` uses the Nagios codes 0-3).
+//! --nagios` uses the Nagios codes 0-3). Every `--json` document is versioned
+//! (`catalog::document`).
 
+use pgcellar::catalog::document::{document, list_document, servers_document, verify_document};
 use pgcellar::catalog::verify::Selection;
-use pgcellar::catalog::{self, check, expire, key, verify};
+use pgcellar::catalog::{self, check, expire, info, key, verify};
 use pgcellar::cli::pgcellar::{Args, Command, KeyCommand};
 use pgcellar::config::Settings;
 use pgcellar::crypto::Argon2Cost;
@@ -43,7 +45,7 @@ fn run(args: &Args) -> anyhow::Result<i32> {
                 // The document is printed whatever happens; the exit code says it failed.
                 log_error!("{}", e);
                 let server = args.common.server.as_deref();
-                print_json(&check::failed_report(server, &e.to_string()))?;
+                print_json(&document(check::failed_report(server, &e.to_string())))?;
                 return Ok(1);
             }
             return Err(e.into());
@@ -76,15 +78,23 @@ fn run(args: &Args) -> anyhow::Result<i32> {
         Command::Servers { json } => {
             let rows = catalog::servers(&settings)?;
             if *json {
-                print_json(&rows)?;
+                print_json(&servers_document(&rows))?;
             } else {
                 emit(&catalog::render_servers(&rows))?;
+            }
+        }
+        Command::Info { json } => {
+            let r = info::info(&settings)?;
+            if *json {
+                print_json(&document(&r))?;
+            } else {
+                emit(&info::render_info(&r))?;
             }
         }
         Command::List { json } => {
             let rows = catalog::list(&settings)?;
             if *json {
-                print_json(&rows)?;
+                print_json(&list_document(settings.server_name()?, &rows))?;
             } else {
                 emit(&catalog::render_list(&rows))?;
             }
@@ -92,7 +102,7 @@ fn run(args: &Args) -> anyhow::Result<i32> {
         Command::Show { id, json } => {
             let r = catalog::show(&settings, id)?;
             if *json {
-                print_json(&r)?;
+                print_json(&document(&r))?;
             } else {
                 emit(&catalog::render_show(&r))?;
             }
@@ -110,7 +120,7 @@ fn run(args: &Args) -> anyhow::Result<i32> {
                 Err(e) if *json => {
                     log_error!("{e}");
                     let server = settings.server.as_deref();
-                    print_json(&check::failed_report(server, &e.to_string()))?;
+                    print_json(&document(check::failed_report(server, &e.to_string())))?;
                     return Ok(1);
                 }
                 Err(e) => return Err(e.into()),
@@ -120,7 +130,7 @@ fn run(args: &Args) -> anyhow::Result<i32> {
                 return Ok(r.status.nagios_code());
             }
             if *json {
-                print_json(&r)?;
+                print_json(&document(&r))?;
             } else {
                 emit(&check::render(&r))?;
             }
@@ -137,7 +147,7 @@ fn run(args: &Args) -> anyhow::Result<i32> {
             };
             let reports = verify::run(&settings, &which)?;
             if *json {
-                print_json(&reports)?;
+                print_json(&verify_document(settings.server_name()?, &reports))?;
             } else {
                 emit(&verify::render(&reports))?;
             }
@@ -150,7 +160,7 @@ fn run(args: &Args) -> anyhow::Result<i32> {
         } => {
             let r = expire::expire(&settings, retention.as_deref(), *dry_run)?;
             if *json {
-                print_json(&r)?;
+                print_json(&document(&r))?;
             } else {
                 emit(&expire::render_expire(&r))?;
             }

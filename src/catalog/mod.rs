@@ -1,11 +1,13 @@
 //! Catalog commands that work on the repository: `init`, `servers`, `list`, `show`,
 //! `keep`, `cat`, `switch-wal`, and the settings they share. Removal (`delete`, `expire`,
 //! `cron`) lives in [`crate::catalog::expire`], `check` in [`crate::catalog::check`], `verify` in
-//! [`crate::catalog::verify`], the retention rules in [`crate::catalog::retention`].
+//! [`crate::catalog::verify`], `info` in [`crate::catalog::info`], the retention rules in
+//! [`crate::catalog::retention`].
 //!
 //! Each command is one function returning a serialisable report; the `render_*`
-//! functions turn reports into the human output (aligned tables). The JSON of the
-//! reports is documented in `docs/cli-json.md`.
+//! functions turn reports into the human output (aligned tables), and
+//! [`crate::catalog::document`] into the versioned `--json` documents described in
+//! `docs/cli-json.md`.
 //!
 //! This file declares the modules and re-exports their commands: `servers.rs` (`init`,
 //! `servers`), `backups.rs` (`list`, `show`, `keep`), `switch.rs` (WAL switch and wait),
@@ -15,7 +17,9 @@
 mod backups;
 mod cat;
 pub mod check;
+pub mod document;
 pub mod expire;
+pub mod info;
 pub mod key;
 mod render;
 pub mod retention;

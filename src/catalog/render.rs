@@ -53,8 +53,22 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-fn time(t: &DateTime<Utc>) -> String {
+/// A time for people: UTC to the second.
+pub(crate) fn time(t: &DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+/// A duration for people, in its largest fitting unit (`90s`, `5m`, `3h`, `2d`).
+pub(crate) fn describe_age(secs: i64) -> String {
+    if secs < 120 {
+        format!("{secs}s")
+    } else if secs < 7200 {
+        format!("{}m", secs / 60)
+    } else if secs < 172_800 {
+        format!("{}h", secs / 3600)
+    } else {
+        format!("{}d", secs / 86400)
+    }
 }
 
 /// `pgcellar servers` as a table.

@@ -11,6 +11,7 @@ use std::path::PathBuf;
   pgcellar --config /etc/pgcellar.toml init            # create the repository, register the cluster
   pgcellar --config /etc/pgcellar.toml check --nagios
   pgcellar --config /etc/pgcellar.toml list
+  pgcellar --repo /srv/pgcellar info                   # every server: backups, WAL, archiving
   pgcellar --config /etc/pgcellar.toml verify --all
   pgcellar --config /etc/pgcellar.toml expire --dry-run --retention 'REDUNDANCY 2'
   pgcellar --config /etc/pgcellar.toml cron            # from cron or a systemd timer
@@ -76,6 +77,12 @@ pub enum Command {
     Key(KeyCommand),
     /// List the servers in the repository
     Servers {
+        /// Machine-readable output (docs/cli-json.md)
+        #[arg(long)]
+        json: bool,
+    },
+    /// One screen per server (all without --server): backups, WAL, archiving, a running backup
+    Info {
         /// Machine-readable output (docs/cli-json.md)
         #[arg(long)]
         json: bool,

@@ -51,6 +51,11 @@ pub fn check_probe(server: &str, token: &str) -> String {
 pub fn backup_status_file(server: &str) -> String {
     format!("{server}/locks/backup-status.json")
 }
+/// `<server>/locks/wal-push-refusal.json`: the last file wal-push refused and why,
+/// recorded best effort for `pgcellar info` (`archive::last_refusal`).
+pub fn push_refusal_file(server: &str) -> String {
+    format!("{server}/locks/wal-push-refusal.json")
+}
 /// `<server>/locks/<name>.lock`
 pub fn lock_file(server: &str, name: &str) -> String {
     format!("{server}/locks/{name}.lock")

@@ -831,13 +831,13 @@ fn bytes_read_by(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The rows of `pgcellar list --json`, newest first.
 pub(crate) fn list_json(repo: &RepoDir) -> Vec<serde_json::Value> {
     let o = repo.pgcellar(&["list", "--json"]);
     assert!(o.status.success(), "{}", out_text(&o));
-    serde_json::from_slice::<serde_json::Value>(&o.stdout)
-        .unwrap()
+    json_document(&o.stdout)["backups"]
         .as_array()
-        .unwrap()
+        .unwrap_or_else(|| panic!("no backups in {}", out_text(&o)))
         .clone()
 }
 
@@ -1157,8 +1157,7 @@ fn a_long_running_holder_keeps_its_lock_and_a_dead_one_loses_it() {
     let rows = list_json(&repo);
     assert_eq!(rows[0]["status"], "aborted", "{rows:?}");
     let o = repo.pgcellar(&["--conninfo", &c.conninfo(), "check", "--json"]);
-    let r: serde_json::Value =
-        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", out_text(&o)));
+    let r = json_document(&o.stdout);
     let row = check_row(&r, "aborted_backups");
     assert_eq!(row["status"], "warning", "{r}");
     let message = row["message"].as_str().unwrap();

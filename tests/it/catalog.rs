@@ -45,9 +45,9 @@ fn ok(repo: &RepoDir, config: Option<&Path>, args: &[&str]) -> String {
     stdout(&o)
 }
 
+/// The versioned `--json` document of a successful `pgcellar ARGS`.
 fn json(repo: &RepoDir, config: Option<&Path>, args: &[&str]) -> Value {
-    let out = ok(repo, config, args);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}):\n{out}"))
+    json_document(ok(repo, config, args).as_bytes())
 }
 
 fn base_backup(repo: &RepoDir, c: &Cluster) -> String {
@@ -56,8 +56,8 @@ fn base_backup(repo: &RepoDir, c: &Cluster) -> String {
         .arg("--pgdata")
         .arg(&c.pgdata)
         .arg("--conninfo")
-        .arg(c.conninfo())
-        .arg("-q");
+        .arg(c.conninfo());
+    // Not -q: stdout carries the id only without it.
     let out = run_ok(&mut cmd);
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
@@ -131,7 +131,7 @@ fn backup_life_cycle_list_keep_expire_restore_verify_cron() {
     assert!(b1 < b2 && b2 < b3);
 
     // servers
-    let servers = json(&repo, None, &["servers", "--json"]);
+    let servers = json(&repo, None, &["servers", "--json"])["servers"].clone();
     assert_eq!(servers[0]["name"], "main");
     assert_eq!(servers[0]["backups"], 3);
     assert_eq!(servers[0]["newest_backup"], b3.as_str());
@@ -144,7 +144,9 @@ fn backup_life_cycle_list_keep_expire_restore_verify_cron() {
     );
 
     // list: newest first, sizes, hard-linked files not counted as added.
-    let list = json(&repo, None, &["list", "--json"]);
+    let doc = json(&repo, None, &["list", "--json"]);
+    assert_eq!(doc["server"], "main");
+    let list = doc["backups"].clone();
     let ids: Vec<&str> = list
         .as_array()
         .unwrap()
@@ -208,7 +210,7 @@ fn backup_life_cycle_list_keep_expire_restore_verify_cron() {
     // keep: a marker file in the backup directory; a pinned backup cannot be deleted.
     ok(&repo, None, &["keep", &b1]);
     assert!(backup_dir(&repo, &b1).join("keep").is_file());
-    let list = json(&repo, None, &["list", "--json"]);
+    let list = json(&repo, None, &["list", "--json"])["backups"].clone();
     assert_eq!(list[2]["kept"], true);
     assert_eq!(list[0]["kept"], false);
     let o = pgcellar(&repo, cfg, &["delete", &b1]);
@@ -255,7 +257,10 @@ fn backup_life_cycle_list_keep_expire_restore_verify_cron() {
     );
     assert!(segs.len() < segs_before.len(), "{segs:?}");
     // b3's hard links into b2 survive b2's removal: verify re-reads every file.
-    let v = json(&repo, None, &["verify", "--all", "--json"]);
+    let doc = json(&repo, None, &["verify", "--all", "--json"]);
+    assert_eq!(doc["server"], "main", "{doc}");
+    assert_eq!(doc["ok"], true, "{doc}");
+    let v = doc["backups"].clone();
     assert_eq!(v.as_array().unwrap().len(), 2);
     for r in v.as_array().unwrap() {
         assert_eq!(r["problems"].as_array().unwrap().len(), 0, "{r}");
@@ -377,8 +382,9 @@ fn backup_life_cycle_list_keep_expire_restore_verify_cron() {
     fs::write(&stored, &bad).unwrap();
     let o = pgcellar(&repo, None, &["verify", "--json"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
-    let problems = v[0]["problems"].as_array().unwrap();
+    let v = json_document(&o.stdout);
+    assert_eq!(v["ok"], false, "{v}");
+    let problems = v["backups"][0]["problems"].as_array().unwrap();
     // One problem per file the object holds (identical files, e.g. the same catalog
     // of several databases, share one object), each naming it and the backup.
     let whose: Vec<&Value> = m["files"]
@@ -415,8 +421,8 @@ fn backup_life_cycle_list_keep_expire_restore_verify_cron() {
     fs::remove_file(&seg_path).unwrap();
     let o = pgcellar(&repo, None, &["verify", "--all", "--json"]);
     assert_eq!(o.status.code(), Some(1));
-    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
-    let problems = v[0]["problems"].as_array().unwrap();
+    let v = json_document(&o.stdout);
+    let problems = v["backups"][0]["problems"].as_array().unwrap();
     assert!(
         problems
             .iter()
@@ -429,7 +435,7 @@ fn backup_life_cycle_list_keep_expire_restore_verify_cron() {
     // check reports the gap too (its catalog checks need no connection).
     let o = pgcellar(&repo, None, &["check", "--json"]);
     assert_eq!(o.status.code(), Some(1));
-    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let v = json_document(&o.stdout);
     let row = check_row(&v, "wal_continuity");
     assert_eq!(row["status"], "critical", "{v}");
     assert!(
@@ -572,15 +578,13 @@ fn check_and_switch_wal_healthy_and_with_a_broken_archive_command() {
         &format!("repo = '{}'\nserver = 'other'\n", repo.url()),
     );
     set_command(&format!("{wal_push} --config {} %p", pushcfg.display()));
-    let r: Value =
-        serde_json::from_str(&stdout(&pgcellar(&repo, cfg, &["check", "--json"]))).unwrap();
+    let r = json_document(&pgcellar(&repo, cfg, &["check", "--json"]).stdout);
     let cmd_row = check_row(&r, "archive_command");
     assert_eq!(cmd_row["status"], "critical", "{r}");
     // Names the command line does not show (PostgreSQL's environment may set them):
     // a WARNING saying so, never a silent OK.
     set_command(&format!("{wal_push} %p"));
-    let r: Value =
-        serde_json::from_str(&stdout(&pgcellar(&repo, cfg, &["check", "--json"]))).unwrap();
+    let r = json_document(&pgcellar(&repo, cfg, &["check", "--json"]).stdout);
     let cmd_row = check_row(&r, "archive_command");
     assert_eq!(cmd_row["status"], "warning", "{r}");
     assert!(
@@ -617,7 +621,7 @@ fn check_and_switch_wal_healthy_and_with_a_broken_archive_command() {
     // The human and JSON forms exit 1 on a critical finding.
     let o = pgcellar(&repo, cfg, &["check", "--json"]);
     assert_eq!(o.status.code(), Some(1));
-    let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let r = json_document(&o.stdout);
     assert_eq!(r["status"], "critical");
     let by_name = |n: &str| check_row(&r, n)["status"].clone();
     assert_eq!(by_name("archiver_failures"), "critical", "{r}");
@@ -630,8 +634,7 @@ fn check_and_switch_wal_healthy_and_with_a_broken_archive_command() {
     fs::rename(&repo.path, &hidden).unwrap();
     let o = pgcellar(&repo, cfg, &["check", "--json"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    let r: Value = serde_json::from_str(&stdout(&o))
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}{}", stdout(&o), stderr(&o)));
+    let r = json_document(&o.stdout);
     let status = |n: &str| check_row(&r, n)["status"].clone();
     assert_eq!(r["status"], "critical", "{r}");
     assert_eq!(status("repository"), "critical", "{r}");
@@ -652,9 +655,9 @@ fn check_and_switch_wal_healthy_and_with_a_broken_archive_command() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
-    let r: Value = serde_json::from_str(&stdout(&o))
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}{}", stdout(&o), stderr(&o)));
+    let r = json_document(&o.stdout);
     assert_eq!(r["status"], "unknown", "{r}");
+    assert_eq!(check_row(&r, "settings")["status"], "unknown", "{r}");
 
     // An archive_command that does not call wal-push at all.
     c.psql("ALTER SYSTEM SET archive_command = '/bin/true'");
@@ -760,7 +763,7 @@ fn verify_and_expire_follow_a_new_timeline() {
         .iter()
         .any(|f| f.starts_with("00000002.history-")));
 
-    let v = json(&repo, None, &["verify", "--all", "--json"]);
+    let v = json(&repo, None, &["verify", "--all", "--json"])["backups"].clone();
     let b1v = &v[0];
     assert_eq!(b1v["id"], b1.as_str());
     assert_eq!(b1v["ok"], true, "{b1v}");
@@ -794,7 +797,7 @@ fn verify_and_expire_follow_a_new_timeline() {
         stdout(&o),
         repo.wal_files()
     );
-    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let v = json_document(&o.stdout)["backups"].clone();
     assert_eq!(v[0]["problems"][0]["kind"], "wal_missing", "{v}");
     assert_eq!(v[0]["problems"][0]["subject"], victim.as_str(), "{v}");
     fs::write(&path, bytes).unwrap();
@@ -819,7 +822,7 @@ fn verify_and_expire_follow_a_new_timeline() {
         .wal_files()
         .iter()
         .any(|f| f.starts_with("00000002.history-")));
-    let v = json(&repo, None, &["verify", "--all", "--json"]);
+    let v = json(&repo, None, &["verify", "--all", "--json"])["backups"].clone();
     assert_eq!(v[0]["ok"], true, "{v}");
     r.psql("INSERT INTO t SELECT generate_series(41, 50)");
     r.switch_and_wait_archived();
@@ -874,17 +877,18 @@ fn catalog_commands_over_ssh() {
             stderr(&o),
             sshd.log()
         );
-        serde_json::from_str(&stdout(&o)).unwrap()
+        json_document(&o.stdout)
     };
     let servers = okj(&["servers", "--json"]);
-    assert_eq!(servers[0]["backups"], 2);
+    assert_eq!(servers["servers"][0]["backups"], 2);
     let list = okj(&["list", "--json"]);
-    assert_eq!(list[0]["id"], b2.as_str());
+    assert_eq!(list["backups"][0]["id"], b2.as_str());
     assert_eq!(list, json(&repo, None, &["list", "--json"]));
     let show = okj(&["show", "oldest", "--json"]);
     assert_eq!(show["wal_needed"]["complete"], true);
     let v = okj(&["verify", "--all", "--json"]);
-    assert!(v.as_array().unwrap().iter().all(|r| r["ok"] == true), "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["backups"].as_array().unwrap().len(), 2, "{v}");
     assert!(run(&["keep", &b1]).status.success());
     assert!(backup_dir(&repo, &b1).join("keep").is_file());
     assert!(run(&["keep", &b1, "--release"]).status.success());
@@ -901,5 +905,5 @@ fn catalog_commands_over_ssh() {
     assert!(!backup_dir(&repo, &b1).exists());
     assert!(out["wal"][0]["files"].as_u64().unwrap() > 0, "{out}");
     let v = okj(&["verify", "--json"]);
-    assert_eq!(v[0]["ok"], true, "{v}");
+    assert_eq!(v["backups"][0]["ok"], true, "{v}");
 }

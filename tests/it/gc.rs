@@ -38,7 +38,7 @@ fn base_backup_cmd(repo: &RepoDir, c: &Cluster, extra: &[&str]) -> std::process:
         .arg(&c.pgdata)
         .arg("--conninfo")
         .arg(c.conninfo())
-        .arg("-q")
+        // Not -q: stdout carries the id only without it.
         .args(extra);
     cmd
 }
@@ -354,8 +354,8 @@ fn deletes_keep_every_referenced_object_and_corruption_is_never_delivered(repo: 
         // verify of the latest backup alone names every backup the object breaks.
         let o = repo.pgcellar(&["verify", "--json"]);
         assert_eq!(o.status.code(), Some(1), "{what}: {}", text(&o));
-        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-        let p = v[0]["problems"]
+        let v = json_document(&o.stdout);
+        let p = v["backups"][0]["problems"]
             .as_array()
             .unwrap()
             .iter()
@@ -426,9 +426,9 @@ fn deletes_keep_every_referenced_object_and_corruption_is_never_delivered(repo: 
     fs::remove_file(&stored).unwrap();
     let o = repo.pgcellar(&["verify", "--all", "--json"]);
     assert_eq!(o.status.code(), Some(1));
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = json_document(&o.stdout);
     let users = users_of(repo, &object);
-    for r in v.as_array().unwrap() {
+    for r in v["backups"].as_array().unwrap() {
         let named = r["problems"]
             .as_array()
             .unwrap()

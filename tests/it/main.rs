@@ -17,6 +17,7 @@ mod faults;
 mod format2;
 mod garage_cluster;
 mod gc;
+mod info;
 mod lookahead;
 mod matrix;
 mod progress;

@@ -203,8 +203,8 @@ fn an_upgraded_cluster_is_sent_to_a_new_server_name() {
         String::from_utf8_lossy(&out.stderr)
     );
     let out = repo.pgcellar(&["servers", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("servers json");
-    let majors: Vec<u64> = v
+    let v = json_document(&out.stdout);
+    let majors: Vec<u64> = v["servers"]
         .as_array()
         .expect("servers")
         .iter()

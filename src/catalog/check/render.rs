@@ -1,19 +1,8 @@
 //! The report as text: an aligned table, or the one Nagios plugin line with perfdata.
 
 use super::report::{CheckReport, Status};
+pub(super) use crate::catalog::render::describe_age;
 use crate::catalog::render::table;
-
-pub(super) fn describe_age(secs: i64) -> String {
-    if secs < 120 {
-        format!("{secs}s")
-    } else if secs < 7200 {
-        format!("{}m", secs / 60)
-    } else if secs < 172_800 {
-        format!("{}h", secs / 3600)
-    } else {
-        format!("{}d", secs / 86400)
-    }
-}
 
 /// The one-line Nagios plugin output.
 pub fn render_nagios(r: &CheckReport) -> String {

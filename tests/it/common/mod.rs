@@ -1122,3 +1122,20 @@ pub fn check_row(report: &serde_json::Value, name: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no check {name} in {report}"))
         .clone()
 }
+
+/// The `--json` format this build's pgcellar writes (docs/cli-json.md).
+pub const JSON_FORMAT_VERSION: u64 = 2;
+
+/// A `pgcellar ... --json` document from its stdout: an object whose first field is
+/// `format_version`, of the version this build writes.
+pub fn json_document(stdout: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(stdout);
+    assert!(
+        text.starts_with("{\n  \"format_version\": "),
+        "not a versioned JSON document:\n{text}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"));
+    assert_eq!(v["format_version"], JSON_FORMAT_VERSION, "{text}");
+    v
+}

@@ -249,3 +249,13 @@ fn the_repository_secret_comes_from_exactly_one_place() {
     let msg = KeySource::KeyFile(short).read().err().unwrap().to_string();
     assert!(msg.contains("pgcellar key generate"), "{msg}");
 }
+
+#[test]
+fn packaged_etc_config_parses_and_names_no_machine() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/pgcellar.toml");
+    let f = file::FileConfig::load(&path).unwrap();
+    // The Debian package installs it on every host as /etc/pgcellar.toml, so what
+    // belongs to one machine stays commented out.
+    assert!(f.repo.is_none() && f.pgdata.is_none() && f.key_file.is_none());
+    assert_eq!(f.server.as_deref(), Some("main"));
+}

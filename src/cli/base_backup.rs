@@ -4,7 +4,8 @@ use crate::config::{CommonArgs, CompressionArgs};
 use clap::Parser;
 
 /// Take an online backup of the cluster into the repository (incremental by default:
-/// unchanged files are hard links to the previous backup).
+/// unchanged files and pages are shared with earlier backups; no backup depends on
+/// another).
 #[derive(Parser)]
 #[command(name = "base-backup", version)]
 #[command(after_help = "Examples:

@@ -20,6 +20,7 @@ mod gc;
 mod info;
 mod lookahead;
 mod matrix;
+mod mistakes;
 mod progress;
 mod s3;
 mod ssh;

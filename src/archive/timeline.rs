@@ -334,6 +334,17 @@ pub struct MissingRange {
     pub count: u64,
 }
 
+impl std::fmt::Display for MissingRange {
+    /// `NAME` for one file, `FIRST..LAST (COUNT)` for a run.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.count == 1 {
+            f.write_str(&self.first)
+        } else {
+            write!(f, "{}..{} ({})", self.first, self.last, self.count)
+        }
+    }
+}
+
 /// What a WAL continuity check found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Continuity {

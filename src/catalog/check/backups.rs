@@ -102,17 +102,7 @@ pub(super) fn check_catalog(
             ),
         ),
         Ok(c) => {
-            let mut gaps: Vec<String> = c
-                .missing
-                .iter()
-                .map(|m| {
-                    if m.count == 1 {
-                        m.first.clone()
-                    } else {
-                        format!("{}..{} ({})", m.first, m.last, m.count)
-                    }
-                })
-                .collect();
+            let mut gaps: Vec<String> = c.missing.iter().map(ToString::to_string).collect();
             gaps.extend(c.missing_history.iter().cloned());
             r.push(
                 "wal_continuity",

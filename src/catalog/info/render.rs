@@ -133,13 +133,7 @@ fn server_screen(s: &ServerReport, now: DateTime<Utc>) -> String {
                     .missing
                     .iter()
                     .take(GAPS_SHOWN)
-                    .map(|m| {
-                        if m.count == 1 {
-                            m.first.clone()
-                        } else {
-                            format!("{}..{} ({})", m.first, m.last, m.count)
-                        }
-                    })
+                    .map(ToString::to_string)
                     .collect();
                 if t.missing.len() > GAPS_SHOWN {
                     gaps.push(format!("{} more", t.missing.len() - GAPS_SHOWN));

@@ -289,7 +289,7 @@ const MAP: &[(&str, &[&str])] = &[
     ("error", &[]),
     ("util", &["error"]),
     ("names", &["error"]),
-    ("pg", &["error", "util"]),
+    ("pg", &["error", "util", "names"]),
     ("crypto", &["error", "util"]),
     ("codec", &["error", "crypto"]),
     ("wal", &["error", "names"]),
@@ -329,7 +329,7 @@ const MAP: &[(&str, &[&str])] = &[
             "archive",
         ],
     ),
-    ("cli", &["error", "util"]),
+    ("cli", &["error", "util", "config", "restore"]),
 ];
 
 #[test]

@@ -2,7 +2,7 @@
 //! trusted only while its lock is held), the lock's holder, wal-push's last refusal,
 //! and what the running cluster's `pg_stat_archiver` says.
 
-use super::{ArchiverStats, LockHolder, RunningBackup};
+use super::report::{ArchiverStats, LockHolder, RunningBackup};
 use crate::error::Result;
 use crate::pg;
 use crate::repo::lock::{live_holder, LockInfo};

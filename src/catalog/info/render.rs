@@ -1,6 +1,6 @@
 //! `pgcellar info` for people: one screen per server, then the repository's totals.
 
-use super::{ArchiverStats, InfoReport, RunningBackup, ServerReport, Throughput, Window};
+use super::report::{ArchiverStats, InfoReport, RunningBackup, ServerReport, Throughput, Window};
 use crate::catalog::render::{describe_age, human_bytes, table, time};
 use chrono::{DateTime, Utc};
 

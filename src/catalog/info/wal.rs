@@ -1,7 +1,7 @@
 //! The archive of one server as `info` shows it: the range of segments of each
 //! timeline with the gaps inside it, and how fast WAL has been arriving.
 
-use super::{Throughput, TimelineWal, WalSummary, Window};
+use super::report::{Throughput, TimelineWal, WalSummary, Window};
 use crate::archive::timeline::{ArchiveIndex, MissingRange};
 use crate::archive::StoredWal;
 use crate::error::Result;

@@ -14,71 +14,56 @@ use clap::{CommandFactory, FromArgMatches};
 /// A binary's command line, and the shared options (of
 /// [`CommonArgs`](crate::config::CommonArgs)) that mean nothing to it.
 pub trait Scoped: CommandFactory + FromArgMatches {
-    /// Ids (field names) of the shared options this binary does not use: hidden
+    /// Ids (field names, in groups) of the shared options this binary does not use: hidden
     /// from its `--help`, man page and completions, and refused on its command line.
     /// Their environment variables and config-file keys are still read and ignored,
     /// so one environment and one file serve every binary.
-    const NOT_OFFERED: &'static [&'static str];
+    const NOT_OFFERED: &'static [&'static [&'static str]];
+}
+
+/// Every id of `T::NOT_OFFERED`.
+fn not_offered<T: Scoped>() -> impl Iterator<Item = &'static str> {
+    T::NOT_OFFERED
+        .iter()
+        .flat_map(|group| group.iter().copied())
 }
 
 /// Options only `pgcellar` (the catalog) and `base-backup` use.
-const CATALOG_ONLY: [&str; 4] = [
+const CATALOG_ONLY: &[&str] = &[
     "minimum_redundancy",
     "last_backup_maximum_age",
     "archive_wait_timeout",
     "aborted_backup_max_age",
 ];
 
+/// Options of a binary that neither connects to the database nor takes the lock.
+const NO_DATABASE: &[&str] = &["conninfo", "backup_wal_timeout", "lock_stale_after"];
+
 impl Scoped for wal_push::Args {
-    const NOT_OFFERED: &'static [&'static str] = &[
-        "conninfo",
-        "backup_wal_timeout",
-        "lock_stale_after",
-        CATALOG_ONLY[0],
-        CATALOG_ONLY[1],
-        CATALOG_ONLY[2],
-        CATALOG_ONLY[3],
-    ];
+    const NOT_OFFERED: &'static [&'static [&'static str]] = &[NO_DATABASE, CATALOG_ONLY];
 }
 
 impl Scoped for wal_get::Args {
-    const NOT_OFFERED: &'static [&'static str] = &[
-        "conninfo",
-        "allow_root",
-        "backup_wal_timeout",
-        "lock_stale_after",
-        CATALOG_ONLY[0],
-        CATALOG_ONLY[1],
-        CATALOG_ONLY[2],
-        CATALOG_ONLY[3],
-    ];
+    const NOT_OFFERED: &'static [&'static [&'static str]] =
+        &[NO_DATABASE, &["allow_root"], CATALOG_ONLY];
 }
 
 impl Scoped for base_backup::Args {
-    const NOT_OFFERED: &'static [&'static str] = &CATALOG_ONLY;
+    const NOT_OFFERED: &'static [&'static [&'static str]] = &[CATALOG_ONLY];
 }
 
 impl Scoped for restore::Args {
-    const NOT_OFFERED: &'static [&'static str] = &[
-        "conninfo",
-        "pgdata",
-        "backup_wal_timeout",
-        CATALOG_ONLY[0],
-        CATALOG_ONLY[1],
-        CATALOG_ONLY[2],
-        CATALOG_ONLY[3],
-    ];
+    const NOT_OFFERED: &'static [&'static [&'static str]] =
+        &[&["conninfo", "pgdata", "backup_wal_timeout"], CATALOG_ONLY];
 }
 
 impl Scoped for pgcellar::Args {
-    const NOT_OFFERED: &'static [&'static str] = &[];
+    const NOT_OFFERED: &'static [&'static [&'static str]] = &[];
 }
 
 /// The binary's clap command as it is offered: without the options it does not use.
 pub fn command<T: Scoped>() -> clap::Command {
-    T::NOT_OFFERED
-        .iter()
-        .fold(T::command(), |cmd, id| cmd.mut_arg(*id, |a| a.hide(true)))
+    not_offered::<T>().fold(T::command(), |cmd, id| cmd.mut_arg(id, |a| a.hide(true)))
 }
 
 /// Every binary's command, for the man pages and shell completions of the package
@@ -100,9 +85,8 @@ pub fn try_parse_from<T: Scoped>(
 ) -> Result<T, clap::Error> {
     let mut cmd = command::<T>();
     let m = cmd.try_get_matches_from_mut(args)?;
-    if let Some(id) = T::NOT_OFFERED
-        .iter()
-        .find(|id| m.value_source(id) == Some(ValueSource::CommandLine))
+    if let Some(id) =
+        not_offered::<T>().find(|id| m.value_source(id) == Some(ValueSource::CommandLine))
     {
         let name = cmd.get_name().to_string();
         return Err(cmd.error(

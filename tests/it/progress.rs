@@ -66,20 +66,20 @@ fn on_a_terminal_the_clock_runs_and_a_wal_wait_says_what_it_waits_for() {
     );
 }
 
-/// A running backup publishes its phase in the repository for `pgcellar info`
-/// elsewhere, and removes it when done; without a terminal nothing is drawn.
-#[test]
-fn a_running_backup_publishes_its_status_and_removes_it_when_done() {
-    let repo = RepoDir::new();
+// A running backup publishes its phase in the repository for `pgcellar info`
+// elsewhere, and removes it when done; without a terminal nothing is drawn.
+on_all_backends!(a_running_backup_publishes_its_status_and_removes_it_when_done);
+
+fn a_running_backup_publishes_its_status_and_removes_it_when_done(repo: &RepoDir) {
     let Some(c) = repo.archiving_cluster() else {
         return;
     };
-    let status = repo
-        .path
-        .join(&repo.server)
-        .join("locks/backup-status.json");
+    // Read through the storage, so SSH and S3 repositories are looked at as they are.
+    let storage = repo.storage();
+    let status = format!("{}/locks/backup-status.json", repo.server);
+    let lock_file = format!("{}/locks/server.lock", repo.server);
     let child = pg_command(bin("base-backup"))
-        .args(backup_args(&repo, &c, &[]))
+        .args(backup_args(repo, &c, &[]))
         .env("PGCELLAR_TEST_FAULT", "pause-after-backup-start")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -87,20 +87,17 @@ fn a_running_backup_publishes_its_status_and_removes_it_when_done() {
         .expect("spawn base-backup");
     let deadline = Instant::now() + Duration::from_secs(30);
     let seen = loop {
-        if let Ok(bytes) = std::fs::read(&status) {
+        if let Ok(bytes) = storage.read_all(&status) {
             if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
                 break v;
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "no status object at {}",
-            status.display()
-        );
+        assert!(Instant::now() < deadline, "no status object at {status}");
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(seen["phase"], "starting", "{seen}");
-    let lock = std::fs::read(repo.path.join(&repo.server).join("locks/server.lock"))
+    let lock = storage
+        .read_all(&lock_file)
         .expect("the server lock is held");
     let lock: serde_json::Value = serde_json::from_slice(&lock).expect("lock json");
     assert_eq!(seen["lock_token"], lock["token"], "{seen}");
@@ -109,7 +106,13 @@ fn a_running_backup_publishes_its_status_and_removes_it_when_done() {
     assert!(out.status.success(), "{err}");
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_eq!(seen["id"], id.as_str(), "{seen}");
-    assert!(!status.exists(), "the status object outlived its backup");
+    assert!(
+        storage
+            .stat(&status)
+            .expect("stat the status object")
+            .is_none(),
+        "the status object outlived its backup"
+    );
     assert!(
         !err.contains('\r') && !err.contains('\u{1b}'),
         "drawn off a terminal: {err:?}"

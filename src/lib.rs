@@ -40,6 +40,7 @@ pub mod pg;
 pub mod repo;
 pub mod restore;
 pub mod storage;
+pub mod stream;
 pub mod util;
 pub mod wal;
 

@@ -61,9 +61,28 @@ pub(super) fn check_archiving(client: &mut postgres::Client) -> Result<()> {
         return Ok(());
     }
     if mode == "off" || command.trim().is_empty() {
+        // WAL may come by a stream instead (pgcellar receive-wal): an active physical
+        // slot says one runs; the bounded WAL wait still proves the segments arrive.
+        let streamed: Option<String> = client
+            .query_opt(
+                "SELECT slot_name::text FROM pg_replication_slots \
+                 WHERE slot_type = 'physical' AND active LIMIT 1",
+                &[],
+            )
+            .ok()
+            .flatten()
+            .and_then(|r| r.try_get(0).ok());
+        if let Some(slot) = streamed {
+            crate::log_info!(
+                "archiving is off (archive_mode = {mode}); the backup's WAL must come from \
+                 the stream on replication slot {slot} (pgcellar receive-wal)"
+            );
+            return Ok(());
+        }
         return Err(Error::config(format!(
             "archiving is not set up (archive_mode = {mode}, archive_command = {command:?}): \
-             a backup needs its WAL in the repository; set archive_command to wal-push"
+             a backup needs its WAL in the repository; set archive_command to wal-push, or \
+             stream it with pgcellar receive-wal"
         )));
     }
     Ok(())

@@ -1,5 +1,5 @@
 //! The catalog command: `pgcellar init | servers | info | list | show | check | verify |
-//! expire | delete | keep | cat | switch-wal | cron`. Parses, calls one library function,
+//! expire | delete | keep | cat | switch-wal | cron | receive-wal`. Parses, calls one library function,
 //! prints, maps the outcome to an exit code (0 ok, 1 failure, 2 usage; `check
 //! --nagios` uses the Nagios codes 0-3). Every `--json` document is versioned
 //! (`catalog::document`).
@@ -10,7 +10,7 @@ use pgcellar::catalog::{self, check, expire, info, key, verify};
 use pgcellar::cli::pgcellar::{Args, Command, KeyCommand};
 use pgcellar::config::Settings;
 use pgcellar::crypto::Argon2Cost;
-use pgcellar::{cli, log_error, log_info, log_notice};
+use pgcellar::{cli, log_error, log_info, log_notice, stream};
 use serde::Serialize;
 
 /// Argon2id cost from the flags (memory in MiB).
@@ -228,6 +228,34 @@ fn run(args: &Args) -> anyhow::Result<i32> {
             for line in expire::cron(&settings)? {
                 emit(&format!("{line}\n"))?;
             }
+        }
+        Command::ReceiveWal {
+            slot,
+            create_slot,
+            synchronous,
+            spool,
+            partial_interval,
+            pg_receivewal,
+            application_name,
+            run_for,
+        } => {
+            let spool = match spool {
+                Some(s) => s.clone(),
+                None => stream::default_spool(settings.server_name()?),
+            };
+            stream::receive(
+                &settings,
+                &stream::ReceiveOptions {
+                    slot: slot.clone(),
+                    create_slot: *create_slot,
+                    synchronous: *synchronous,
+                    spool,
+                    interval: std::time::Duration::from_secs(*partial_interval),
+                    pg_receivewal: pg_receivewal.clone(),
+                    application_name: application_name.clone(),
+                    run_for: run_for.map(std::time::Duration::from_secs),
+                },
+            )?;
         }
     }
     Ok(0)

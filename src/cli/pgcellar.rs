@@ -15,6 +15,7 @@ use std::path::PathBuf;
   pgcellar --config /etc/pgcellar.toml verify --all
   pgcellar --config /etc/pgcellar.toml expire --dry-run --retention 'REDUNDANCY 2'
   pgcellar --config /etc/pgcellar.toml cron            # from cron or a systemd timer
+  pgcellar --config /etc/pgcellar.toml receive-wal --slot pgcellar --create-slot
 
 Exit codes:
   0  success
@@ -175,4 +176,44 @@ output is NOT the file. So write to a file and use it only if the exit code is 0
     },
     /// Periodic maintenance: retention and removal of aborted backups; silent when all is well
     Cron,
+    /// Stream WAL over a physical replication slot into the repository; runs until stopped
+    #[command(after_help = "\
+Runs PostgreSQL's own pg_receivewal (of the server's major) into a local spool, stores \
+every complete segment as wal-push would (an identical copy from archive_command is \
+stored once, with no error) and keeps the segment in progress in the repository, \
+refreshed every --partial-interval seconds and at once when the connection drops. \
+It reconnects with backoff, follows timeline switches, and writes a status that \
+`pgcellar check` and `pgcellar info` report. With --synchronous, name its \
+application_name in synchronous_standby_names: a commit is acknowledged once it is \
+durable in the spool (docs/streaming.md says what that means on each backend).
+
+  pgcellar --config /etc/pgcellar.toml receive-wal --slot pgcellar --create-slot
+  systemctl enable --now pgcellar-receive-wal.service")]
+    ReceiveWal {
+        /// Physical replication slot to stream from
+        #[arg(long, value_name = "NAME", default_value = "pgcellar")]
+        slot: String,
+        /// Create the slot (reserving WAL at once) when the server does not have it
+        #[arg(long)]
+        create_slot: bool,
+        /// Report each flush to the server as it happens (for synchronous_standby_names)
+        #[arg(long)]
+        synchronous: bool,
+        /// Local directory pg_receivewal writes into (default /var/lib/pgcellar/receive-wal/SERVER)
+        #[arg(long, value_name = "DIR")]
+        spool: Option<PathBuf>,
+        /// Seconds between refreshes of the segment in progress in the repository
+        #[arg(long, value_name = "SECONDS", default_value_t = 1,
+              value_parser = clap::value_parser!(u64).range(1..=60))]
+        partial_interval: u64,
+        /// pg_receivewal to run (default: the one of the server's major)
+        #[arg(long, value_name = "PATH", env = "PGCELLAR_PG_RECEIVEWAL")]
+        pg_receivewal: Option<PathBuf>,
+        /// application_name of the stream on the server (unless the conninfo sets one)
+        #[arg(long, value_name = "NAME", default_value = "pgcellar")]
+        application_name: String,
+        /// Stop after this many seconds (for tests and benchmarks)
+        #[arg(long, value_name = "SECONDS", hide = true)]
+        run_for: Option<u64>,
+    },
 }

@@ -56,6 +56,16 @@ pub fn backup_status_file(server: &str) -> String {
 pub fn push_refusal_file(server: &str) -> String {
     format!("{server}/locks/wal-push-refusal.json")
 }
+/// `<server>/locks/receive-wal-status.json`: state, positions and last error of
+/// `pgcellar receive-wal` (`stream::status`).
+pub fn receiver_status_file(server: &str) -> String {
+    format!("{server}/locks/receive-wal-status.json")
+}
+/// `<server>/stream`: the newest copy of each segment `receive-wal` is still
+/// receiving, as `<segment>.partial-<sha256>.<ext>` (`stream::partial`).
+pub fn stream_dir(server: &str) -> String {
+    format!("{server}/stream")
+}
 /// `<server>/locks/<name>.lock`
 pub fn lock_file(server: &str, name: &str) -> String {
     format!("{server}/locks/{name}.lock")

@@ -17,6 +17,7 @@ mod dest;
 mod files;
 mod options;
 mod owner;
+mod partial;
 mod recovery;
 mod run;
 

@@ -8,6 +8,7 @@ use super::dest::{
 use super::files::{restore_files, restore_to_temp, Source, PG_CONTROL};
 use super::options::{RestoreOptions, RestoreOutcome, Target};
 use super::owner::{check_runnable_by_owner, Owner};
+use super::partial::place_stream_partial;
 use super::recovery::{absolute, wal_get_path, write_recovery_settings};
 use crate::config::Settings;
 use crate::error::{Error, IoContext, Result};
@@ -36,7 +37,7 @@ pub fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreOutcome>
     check_runnable_by_owner(&wal_get, &dest)?;
     let repo = Repository::open(settings)?;
     let server = settings.server_name()?.to_string();
-    repo.server(&server)?;
+    let info = repo.server(&server)?;
     let storage = repo.storage();
     let m = choose_backup(storage, &server, opts)?;
     crate::log_info!("restoring backup {} of server {server}", m.id);
@@ -120,6 +121,7 @@ pub fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreOutcome>
         }
         write_small(&map_path, text.as_bytes(), &owner)?;
     }
+    place_stream_partial(storage, &info, &m, &dest, opts, &owner)?;
     write_recovery_settings(&dest, settings, opts, &m, &wal_get, &owner)?;
     let (signal, other) = if opts.standby {
         ("standby.signal", "recovery.signal")

@@ -777,7 +777,7 @@ fn restore_refuses_a_wal_get_the_data_directory_owner_cannot_run() {
 
 on_both_backends!(killed_and_racing_writers_leave_a_consistent_repository);
 
-fn out_text(o: &Output) -> String {
+pub(crate) fn out_text(o: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),

@@ -26,5 +26,6 @@ mod s3;
 mod ssh;
 mod standby;
 mod storage_conformance;
+mod stream;
 mod summaries;
 mod wal_archive;

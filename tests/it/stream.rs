@@ -1,0 +1,454 @@
+//! `pgcellar receive-wal` against a real PostgreSQL and PostgreSQL's own
+//! pg_receivewal: streaming only (the primary killed with SIGKILL, no segment
+//! switch, recovery through the streamed partial), asynchronous and synchronous;
+//! streaming beside archive_command; the receiver and the server restarted; a
+//! timeline switch while streaming. Recovery by PostgreSQL is the proof.
+
+use crate::backup_restore::{base_backup, out_text, restore_and_start_with};
+use crate::common::*;
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A running `pgcellar receive-wal`, stopped (SIGTERM) on drop.
+pub(crate) struct Receiver {
+    child: Option<Child>,
+    /// Its stderr.
+    pub(crate) log: PathBuf,
+    /// The spool (kept across restarts of the receiver).
+    pub(crate) spool: PathBuf,
+    _dir: Arc<TestDir>,
+}
+
+impl Receiver {
+    /// Start streaming `c` into `repo` over `slot` (created if missing), with `extra`
+    /// flags; waits until the server shows the stream.
+    pub(crate) fn start(repo: &RepoDir, c: &Cluster, slot: &str, extra: &[&str]) -> Receiver {
+        let dir = Arc::new(TestDir::new());
+        chown_postgres(dir.path());
+        Receiver::start_in(repo, c, slot, extra, dir)
+    }
+
+    fn start_in(
+        repo: &RepoDir,
+        c: &Cluster,
+        slot: &str,
+        extra: &[&str],
+        dir: Arc<TestDir>,
+    ) -> Receiver {
+        let spool = dir.join("spool");
+        let n = fs::read_dir(dir.path()).map(|d| d.count()).unwrap_or(0);
+        let log = dir.join(format!("receiver-{n}.log"));
+        // Not through runuser: signals must reach receive-wal itself, as systemd's do.
+        let mut cmd = std::process::Command::new(bin("pgcellar"));
+        if is_root() {
+            use std::os::unix::process::CommandExt;
+            let (uid, gid) = postgres_ids();
+            cmd.uid(uid).gid(gid).env("HOME", "/var/lib/postgresql");
+        }
+        let child = cmd
+            .args(repo.args())
+            .arg("--conninfo")
+            .arg(c.conninfo())
+            .args(["-v", "receive-wal", "--slot", slot, "--create-slot", "--spool"])
+            .arg(&spool)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("receiver log"))
+            .spawn()
+            .expect("spawn receive-wal");
+        let r = Receiver {
+            child: Some(child),
+            log,
+            spool,
+            _dir: dir,
+        };
+        r.wait_streaming(c, slot);
+        r
+    }
+
+    /// The same spool, a new process (after [`Receiver::kill`]).
+    pub(crate) fn restart(&mut self, repo: &RepoDir, c: &Cluster, slot: &str, extra: &[&str]) {
+        let next = Receiver::start_in(repo, c, slot, extra, Arc::clone(&self._dir));
+        *self = next;
+    }
+
+    /// Wait until `c` shows this stream on `slot` as active and streaming.
+    pub(crate) fn wait_streaming(&self, c: &Cluster, slot: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let active = c.psql(&format!(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"
+            ));
+            if active == "1" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "receive-wal never streamed:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub(crate) fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, and wait: exit 0 after storing what it had.
+    pub(crate) fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        signal(&child, libc::SIGTERM);
+        let status = wait_bounded(&mut child, Duration::from_secs(30));
+        assert_eq!(status, Some(0), "receive-wal stop:\n{}", self.log_text());
+        let log = self.log_text();
+        assert!(log.contains("receive-wal stopped"), "{log}");
+    }
+
+    /// SIGKILL: nothing is flushed, pg_receivewal gets SIGTERM from the kernel.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, libc::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, libc::SIGTERM);
+            if wait_bounded(&mut child, Duration::from_secs(20)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// uid and gid of the postgres user.
+fn postgres_ids() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let o = std::process::Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .expect("id");
+        String::from_utf8_lossy(&o.stdout).trim().parse().expect("postgres id")
+    };
+    (id("-u"), id("-g"))
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: signalling our own child by pid.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, sig);
+    }
+}
+
+fn wait_bounded(child: &mut Child, d: Duration) -> Option<i32> {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if let Ok(Some(st)) = child.try_wait() {
+            return st.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// Kill the postmaster and every process it started with SIGKILL in one call:
+/// the crash of a primary's host, with no shutdown checkpoint and no segment switch.
+pub(crate) fn kill_9(c: &Cluster) {
+    let pidfile = fs::read_to_string(c.pgdata.join("postmaster.pid")).expect("postmaster.pid");
+    let pid = pidfile.lines().next().unwrap_or("").trim().to_string();
+    let children = std::process::Command::new("pgrep")
+        .args(["-P", &pid])
+        .output()
+        .expect("pgrep");
+    let mut pids = vec![pid];
+    pids.extend(
+        String::from_utf8_lossy(&children.stdout)
+            .split_whitespace()
+            .map(str::to_string),
+    );
+    run_ok(std::process::Command::new("kill").arg("-9").args(&pids));
+}
+
+/// A cluster without archive_command (archive_mode off), registered in `repo`.
+fn streaming_only_cluster(repo: &RepoDir) -> Option<Cluster> {
+    let c = Cluster::init(ClusterOpts::default())?;
+    repo.init_for(&c);
+    Some(c)
+}
+
+fn has_pg_receivewal() -> bool {
+    let Some(bindir) = pg_bindir() else {
+        return false;
+    };
+    client_bindir_for(&bindir).join("pg_receivewal").is_file()
+        || std::path::Path::new("/usr/bin/pg_receivewal").is_file()
+}
+
+/// Streaming only, archive_command off: a backup, rows, then SIGKILL of the primary
+/// with the last rows only in the segment being received. Recovery through the
+/// streamed partial reaches them; in synchronous mode exactly every acknowledged
+/// commit (and at most the one in flight) is there.
+fn streamed_commits_survive_a_killed_primary(synchronous: bool) {
+    if !has_pg_receivewal() && skip_or_fail("pg_receivewal not installed").is_none() {
+        return;
+    }
+    let repo = RepoDir::new();
+    let Some(c) = streaming_only_cluster(&repo) else {
+        return;
+    };
+    c.psql("CREATE TABLE t(i int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())");
+    let extra: &[&str] = if synchronous { &["--synchronous"] } else { &[] };
+    let mut rx = Receiver::start(&repo, &c, "stream1", extra);
+    // archive_command is off: the backup's WAL comes from the stream.
+    base_backup(&repo, &c, &["--backup-wal-timeout", "60"]);
+    if synchronous {
+        c.psql("ALTER SYSTEM SET synchronous_standby_names = 'pgcellar'");
+        c.psql("SELECT pg_reload_conf()");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.psql("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'") != "1" {
+            assert!(Instant::now() < deadline, "the stream never became synchronous");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // One client commits row after row; the main thread kills the primary under it.
+    let acked = Arc::new(AtomicI64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acked, done, conninfo) = (Arc::clone(&acked), Arc::clone(&done), c.conninfo());
+        std::thread::spawn(move || {
+            let Ok(mut db) = postgres::Client::connect(&conninfo, postgres::NoTls) else {
+                return;
+            };
+            let mut i = 1i64;
+            while !done.load(Ordering::Relaxed) {
+                if db
+                    .execute("INSERT INTO t(i) VALUES ($1::int8::int)", &[&i])
+                    .is_err()
+                {
+                    return;
+                }
+                acked.store(i, Ordering::SeqCst);
+                i += 1;
+                if !synchronous {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    if !synchronous {
+        // Asynchronous: the documented window is the refresh interval (1 s) plus
+        // the network; stop writing and let it pass before the crash.
+        done.store(true, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    kill_9(&c);
+    done.store(true, Ordering::Relaxed);
+    let _ = writer.join();
+    let acked = acked.load(Ordering::SeqCst);
+    assert!(acked > 50, "only {acked} commits before the kill");
+    // The receiver stores what it has as soon as the connection drops; stopping it
+    // (as the outage procedure says) waits for that.
+    std::thread::sleep(Duration::from_secs(2));
+    rx.stop();
+    let wal = repo.wal_files();
+    assert!(
+        !wal.iter().any(|f| f.ends_with(".partial")),
+        "the stream's partial belongs in stream/, not the archive: {wal:?}"
+    );
+
+    let bindir = c.bindir.clone();
+    let (copy, log) = restore_and_start_with(&repo, &[], false, &bindir);
+    assert!(
+        log.contains("placed the stream's partial segment"),
+        "restore did not use the stream: {log}"
+    );
+    let max: i64 = copy.psql("SELECT coalesce(max(i), 0) FROM t").parse().unwrap();
+    let count: i64 = copy.psql("SELECT count(*) FROM t").parse().unwrap();
+    assert_eq!(count, max, "rows missing in the middle");
+    if synchronous {
+        assert!(
+            max == acked || max == acked + 1,
+            "synchronous: {acked} commits were acknowledged, recovery has {max}\n{}",
+            rx.log_text()
+        );
+    } else {
+        assert_eq!(max, acked, "asynchronous, after the window:\n{}", rx.log_text());
+    }
+}
+
+#[test]
+fn streamed_commits_survive_a_killed_primary_async() {
+    streamed_commits_survive_a_killed_primary(false);
+}
+
+#[test]
+fn streamed_commits_survive_a_killed_primary_sync() {
+    streamed_commits_survive_a_killed_primary(true);
+}
+
+/// Streaming beside archive_command: each segment is stored once, neither route
+/// reports an error, and a restore sees every row.
+#[test]
+fn stream_and_archive_command_store_each_segment_once() {
+    if !has_pg_receivewal() && skip_or_fail("pg_receivewal not installed").is_none() {
+        return;
+    }
+    let repo = RepoDir::new();
+    let Some(c) = repo.archiving_cluster() else {
+        return;
+    };
+    let mut rx = Receiver::start(&repo, &c, "stream1", &[]);
+    base_backup(&repo, &c, &[]);
+    c.psql("CREATE TABLE t(i int)");
+    for k in 0..6 {
+        c.psql(&format!("INSERT INTO t SELECT generate_series({k}*1000+1, {k}*1000+1000)"));
+        c.switch_and_wait_archived();
+    }
+    // Both routes had time to store every switched segment.
+    std::thread::sleep(Duration::from_secs(3));
+    rx.stop();
+    let wal = repo.wal_files();
+    let mut names: Vec<String> = wal
+        .iter()
+        .filter_map(|f| f.rsplit('/').next())
+        .filter_map(|f| f.split_once('-').map(|(n, _)| n.to_string()))
+        .collect();
+    let before = names.len();
+    names.sort();
+    names.dedup();
+    assert_eq!(before, names.len(), "a WAL name stored twice: {wal:?}");
+    assert!(names.len() >= 6, "{wal:?}");
+    assert_eq!(c.archiver_counts().1, 0, "archive_command failed");
+    let log = rx.log_text();
+    assert!(!log.contains("ERROR"), "{log}");
+    let o = repo.pgcellar(&["verify", "--all"]);
+    assert!(o.status.success(), "{}", out_text(&o));
+}
+
+/// The receiver killed with SIGKILL and restarted, then the server restarted: the
+/// slot kept the WAL, pg_receivewal resumed from the spool, and nothing is missing.
+#[test]
+fn a_restarted_receiver_and_server_leave_no_gap() {
+    if !has_pg_receivewal() && skip_or_fail("pg_receivewal not installed").is_none() {
+        return;
+    }
+    let repo = RepoDir::new();
+    let Some(c) = streaming_only_cluster(&repo) else {
+        return;
+    };
+    c.psql("CREATE TABLE t(i int)");
+    let mut rx = Receiver::start(&repo, &c, "stream1", &[]);
+    base_backup(&repo, &c, &["--backup-wal-timeout", "60"]);
+    let mut next = 1;
+    let mut write = |c: &Cluster, switches: usize| {
+        for _ in 0..switches {
+            c.psql(&format!(
+                "INSERT INTO t SELECT generate_series({next}, {})",
+                next + 999
+            ));
+            next += 1000;
+            c.psql("SELECT pg_switch_wal()");
+        }
+    };
+    write(&c, 2);
+    rx.kill();
+    // Written while no receiver runs: only the slot keeps it.
+    write(&c, 3);
+    rx.restart(&repo, &c, "stream1", &[]);
+    write(&c, 2);
+    c.stop();
+    c.start();
+    rx.wait_streaming(&c, "stream1");
+    write(&c, 2);
+    c.psql("INSERT INTO t SELECT generate_series(100001, 100010)");
+    std::thread::sleep(Duration::from_secs(3));
+    let o = repo.pgcellar(&["--conninfo", &c.conninfo(), "check", "--json"]);
+    let report = json_document(&o.stdout);
+    assert_eq!(
+        check_row(&report, "wal_continuity")["status"],
+        "ok",
+        "{report}"
+    );
+    rx.stop();
+    c.stop();
+    let (copy, log) = restore_and_start_with(&repo, &[], false, &c.bindir);
+    assert_eq!(
+        copy.psql("SELECT count(*) FROM t"),
+        (9 * 1000 + 10).to_string(),
+        "{log}"
+    );
+    let o = repo.pgcellar(&["verify", "--all"]);
+    assert!(o.status.success(), "{}", out_text(&o));
+}
+
+/// A timeline switch while streaming: the stream comes from a standby, which is
+/// promoted; the receiver follows it onto timeline 2 and recovery of the newest
+/// timeline sees the rows written after the promotion.
+#[test]
+fn the_stream_follows_a_timeline_switch() {
+    if !has_pg_receivewal() && skip_or_fail("pg_receivewal not installed").is_none() {
+        return;
+    }
+    let repo = RepoDir::new();
+    let Some(pair) =
+        crate::standby::primary_and_standby(&repo, None, crate::standby::Route::PrimaryArchives)
+    else {
+        return;
+    };
+    let standby = &pair.standby;
+    let mut rx = Receiver::start(&repo, standby, "stream1", &[]);
+    pair.primary.psql("INSERT INTO t SELECT generate_series(11, 20)");
+    pair.primary.psql("SELECT pg_switch_wal()");
+    standby.wait_until(Duration::from_secs(60), "rows 11-20 on the standby", |s| {
+        s.psql("SELECT count(*) FROM t") == "20"
+    });
+    pair.primary.stop();
+    standby.promote();
+    standby.wait_for_promotion(Duration::from_secs(60));
+    standby.psql("INSERT INTO t SELECT generate_series(21, 30)");
+    rx.wait_streaming(standby, "stream1");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !repo.wal_files().iter().any(|f| f.starts_with("00000002.history")) {
+        assert!(
+            Instant::now() < deadline,
+            "no 00000002.history from the stream: {:?}\n{}",
+            repo.wal_files(),
+            rx.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    standby.psql("INSERT INTO t SELECT generate_series(31, 40)");
+    std::thread::sleep(Duration::from_secs(3));
+    rx.stop();
+    assert!(
+        rx.log_text().contains("switched to timeline 2"),
+        "{}",
+        rx.log_text()
+    );
+    let partials: Vec<String> = {
+        let s = repo.storage();
+        let mut out = Vec::new();
+        list_tree(s.as_ref(), &format!("{}/stream", repo.server), "", &mut out);
+        out
+    };
+    assert!(
+        partials.iter().any(|p| p.starts_with("00000002")),
+        "no timeline-2 partial: {partials:?}"
+    );
+    standby.stop();
+    let (copy, log) = restore_and_start_with(&repo, &[], false, &standby.bindir);
+    assert_eq!(copy.psql("SELECT count(*) FROM t"), "40", "{log}");
+}

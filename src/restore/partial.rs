@@ -43,13 +43,15 @@ pub(super) fn place_stream_partial(
         Some(TimelineTarget::Id(t)) => t == seg.timeline,
         Some(TimelineTarget::Current) => m.timeline == seg.timeline,
         // latest (PostgreSQL's default): only if no newer timeline branched off since.
-        Some(TimelineTarget::Latest) | None => newest_history(storage, &server.name)?
-            .is_none_or(|t| t <= seg.timeline),
+        Some(TimelineTarget::Latest) | None => {
+            newest_history(storage, &server.name)?.is_none_or(|t| t <= seg.timeline)
+        }
     };
     let start = WalName::parse(&m.start_wal)?;
-    let before_backup = start
-        .segment()
-        .is_some_and(|s| (seg.timeline, seg.number(server.wal_segment_size)) < (s.timeline, s.number(server.wal_segment_size)));
+    let before_backup = start.segment().is_some_and(|s| {
+        (seg.timeline, seg.number(server.wal_segment_size))
+            < (s.timeline, s.number(server.wal_segment_size))
+    });
     if !wanted || seg.timeline < m.timeline || before_backup {
         return Ok(None);
     }

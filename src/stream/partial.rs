@@ -94,7 +94,12 @@ pub fn store(
     let mut out = storage.create(&dir)?;
     let mut input: &[u8] = &bytes;
     let stats = codec::encode_pipelined(&storage.content_hash(), &[], &mut input, &mut out, codec)
-        .map_err(|e| Error::io(format!("storing {} into {}", path.display(), storage.location()), e))?;
+        .map_err(|e| {
+            Error::io(
+                format!("storing {} into {}", path.display(), storage.location()),
+                e,
+            )
+        })?;
     let final_name = stored_name(&name, &stats.sha256, codec.compression);
     let full = storage::join(&dir, &final_name);
     // The same name is the same content: a copy already there is this refresh.

@@ -143,7 +143,10 @@ pub fn receive(settings: &crate::config::Settings, opts: &ReceiveOptions) -> Res
                     .and_then(|l| l.clone())
                     .unwrap_or_else(|| format!("pg_receivewal exited ({exit})"));
                 r.set_state(ReceiverState::Reconnecting, Some(why.clone()));
-                crate::log_warn!("stream ended: {why}; reconnecting in {}s", backoff.as_secs());
+                crate::log_warn!(
+                    "stream ended: {why}; reconnecting in {}s",
+                    backoff.as_secs()
+                );
             }
             Err(e) if e.kind() == crate::error::ErrorKind::Config => return Err(e),
             Err(e) => {
@@ -161,7 +164,10 @@ pub fn receive(settings: &crate::config::Settings, opts: &ReceiveOptions) -> Res
     r.set_state(ReceiverState::Stopped, None);
     crate::log_notice!(
         "receive-wal stopped; the repository holds the stream up to {}",
-        r.status.stored_lsn.as_deref().unwrap_or("(nothing streamed)")
+        r.status
+            .stored_lsn
+            .as_deref()
+            .unwrap_or("(nothing streamed)")
     );
     Ok(())
 }
@@ -261,6 +267,8 @@ impl Receiver<'_> {
         }
         self.status.slot_present = Some(true);
         self.db = Some(db);
+        // Positions at once, so the status written when streaming starts has a lag.
+        self.sample();
         let tool = match tool_found {
             Some(t) => t.clone(),
             None => {
@@ -453,7 +461,8 @@ fn stop_child(child: &mut Child) -> String {
 fn relay(err: std::process::ChildStderr, last: &Mutex<Option<String>>) {
     for line in std::io::BufReader::new(err).lines() {
         let Ok(line) = line else { break };
-        let important = line.contains("error:") || line.contains("warning:") || line.contains("FATAL");
+        let important =
+            line.contains("error:") || line.contains("warning:") || line.contains("FATAL");
         if important {
             crate::log_notice!("{line}");
             if let Ok(mut l) = last.lock() {

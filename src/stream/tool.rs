@@ -150,13 +150,19 @@ mod tests {
 
     #[test]
     fn versions_and_application_names() {
-        assert_eq!(parse_version("pg_receivewal (PostgreSQL) 15.14\n"), Some(15));
+        assert_eq!(
+            parse_version("pg_receivewal (PostgreSQL) 15.14\n"),
+            Some(15)
+        );
         assert_eq!(
             parse_version("pg_receivewal (PostgreSQL) 17.2 (Debian 17.2-1)"),
             Some(17)
         );
         assert_eq!(parse_version("something else 16"), None);
-        assert_eq!(parse_version("pg_receivewal (PostgreSQL) 18beta1"), Some(18));
+        assert_eq!(
+            parse_version("pg_receivewal (PostgreSQL) 18beta1"),
+            Some(18)
+        );
         assert_eq!(
             with_application_name("host=/tmp port=5", "pgcellar"),
             "host=/tmp port=5 application_name=pgcellar"

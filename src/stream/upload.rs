@@ -116,7 +116,8 @@ impl<'a> Uploader<'a> {
                         self.last_segment = Some(name.to_string());
                         if let Err(e) = partial::remove_superseded(storage, &self.server.name, name)
                         {
-                            pass.errors.push(format!("removing the partial of {name}: {e}"));
+                            pass.errors
+                                .push(format!("removing the partial of {name}: {e}"));
                         }
                     }
                     Err(e) => {
@@ -136,7 +137,10 @@ impl<'a> Uploader<'a> {
             let Ok(meta) = std::fs::metadata(path) else {
                 continue; // completed and renamed since the listing
             };
-            let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
+            let stamp = (
+                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                meta.len(),
+            );
             if self.stored_partials.get(name.as_str()) == Some(&stamp) {
                 continue;
             }

@@ -317,16 +317,23 @@ const MAP: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "stream",
+        &[
+            "error", "util", "names", "pg", "codec", "wal", "storage", "config", "repo", "archive",
+        ],
+    ),
+    (
         "restore",
         &[
             "error", "util", "names", "pg", "codec", "wal", "storage", "config", "repo", "archive",
+            "stream",
         ],
     ),
     (
         "catalog",
         &[
             "error", "util", "names", "pg", "crypto", "codec", "wal", "storage", "config", "repo",
-            "archive",
+            "archive", "stream",
         ],
     ),
     ("cli", &["error", "util", "config", "restore"]),

@@ -18,8 +18,6 @@ pub(crate) struct Receiver {
     child: Option<Child>,
     /// Its stderr.
     pub(crate) log: PathBuf,
-    /// The spool (kept across restarts of the receiver).
-    pub(crate) spool: PathBuf,
     _dir: Arc<TestDir>,
 }
 
@@ -53,7 +51,14 @@ impl Receiver {
             .args(repo.args())
             .arg("--conninfo")
             .arg(c.conninfo())
-            .args(["-v", "receive-wal", "--slot", slot, "--create-slot", "--spool"])
+            .args([
+                "-v",
+                "receive-wal",
+                "--slot",
+                slot,
+                "--create-slot",
+                "--spool",
+            ])
             .arg(&spool)
             .args(extra)
             .stdin(Stdio::null())
@@ -64,7 +69,6 @@ impl Receiver {
         let r = Receiver {
             child: Some(child),
             log,
-            spool,
             _dir: dir,
         };
         r.wait_streaming(c, slot);
@@ -140,7 +144,10 @@ fn postgres_ids() -> (u32, u32) {
             .args([flag, "postgres"])
             .output()
             .expect("id");
-        String::from_utf8_lossy(&o.stdout).trim().parse().expect("postgres id")
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse()
+            .expect("postgres id")
     };
     (id("-u"), id("-g"))
 }
@@ -218,7 +225,10 @@ fn streamed_commits_survive_a_killed_primary(synchronous: bool) {
         c.psql("SELECT pg_reload_conf()");
         let deadline = Instant::now() + Duration::from_secs(30);
         while c.psql("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'") != "1" {
-            assert!(Instant::now() < deadline, "the stream never became synchronous");
+            assert!(
+                Instant::now() < deadline,
+                "the stream never became synchronous"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -275,7 +285,10 @@ fn streamed_commits_survive_a_killed_primary(synchronous: bool) {
         log.contains("placed the stream's partial segment"),
         "restore did not use the stream: {log}"
     );
-    let max: i64 = copy.psql("SELECT coalesce(max(i), 0) FROM t").parse().unwrap();
+    let max: i64 = copy
+        .psql("SELECT coalesce(max(i), 0) FROM t")
+        .parse()
+        .unwrap();
     let count: i64 = copy.psql("SELECT count(*) FROM t").parse().unwrap();
     assert_eq!(count, max, "rows missing in the middle");
     if synchronous {
@@ -285,7 +298,12 @@ fn streamed_commits_survive_a_killed_primary(synchronous: bool) {
             rx.log_text()
         );
     } else {
-        assert_eq!(max, acked, "asynchronous, after the window:\n{}", rx.log_text());
+        assert_eq!(
+            max,
+            acked,
+            "asynchronous, after the window:\n{}",
+            rx.log_text()
+        );
     }
 }
 
@@ -314,7 +332,9 @@ fn stream_and_archive_command_store_each_segment_once() {
     base_backup(&repo, &c, &[]);
     c.psql("CREATE TABLE t(i int)");
     for k in 0..6 {
-        c.psql(&format!("INSERT INTO t SELECT generate_series({k}*1000+1, {k}*1000+1000)"));
+        c.psql(&format!(
+            "INSERT INTO t SELECT generate_series({k}*1000+1, {k}*1000+1000)"
+        ));
         c.switch_and_wait_archived();
     }
     // Both routes had time to store every switched segment.
@@ -377,12 +397,42 @@ fn a_restarted_receiver_and_server_leave_no_gap() {
     std::thread::sleep(Duration::from_secs(3));
     let o = repo.pgcellar(&["--conninfo", &c.conninfo(), "check", "--json"]);
     let report = json_document(&o.stdout);
-    assert_eq!(
-        check_row(&report, "wal_continuity")["status"],
-        "ok",
-        "{report}"
+    for row in [
+        "wal_continuity",
+        "stream",
+        "archive_mode",
+        "archive_command",
+        "archiving",
+    ] {
+        assert_eq!(check_row(&report, row)["status"], "ok", "{row}: {report}");
+    }
+    let o = repo.pgcellar(&["info"]);
+    let text = out_text(&o);
+    assert!(
+        text.contains("Stream: streaming, asynchronous over slot stream1"),
+        "{text}"
     );
+    let o = repo.pgcellar(&["info", "--json"]);
+    let doc = json_document(&o.stdout);
+    let st = &doc["servers"][0]["stream"];
+    assert_eq!(st["running"], true, "{doc}");
+    assert_eq!(st["slot_present"], true, "{doc}");
+    assert!(st["lag_bytes"].as_u64().is_some(), "{doc}");
     rx.stop();
+    // A stopped stream is a WARNING for monitoring; the slot is still there.
+    let o = repo.pgcellar(&["--conninfo", &c.conninfo(), "check", "--nagios"]);
+    let line = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(1), "{line}");
+    assert!(
+        line.contains("stream: receive-wal (slot stream1") && line.contains("was stopped"),
+        "{line}"
+    );
+    // The slot dropped: CRITICAL.
+    c.psql("SELECT pg_drop_replication_slot('stream1')");
+    let o = repo.pgcellar(&["--conninfo", &c.conninfo(), "check", "--nagios"]);
+    let line = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(2), "{line}");
+    assert!(line.contains("slot stream1 does not exist"), "{line}");
     c.stop();
     let (copy, log) = restore_and_start_with(&repo, &[], false, &c.bindir);
     assert_eq!(
@@ -410,7 +460,8 @@ fn the_stream_follows_a_timeline_switch() {
     };
     let standby = &pair.standby;
     let mut rx = Receiver::start(&repo, standby, "stream1", &[]);
-    pair.primary.psql("INSERT INTO t SELECT generate_series(11, 20)");
+    pair.primary
+        .psql("INSERT INTO t SELECT generate_series(11, 20)");
     pair.primary.psql("SELECT pg_switch_wal()");
     standby.wait_until(Duration::from_secs(60), "rows 11-20 on the standby", |s| {
         s.psql("SELECT count(*) FROM t") == "20"
@@ -421,7 +472,11 @@ fn the_stream_follows_a_timeline_switch() {
     standby.psql("INSERT INTO t SELECT generate_series(21, 30)");
     rx.wait_streaming(standby, "stream1");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !repo.wal_files().iter().any(|f| f.starts_with("00000002.history")) {
+    while !repo
+        .wal_files()
+        .iter()
+        .any(|f| f.starts_with("00000002.history"))
+    {
         assert!(
             Instant::now() < deadline,
             "no 00000002.history from the stream: {:?}\n{}",

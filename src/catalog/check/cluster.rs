@@ -3,6 +3,7 @@
 
 use super::archive_command::archive_command_check;
 use super::report::{CheckReport, Status};
+use super::stream::StreamFinding;
 use crate::catalog::switch::{switch, wait_archived};
 use crate::config::CatalogSettings;
 use crate::pg;
@@ -17,6 +18,8 @@ pub(super) struct Target<'a> {
     pub(super) repo: Option<&'a Repository>,
     /// `None`: not registered, or the repository could not be opened.
     pub(super) server: Option<&'a ServerInfo>,
+    /// What the stream check found: a running receiver is a WAL route of its own.
+    pub(super) stream: &'a StreamFinding,
 }
 
 pub(super) fn check_cluster(
@@ -69,6 +72,17 @@ pub(super) fn check_cluster(
             r.push("archive_mode", Status::Ok, format!("archive_mode = {m}"));
             true
         }
+        Ok(m) if t.stream.running => {
+            r.push(
+                "archive_mode",
+                Status::Ok,
+                format!(
+                    "archive_mode = {m}: WAL comes by the stream on slot {}",
+                    t.stream.slot.as_deref().unwrap_or("?")
+                ),
+            );
+            true
+        }
         Ok(m) => {
             r.push(
                 "archive_mode",
@@ -82,7 +96,17 @@ pub(super) fn check_cluster(
             false
         }
     };
+    let streaming_only =
+        t.stream.running && matches!(setting(client, "archive_mode").as_deref(), Ok("off"));
     let command_ok = match setting(client, "archive_command") {
+        Ok(_) if streaming_only => {
+            r.push(
+                "archive_command",
+                Status::Ok,
+                "not used (archive_mode = off): WAL comes by the stream",
+            );
+            true
+        }
         Ok(c) => {
             let (status, message) = archive_command_check(&c, Some(t.repo_url), t.server_name);
             r.push("archive_command", status, message);

@@ -5,7 +5,7 @@
 //! that cannot run because an earlier one failed is `unknown`, never `ok`.
 //!
 //! One file per concern: the report and its statuses, the run in that fixed order,
-//! the checks of the running cluster, of `archive_command`, of the backups in the
+//! the checks of the running cluster, of `archive_command`, of the stream, of the backups in the
 //! repository, and the rendering.
 
 mod archive_command;
@@ -14,6 +14,7 @@ mod cluster;
 mod render;
 mod report;
 mod run;
+mod stream;
 
 pub use archive_command::{parse_push_command, PushTarget};
 pub use render::{render, render_nagios};

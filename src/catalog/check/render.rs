@@ -40,6 +40,12 @@ pub fn render_nagios(r: &CheckReport) -> String {
     if let Some(f) = r.metrics.archiver_failed_count {
         perf.push(format!("archiver_failed={f}c"));
     }
+    if let Some(b) = r.metrics.stream_lag_bytes {
+        perf.push(format!("stream_lag={b}B"));
+    }
+    if let Some(s) = r.metrics.stream_lag_seconds {
+        perf.push(format!("stream_lag_time={s:.1}s"));
+    }
     format!("PGCELLAR {} - {} | {}", r.status, summary, perf.join(" "))
 }
 

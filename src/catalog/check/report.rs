@@ -74,6 +74,10 @@ pub struct Metrics {
     pub wal_files: Option<u64>,
     /// `pg_stat_archiver.failed_count`.
     pub archiver_failed_count: Option<i64>,
+    /// WAL the server has that the repository lacks, per receive-wal's status.
+    pub stream_lag_bytes: Option<u64>,
+    /// Seconds the repository is behind the server, per receive-wal's status.
+    pub stream_lag_seconds: Option<f64>,
 }
 
 /// The whole report.

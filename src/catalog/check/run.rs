@@ -4,6 +4,7 @@
 use super::backups::{check_catalog, check_unfinished};
 use super::cluster::{check_cluster, Target};
 use super::report::{CheckReport, Metrics, Status};
+use super::stream::{check_stream, StreamFinding};
 use crate::config::CatalogSettings;
 use crate::config::Settings;
 use crate::error::Result;
@@ -103,6 +104,17 @@ pub fn run(settings: &Settings) -> Result<CheckReport> {
             None
         }
     };
+    let stream = match (&repo, &server) {
+        (Some(repo), Some(s)) => check_stream(&mut r, repo, s, client.as_mut()),
+        _ => {
+            r.push(
+                "stream",
+                Status::Unknown,
+                "not checked: the repository or the registration is unavailable",
+            );
+            StreamFinding::default()
+        }
+    };
     match &mut client {
         Some(c) => {
             let target = Target {
@@ -110,6 +122,7 @@ pub fn run(settings: &Settings) -> Result<CheckReport> {
                 server_name: &name,
                 repo: repo.as_ref(),
                 server: server.as_ref(),
+                stream: &stream,
             };
             check_cluster(&mut r, c, &target, &cat)
         }

@@ -1,7 +1,10 @@
 //! `pgcellar info` for people: one screen per server, then the repository's totals.
 
-use super::report::{ArchiverStats, InfoReport, RunningBackup, ServerReport, Throughput, Window};
+use super::report::{
+    ArchiverStats, InfoReport, RunningBackup, ServerReport, StreamInfo, Throughput, Window,
+};
 use crate::catalog::render::{describe_age, human_bytes, table, time};
+use crate::stream::ReceiverState;
 use chrono::{DateTime, Utc};
 
 /// Gaps listed per timeline on screen; the JSON lists them all.
@@ -184,6 +187,7 @@ fn server_screen(s: &ServerReport, now: DateTime<Utc>) -> String {
     });
     out.push_str(&archiver(&s.archiving.pg_stat_archiver));
     out.push('\n');
+    out.push_str(&stream(s.stream.as_ref(), now));
 
     for n in &s.notes {
         out.push_str(&format!("Note: {n}\n"));
@@ -238,6 +242,61 @@ fn running(b: &RunningBackup, now: DateTime<Utc>) -> String {
         s.push('\n');
     }
     s
+}
+
+/// The stream section: what receive-wal last said, and whether it is alive.
+fn stream(st: Option<&StreamInfo>, now: DateTime<Utc>) -> String {
+    let Some(st) = st else {
+        return "Stream: none (no receive-wal has run for this server)\n\n".into();
+    };
+    let s = &st.status;
+    let state = if st.running {
+        s.state.to_string()
+    } else if s.state == ReceiverState::Stopped {
+        "stopped".to_string()
+    } else {
+        format!("NOT RUNNING (last said {})", s.state)
+    };
+    let mut out = format!(
+        "Stream: {state}, {} over slot {}, pid {} on {}, status {}\n",
+        if s.synchronous {
+            "synchronous"
+        } else {
+            "asynchronous"
+        },
+        s.slot,
+        s.pid,
+        s.host,
+        ago(&s.updated, now)
+    );
+    out.push_str(&format!(
+        "  in the repository up to {} (partial {}, last complete segment {})\n",
+        s.stored_lsn.as_deref().unwrap_or("-"),
+        s.partial.as_deref().unwrap_or("none"),
+        s.last_segment.as_deref().unwrap_or("none")
+    ));
+    if let (Some(b), Some(t)) = (s.lag_bytes, s.lag_seconds) {
+        out.push_str(&format!(
+            "  behind the server (at {}): {} bytes, {t:.1}s; slot {}\n",
+            s.server_lsn.as_deref().unwrap_or("-"),
+            b,
+            match s.slot_present {
+                Some(true) => "present",
+                Some(false) => "MISSING",
+                None => "not seen",
+            }
+        ));
+    }
+    if let Some(e) = &s.last_error {
+        let when = s
+            .last_error_at
+            .as_ref()
+            .map(|t| ago(t, now))
+            .unwrap_or_default();
+        out.push_str(&format!("  last error {when}: {e}\n"));
+    }
+    out.push('\n');
+    out
 }
 
 fn window(label: &str, w: &Window) -> String {

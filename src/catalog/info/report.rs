@@ -4,6 +4,7 @@
 use crate::archive::timeline::MissingRange;
 use crate::archive::PushRefusal;
 use crate::repo::status::Phase;
+use crate::stream::ReceiverStatus;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -43,10 +44,24 @@ pub struct ServerReport {
     pub wal: WalSummary,
     /// How archiving goes.
     pub archiving: Archiving,
+    /// What `receive-wal` last reported; `None` if none ever ran for the server.
+    pub stream: Option<StreamInfo>,
     /// Sums for this server.
     pub totals: ServerTotals,
     /// What could not be read (the report is complete otherwise).
     pub notes: Vec<String>,
+}
+
+/// The stream of `pgcellar receive-wal`, as its status object says.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamInfo {
+    /// The status as written by the receiver.
+    #[serde(flatten)]
+    pub status: ReceiverStatus,
+    /// Whether it is alive: streaming or reconnecting, and refreshed recently.
+    pub running: bool,
+    /// Seconds since it last wrote its status.
+    pub status_age_seconds: i64,
 }
 
 /// One complete backup and the bytes it shares with the others.

@@ -7,6 +7,7 @@ use crate::config::Settings;
 use crate::error::Result;
 use crate::repo::manifest;
 use crate::repo::{Repository, ServerInfo};
+use crate::stream::ReceiverState;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
@@ -106,6 +107,21 @@ fn server_report(
         last_refusal,
         pg_stat_archiver: activity::archiver_stats(cluster, &server.system_identifier),
     };
+    let stream = match crate::stream::status::read(storage, name) {
+        Ok(found) => found.map(|status| {
+            let age = status.age_seconds(now);
+            StreamInfo {
+                running: status.state != ReceiverState::Stopped
+                    && age <= status.stale_after_seconds(),
+                status_age_seconds: age,
+                status,
+            }
+        }),
+        Err(e) => {
+            notes.push(format!("the receive-wal status could not be read: {e}"));
+            None
+        }
+    };
     let totals = ServerTotals {
         backups: backups.len(),
         backup_stored_size,
@@ -123,6 +139,7 @@ fn server_report(
         lock,
         wal,
         archiving,
+        stream,
         totals,
         notes,
     })

@@ -140,6 +140,8 @@ mod tests {
                 newest_backup_age_seconds: Some(3600),
                 wal_files: Some(10),
                 archiver_failed_count: Some(0),
+                stream_lag_bytes: None,
+                stream_lag_seconds: None,
             },
         };
         for (i, s) in statuses.iter().enumerate() {

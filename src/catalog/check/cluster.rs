@@ -18,7 +18,7 @@ pub(super) struct Target<'a> {
     pub(super) repo: Option<&'a Repository>,
     /// `None`: not registered, or the repository could not be opened.
     pub(super) server: Option<&'a ServerInfo>,
-    /// What the stream check found: a running receiver is a WAL route of its own.
+    /// What the stream check found: a receiver's slot is a WAL route of its own.
     pub(super) stream: &'a StreamFinding,
 }
 
@@ -72,12 +72,12 @@ pub(super) fn check_cluster(
             r.push("archive_mode", Status::Ok, format!("archive_mode = {m}"));
             true
         }
-        Ok(m) if t.stream.running => {
+        Ok(m) if t.stream.route => {
             r.push(
                 "archive_mode",
                 Status::Ok,
                 format!(
-                    "archive_mode = {m}: WAL comes by the stream on slot {}",
+                    "archive_mode = {m}: WAL comes by the stream on slot {} (see the stream row)",
                     t.stream.slot.as_deref().unwrap_or("?")
                 ),
             );
@@ -97,7 +97,7 @@ pub(super) fn check_cluster(
         }
     };
     let streaming_only =
-        t.stream.running && matches!(setting(client, "archive_mode").as_deref(), Ok("off"));
+        t.stream.route && matches!(setting(client, "archive_mode").as_deref(), Ok("off"));
     let command_ok = match setting(client, "archive_command") {
         Ok(_) if streaming_only => {
             r.push(
@@ -119,6 +119,16 @@ pub(super) fn check_cluster(
     };
     // End to end: switch and wait for the segment, bounded.
     match (t.repo, t.server) {
+        // The slot keeps the WAL until the receiver is back; waiting would only time
+        // out, and the stream row already says why.
+        (Some(_), Some(_)) if streaming_only && !t.stream.running => r.push(
+            "archiving",
+            Status::Warning,
+            format!(
+                "not attempted: receive-wal is not streaming; the server keeps the WAL in slot {}",
+                t.stream.slot.as_deref().unwrap_or("?")
+            ),
+        ),
         (Some(repo), Some(s)) if sysid_ok && mode_ok && command_ok => {
             // Write a commit record first, so that the switch always closes a new
             // segment even on an idle server (otherwise it would name one that was

@@ -12,6 +12,10 @@ pub const LAG_WARNING_SECONDS: f64 = 60.0;
 /// What the stream check found, for the checks of the cluster that follow.
 #[derive(Debug, Clone, Default)]
 pub(super) struct StreamFinding {
+    /// The stream is this server's WAL route: its slot exists (so the server keeps
+    /// the WAL for it) or, the server not asked, a receiver is streaming now. Its
+    /// health is the `stream` row's to report, not archive_mode's.
+    pub(super) route: bool,
     /// A receiver is streaming now (fresh status, state streaming).
     pub(super) running: bool,
     /// Its slot, when one ever ran.
@@ -53,7 +57,12 @@ pub(super) fn check_stream(
     r.metrics.stream_lag_bytes = st.lag_bytes;
     r.metrics.stream_lag_seconds = st.lag_seconds;
     r.push("stream", status, message);
+    let route = match slot_on_server {
+        Some(present) => present.is_some(),
+        None => status == Status::Ok,
+    };
     StreamFinding {
+        route,
         running: status == Status::Ok,
         slot: Some(st.slot.clone()),
     }

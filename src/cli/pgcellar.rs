@@ -199,7 +199,7 @@ durable in the spool (docs/streaming.md says what that means on each backend).
         /// Report each flush to the server as it happens (for synchronous_standby_names)
         #[arg(long)]
         synchronous: bool,
-        /// Local directory pg_receivewal writes into (default /var/lib/pgcellar/receive-wal/SERVER)
+        /// Local directory pg_receivewal writes into (default /var/lib/pgcellar-receive-wal/SERVER)
         #[arg(long, value_name = "DIR")]
         spool: Option<PathBuf>,
         /// Seconds between refreshes of the segment in progress in the repository

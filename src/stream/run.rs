@@ -38,10 +38,10 @@ pub struct ReceiveOptions {
     pub run_for: Option<Duration>,
 }
 
-/// Where the spool is unless `--spool` says: `/var/lib/pgcellar/receive-wal/<server>`
+/// Where the spool is unless `--spool` says: `/var/lib/pgcellar-receive-wal/<server>`
 /// (the unit's StateDirectory).
 pub fn default_spool(server: &str) -> PathBuf {
-    PathBuf::from("/var/lib/pgcellar/receive-wal").join(server)
+    PathBuf::from("/var/lib/pgcellar-receive-wal").join(server)
 }
 
 /// Longest wait between two connection attempts.
@@ -338,7 +338,8 @@ impl Receiver<'_> {
 
     /// One pass of the uploader, then the positions.
     fn pass(&mut self, uploader: &mut Uploader<'_>) {
-        match uploader.pass() {
+        let written = self.written();
+        match uploader.pass(written) {
             Ok(p) => {
                 for name in &p.archived {
                     crate::log_info!("stored {name}");
@@ -361,6 +362,20 @@ impl Receiver<'_> {
             self.status.stored_lsn = Some(format_lsn(*lsn));
         }
         self.sample();
+    }
+
+    /// What pg_receivewal reported as written, from the walsender serving our slot.
+    fn written(&mut self) -> Option<u64> {
+        let db = self.db.as_mut()?;
+        let row = db
+            .query_opt(
+                "SELECT r.write_lsn::text FROM pg_stat_replication r \
+                 JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = $1",
+                &[&self.opts.slot],
+            )
+            .ok()??;
+        let lsn: Option<String> = row.try_get(0).ok()?;
+        parse_lsn(&lsn?).ok()
     }
 
     /// Ask the server where it is, and turn that into a lag.

@@ -71,6 +71,18 @@ pub struct Uploader<'a> {
     pub partial: Option<(String, u64)>,
 }
 
+/// Where the received WAL ends: past the last non-zero byte of the copy, or at
+/// `written` (what pg_receivewal had written, sampled before the copy was read) when
+/// that lies further on in the same segment. The zeros a record may end with would
+/// otherwise leave an idle server a few bytes "ahead" of the repository forever.
+fn received_end(start: u64, received: u64, segment_size: u64, written: Option<u64>) -> u64 {
+    let estimate = start + received;
+    match written {
+        Some(w) if w > estimate && w <= start + segment_size => w,
+        _ => estimate,
+    }
+}
+
 impl<'a> Uploader<'a> {
     /// An uploader for `spool`.
     pub fn new(repo: &'a Repository, server: &'a ServerInfo, codec: Codec, spool: &Path) -> Self {
@@ -86,8 +98,10 @@ impl<'a> Uploader<'a> {
         }
     }
 
-    /// One pass over the spool. Fails only when the spool cannot be listed.
-    pub fn pass(&mut self) -> Result<Pass> {
+    /// One pass over the spool. `written` is the position pg_receivewal had written
+    /// before the pass began, when the server said. Fails only when the spool cannot
+    /// be listed.
+    pub fn pass(&mut self, written: Option<u64>) -> Result<Pass> {
         let files = scan(&self.spool)?;
         let mut pass = Pass::default();
         let storage = self.repo.storage();
@@ -141,22 +155,40 @@ impl<'a> Uploader<'a> {
                 meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
                 meta.len(),
             );
+            let start = name
+                .segment()
+                .and_then(|s| s.start_lsn(self.server.wal_segment_size))
+                .unwrap_or(0);
             if self.stored_partials.get(name.as_str()) == Some(&stamp) {
+                // Unchanged since it was stored, so the stored copy holds what the
+                // file holds now, which is at least `written`.
+                if let Some((n, lsn)) = &mut self.partial {
+                    if n.as_str() == name.as_str() {
+                        *lsn = received_end(
+                            start,
+                            *lsn - start,
+                            self.server.wal_segment_size,
+                            written,
+                        );
+                    }
+                }
                 continue;
             }
             match partial::store(storage, self.server, path, self.codec) {
                 Ok(stored) => {
                     self.stored_partials.insert(name.to_string(), stamp);
-                    let start = name
-                        .segment()
-                        .and_then(|s| s.start_lsn(self.server.wal_segment_size))
-                        .unwrap_or(0);
                     let newer = match &self.partial {
                         Some((n, _)) => n.as_str() <= name.as_str(),
                         None => true,
                     };
                     if newer {
-                        self.partial = Some((name.to_string(), start + stored.received));
+                        let end = received_end(
+                            start,
+                            stored.received,
+                            self.server.wal_segment_size,
+                            written,
+                        );
+                        self.partial = Some((name.to_string(), end));
                     }
                 }
                 // A partial renamed to its complete name mid-read is the next pass's.
@@ -175,5 +207,31 @@ fn remove_quietly(path: &Path) {
         if e.kind() != std::io::ErrorKind::NotFound {
             crate::log_warn!("could not remove {} from the spool: {e}", path.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::received_end;
+
+    #[test]
+    fn the_written_position_counts_only_inside_the_segment() {
+        let (start, seg) = (0x300_0000, 0x100_0000);
+        // Past the zeros a record ended with: the server's word wins.
+        assert_eq!(
+            received_end(start, 0x1_7411, seg, Some(0x301_7418)),
+            0x301_7418
+        );
+        // Not told, or told less than the copy holds: the copy's own end.
+        assert_eq!(received_end(start, 0x1_7411, seg, None), 0x301_7411);
+        assert_eq!(
+            received_end(start, 0x1_7411, seg, Some(0x301_0000)),
+            0x301_7411
+        );
+        // A position in the next segment says nothing of this copy.
+        assert_eq!(
+            received_end(start, 0x1_7411, seg, Some(0x400_0010)),
+            0x301_7411
+        );
     }
 }

@@ -497,12 +497,12 @@ fn check_and_switch_wal_healthy_and_with_a_broken_archive_command() {
     assert_eq!(o.status.code(), Some(0), "{line}{}", stderr(&o));
     assert_eq!(line.lines().count(), 1, "{line}");
     assert!(
-        line.starts_with("PGCELLAR OK - server main: 12 checks ok"),
+        line.starts_with("PGCELLAR OK - server main: 13 checks ok"),
         "{line}"
     );
     let (_, perf) = line.split_once(" | ").expect("perfdata");
     for key in [
-        "checks=12",
+        "checks=13",
         "failed_checks=0",
         "backups=1",
         "newest_backup_age=",

@@ -153,7 +153,7 @@ mod tests {
             pid: 42,
             slot: "pgcellar".into(),
             synchronous: false,
-            spool: "/var/lib/pgcellar/receive-wal/main".into(),
+            spool: "/var/lib/pgcellar-receive-wal/main".into(),
             interval_seconds: 1,
             state,
             started: updated,

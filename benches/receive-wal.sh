@@ -246,8 +246,8 @@ unix_socket_directories = '$W/rsock'
 listen_addresses = ''
 archive_mode = off
 EOF
-    # The backup carries the primary's ALTER SYSTEM; the restored copy has no standby.
-    echo "synchronous_standby_names = ''" >> "$W/restored/postgresql.auto.conf"
+    # The backup carries the primary's ALTER SYSTEM synchronous_standby_names;
+    # restore clears it in the copy (which has no standby).
     "${AS[@]}" "$PGBIN/pg_ctl" -D "$W/restored" -l "$W/restored.log" -w -t 600 start >"$W/pg_ctl.out" 2>&1 \
         || { cat "$W/pg_ctl.out" >&2; tail -30 "$W/restored.log" >&2; exit 1; }
     local r=

@@ -10,7 +10,7 @@
 use super::options::{RestoreOptions, TimelineTarget};
 use super::owner::Owner;
 use crate::archive::{lookup, parse_stored_name};
-use crate::error::{ErrorKind, Result};
+use crate::error::{ErrorKind, IoContext, Result};
 use crate::repo::manifest::Manifest;
 use crate::repo::{layout, ServerInfo};
 use crate::storage::Storage;
@@ -62,7 +62,22 @@ pub(super) fn place_stream_partial(
     }
     let pg_wal = dest.join("pg_wal");
     let target = pg_wal.join(segment.as_str());
-    partial::fetch(storage, newest, &target)?;
+    // Two copies of one segment are a refresh whose predecessor a crash left behind:
+    // take the one holding the most WAL, which only their content says.
+    let copies: Vec<_> = partials.iter().filter(|p| p.name == newest.name).collect();
+    let mut best = (0, newest);
+    if copies.len() > 1 {
+        for copy in copies {
+            partial::fetch(storage, copy, &target)?;
+            let bytes =
+                std::fs::read(&target).io_context(|| format!("reading {}", target.display()))?;
+            let held = partial::received_len(&bytes);
+            if held > best.0 {
+                best = (held, copy);
+            }
+        }
+    }
+    partial::fetch(storage, best.1, &target)?;
     owner.apply(&target)?;
     crate::log_notice!(
         "placed the stream's partial segment {segment} in pg_wal: recovery replays the WAL \

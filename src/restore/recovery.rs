@@ -122,6 +122,7 @@ pub(super) fn write_recovery_settings(
         if key.starts_with("recovery_target")
             || key.starts_with("restore_command")
             || streaming
+            || (!opts.standby && key.starts_with("synchronous_standby_names"))
             || (disable_archiving
                 && (key.starts_with("archive_command") || key.starts_with("archive_library")))
         {
@@ -164,6 +165,12 @@ pub(super) fn write_recovery_settings(
     }
     if let Some(slot) = &opts.primary_slot_name {
         lines.push(format!("primary_slot_name = {}", conf_quote(slot)));
+    }
+    if !opts.standby {
+        // The source's synchronous standbys (a receive-wal --synchronous among them)
+        // follow the old primary: waiting for them, every commit of the promoted copy
+        // would hang. Name the new primary's standbys again once they follow it.
+        lines.push("synchronous_standby_names = ''".into());
     }
     if disable_archiving {
         // archive_mode stays as it was: segments keep being marked .ready, so a real

@@ -59,6 +59,15 @@ pub fn newest(partials: &[StoredWal], segment_size: u64) -> Option<&StoredWal> {
     })
 }
 
+/// Offset just past the last non-zero byte of a partial's bytes: where the WAL it
+/// holds ends, to within the zeros its last record may end with.
+pub fn received_len(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .rposition(|b| *b != 0)
+        .map_or(0, |i| i as u64 + 1)
+}
+
 /// What storing one refresh did.
 #[derive(Debug, Clone)]
 pub struct StoredPartial {
@@ -85,10 +94,7 @@ pub fn store(
     archive::check_source(&name, bytes.len() as u64, head, server)?;
     // pg_receivewal pads the file to a whole segment with zeros; the last non-zero
     // byte is where the received WAL ends (to a page or so).
-    let received = bytes
-        .iter()
-        .rposition(|b| *b != 0)
-        .map_or(0, |i| i as u64 + 1);
+    let received = received_len(&bytes);
     let dir = layout::stream_dir(&server.name);
     storage.create_dir_all(&dir)?;
     let mut out = storage.create(&dir)?;

@@ -532,7 +532,8 @@ fn check_and_switch_wal_healthy_and_with_a_broken_archive_command() {
             "backup_age",
             "minimum_redundancy",
             "wal_continuity",
-            "aborted_backups"
+            "aborted_backups",
+            "stream"
         ]
     );
     let human = ok(&repo, cfg, &["check"]);

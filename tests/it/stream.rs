@@ -218,11 +218,14 @@ fn streamed_commits_survive_a_killed_primary(synchronous: bool) {
     c.psql("CREATE TABLE t(i int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())");
     let extra: &[&str] = if synchronous { &["--synchronous"] } else { &[] };
     let mut rx = Receiver::start(&repo, &c, "stream1", extra);
+    if synchronous {
+        // Before the backup, so that the copy inherits it, as a real outage's would.
+        c.psql("ALTER SYSTEM SET synchronous_standby_names = 'pgcellar'");
+        c.psql("SELECT pg_reload_conf()");
+    }
     // archive_command is off: the backup's WAL comes from the stream.
     base_backup(&repo, &c, &["--backup-wal-timeout", "60"]);
     if synchronous {
-        c.psql("ALTER SYSTEM SET synchronous_standby_names = 'pgcellar'");
-        c.psql("SELECT pg_reload_conf()");
         let deadline = Instant::now() + Duration::from_secs(30);
         while c.psql("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'") != "1" {
             assert!(
@@ -291,6 +294,8 @@ fn streamed_commits_survive_a_killed_primary(synchronous: bool) {
         .unwrap();
     let count: i64 = copy.psql("SELECT count(*) FROM t").parse().unwrap();
     assert_eq!(count, max, "rows missing in the middle");
+    // The copy waits for no standby of the old primary: its commits would hang.
+    assert_eq!(copy.psql("SHOW synchronous_standby_names"), "");
     if synchronous {
         assert!(
             max == acked || max == acked + 1,

@@ -106,14 +106,10 @@ pub fn run(settings: &Settings) -> Result<CheckReport> {
     };
     let stream = match (&repo, &server) {
         (Some(repo), Some(s)) => check_stream(&mut r, repo, s, client.as_mut()),
-        _ => {
-            r.push(
-                "stream",
-                Status::Unknown,
-                "not checked: the repository or the registration is unavailable",
-            );
-            StreamFinding::default()
-        }
+        _ => StreamFinding::only(
+            Status::Unknown,
+            "not checked: the repository or the registration is unavailable",
+        ),
     };
     match &mut client {
         Some(c) => {
@@ -165,5 +161,8 @@ pub fn run(settings: &Settings) -> Result<CheckReport> {
             }
         }
     }
+    // 12. The stream, last: a row added after the others, which keep their places.
+    let (status, message) = stream.row.clone();
+    r.push("stream", status, message);
     Ok(r.finish())
 }

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 pub const LAG_WARNING_SECONDS: f64 = 60.0;
 
 /// What the stream check found, for the checks of the cluster that follow.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(super) struct StreamFinding {
     /// The stream is this server's WAL route: its slot exists (so the server keeps
     /// the WAL for it) or, the server not asked, a receiver is streaming now. Its
@@ -20,10 +20,25 @@ pub(super) struct StreamFinding {
     pub(super) running: bool,
     /// Its slot, when one ever ran.
     pub(super) slot: Option<String>,
+    /// The `stream` row, pushed last so the rows before keep their places.
+    pub(super) row: (Status, String),
 }
 
-/// The `stream` check. No status object means no receiver ever ran: OK, archiving
-/// alone is then checked by the other rows.
+impl StreamFinding {
+    /// A finding with no route: only the row to report.
+    pub(super) fn only(status: Status, message: impl Into<String>) -> Self {
+        StreamFinding {
+            route: false,
+            running: false,
+            slot: None,
+            row: (status, message.into()),
+        }
+    }
+}
+
+/// The `stream` check (its row comes last in the report; archive_mode needs the
+/// finding first). No status object means no receiver ever ran: OK, archiving alone
+/// is then checked by the other rows.
 pub(super) fn check_stream(
     r: &mut CheckReport,
     repo: &Repository,
@@ -33,17 +48,12 @@ pub(super) fn check_stream(
     let st = match status::read(repo.storage(), &server.name) {
         Ok(Some(st)) => st,
         Ok(None) => {
-            r.push(
-                "stream",
+            return StreamFinding::only(
                 Status::Ok,
                 "no receive-wal has run for this server (WAL by archive_command only)",
-            );
-            return StreamFinding::default();
+            )
         }
-        Err(e) => {
-            r.push("stream", Status::Unknown, e.to_string());
-            return StreamFinding::default();
-        }
+        Err(e) => return StreamFinding::only(Status::Unknown, e.to_string()),
     };
     let slot_on_server = client.and_then(|c| {
         c.query_opt(
@@ -56,7 +66,6 @@ pub(super) fn check_stream(
     let (status, message) = judge(&st, Utc::now(), slot_on_server);
     r.metrics.stream_lag_bytes = st.lag_bytes;
     r.metrics.stream_lag_seconds = st.lag_seconds;
-    r.push("stream", status, message);
     let route = match slot_on_server {
         Some(present) => present.is_some(),
         None => status == Status::Ok,
@@ -65,6 +74,7 @@ pub(super) fn check_stream(
         route,
         running: status == Status::Ok,
         slot: Some(st.slot.clone()),
+        row: (status, message),
     }
 }
 

@@ -282,6 +282,10 @@ fn streamed_commits_survive_a_killed_primary(synchronous: bool) {
         "the stream's partial belongs in stream/, not the archive: {wal:?}"
     );
 
+    if !synchronous {
+        plant_an_older_refresh(&repo);
+    }
+
     let bindir = c.bindir.clone();
     let (copy, log) = restore_and_start_with(&repo, &[], false, &bindir);
     assert!(
@@ -310,6 +314,43 @@ fn streamed_commits_survive_a_killed_primary(synchronous: bool) {
             rx.log_text()
         );
     }
+}
+
+/// What a receiver killed between storing a refresh and removing the one before
+/// leaves: a second copy of the newest partial holding less WAL. It is given a
+/// name that lists after the real one, so a restore that took either copy by its
+/// name would take this one and miss the last rows.
+fn plant_an_older_refresh(repo: &RepoDir) {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::MetadataExt;
+    let dir = repo.path.join(&repo.server).join("stream");
+    let names: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.contains(".partial-") && n.ends_with(".zst"))
+        .collect();
+    assert_eq!(names.len(), 1, "one streamed partial expected: {names:?}");
+    let real = &names[0];
+    let (segment, rest) = real.split_once(".partial-").unwrap();
+    let real_sha = rest.trim_end_matches(".zst");
+    let meta = fs::metadata(dir.join(real)).unwrap();
+    let bytes = zstd::decode_all(fs::File::open(dir.join(real)).unwrap()).unwrap();
+    let end = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
+    for cut in 1..64 {
+        let keep = end.saturating_sub(cut * 512).max(64);
+        let mut older = bytes.clone();
+        older[keep..].fill(0);
+        let sha = format!("{:x}", Sha256::digest(&older));
+        if sha.as_str() <= real_sha {
+            continue;
+        }
+        let path = dir.join(format!("{segment}.partial-{sha}.zst"));
+        fs::write(&path, zstd::encode_all(&older[..], 3).unwrap()).unwrap();
+        std::os::unix::fs::chown(&path, Some(meta.uid()), Some(meta.gid())).unwrap();
+        fs::set_permissions(&path, meta.permissions()).unwrap();
+        return;
+    }
+    panic!("no truncation of {real} hashed after it");
 }
 
 #[test]

@@ -188,7 +188,12 @@ application_name in synchronous_standby_names: a commit is acknowledged once it 
 durable in the spool (docs/streaming.md says what that means on each backend).
 
   pgcellar --config /etc/pgcellar.toml receive-wal --slot pgcellar --create-slot
-  systemctl enable --now pgcellar-receive-wal.service")]
+  systemctl enable --now pgcellar-receive-wal.service
+
+Exit codes: 0 stopped by SIGTERM or SIGINT, after storing what it had; 1 a refusal
+that retrying cannot fix (another cluster at the conninfo, a missing slot without
+--create-slot, no pg_receivewal of the server's major, the spool held by another
+receiver); 2 usage. A server or network that goes away is retried, never an exit.")]
     ReceiveWal {
         /// Physical replication slot to stream from
         #[arg(long, value_name = "NAME", default_value = "pgcellar")]

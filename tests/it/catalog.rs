@@ -645,7 +645,7 @@ fn check_and_switch_wal_healthy_and_with_a_broken_archive_command() {
     assert_eq!(status("archiver_failures"), "critical", "{r}");
     assert_eq!(status("archiving"), "unknown", "{r}");
     assert_eq!(status("backup_age"), "unknown", "{r}");
-    assert_eq!(r["checks"].as_array().unwrap().len(), 12, "{r}");
+    assert_eq!(r["checks"].as_array().unwrap().len(), 13, "{r}");
     let o = pgcellar(&repo, cfg, &["check", "--nagios"]);
     assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
     fs::rename(&hidden, &repo.path).unwrap();

@@ -207,12 +207,11 @@ fn has_pg_receivewal() -> bool {
 /// with the last rows only in the segment being received. Recovery through the
 /// streamed partial reaches them; in synchronous mode exactly every acknowledged
 /// commit (and at most the one in flight) is there.
-fn streamed_commits_survive_a_killed_primary(synchronous: bool) {
+fn streamed_commits_survive_a_killed_primary(repo: &RepoDir, synchronous: bool) {
     if !has_pg_receivewal() && skip_or_fail("pg_receivewal not installed").is_none() {
         return;
     }
-    let repo = RepoDir::new();
-    let Some(c) = streaming_only_cluster(&repo) else {
+    let Some(c) = streaming_only_cluster(repo) else {
         return;
     };
     c.psql("CREATE TABLE t(i int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())");
@@ -353,14 +352,17 @@ fn plant_an_older_refresh(repo: &RepoDir) {
     panic!("no truncation of {real} hashed after it");
 }
 
+/// Asynchronous, on a local repository (the planted refresh is written on disk).
 #[test]
 fn streamed_commits_survive_a_killed_primary_async() {
-    streamed_commits_survive_a_killed_primary(false);
+    streamed_commits_survive_a_killed_primary(&RepoDir::new(), false);
 }
 
-#[test]
-fn streamed_commits_survive_a_killed_primary_sync() {
-    streamed_commits_survive_a_killed_primary(true);
+// Synchronous, on every backend: the partial reaches SSH and S3 repositories too.
+on_all_backends!(streamed_commits_survive_a_killed_primary_sync);
+
+fn streamed_commits_survive_a_killed_primary_sync(repo: &RepoDir) {
+    streamed_commits_survive_a_killed_primary(repo, true);
 }
 
 /// Streaming beside archive_command: each segment is stored once, neither route

@@ -216,14 +216,14 @@ fn streamed_commits_survive_a_killed_primary(repo: &RepoDir, synchronous: bool) 
     };
     c.psql("CREATE TABLE t(i int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())");
     let extra: &[&str] = if synchronous { &["--synchronous"] } else { &[] };
-    let mut rx = Receiver::start(&repo, &c, "stream1", extra);
+    let mut rx = Receiver::start(repo, &c, "stream1", extra);
     if synchronous {
         // Before the backup, so that the copy inherits it, as a real outage's would.
         c.psql("ALTER SYSTEM SET synchronous_standby_names = 'pgcellar'");
         c.psql("SELECT pg_reload_conf()");
     }
     // archive_command is off: the backup's WAL comes from the stream.
-    base_backup(&repo, &c, &["--backup-wal-timeout", "60"]);
+    base_backup(repo, &c, &["--backup-wal-timeout", "60"]);
     if synchronous {
         let deadline = Instant::now() + Duration::from_secs(30);
         while c.psql("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'") != "1" {
@@ -282,11 +282,11 @@ fn streamed_commits_survive_a_killed_primary(repo: &RepoDir, synchronous: bool) 
     );
 
     if !synchronous {
-        plant_an_older_refresh(&repo);
+        plant_an_older_refresh(repo);
     }
 
     let bindir = c.bindir.clone();
-    let (copy, log) = restore_and_start_with(&repo, &[], false, &bindir);
+    let (copy, log) = restore_and_start_with(repo, &[], false, &bindir);
     assert!(
         log.contains("placed the stream's partial segment"),
         "restore did not use the stream: {log}"

@@ -65,19 +65,22 @@ pub(super) fn place_stream_partial(
     // Two copies of one segment are a refresh whose predecessor a crash left behind:
     // take the one holding the most WAL, which only their content says.
     let copies: Vec<_> = partials.iter().filter(|p| p.name == newest.name).collect();
-    let mut best = (0, newest);
+    let (mut best, mut most, mut in_place) = (newest, 0, false);
     if copies.len() > 1 {
         for copy in copies {
             partial::fetch(storage, copy, &target)?;
             let bytes =
                 std::fs::read(&target).io_context(|| format!("reading {}", target.display()))?;
             let held = partial::received_len(&bytes);
-            if held > best.0 {
-                best = (held, copy);
+            if held > most {
+                (best, most) = (copy, held);
             }
+            in_place = std::ptr::eq(best, copy);
         }
     }
-    partial::fetch(storage, best.1, &target)?;
+    if !in_place {
+        partial::fetch(storage, best, &target)?;
+    }
     owner.apply(&target)?;
     crate::log_notice!(
         "placed the stream's partial segment {segment} in pg_wal: recovery replays the WAL \

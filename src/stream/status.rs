@@ -96,6 +96,11 @@ impl ReceiverStatus {
     pub fn stale_after_seconds(&self) -> i64 {
         (3 * STATUS_EVERY_SECONDS.max(self.interval_seconds) as i64).max(30)
     }
+
+    /// Whether the receiver is alive at `now`: not stopped, and refreshed recently.
+    pub fn running(&self, now: DateTime<Utc>) -> bool {
+        self.state != ReceiverState::Stopped && self.age_seconds(now) <= self.stale_after_seconds()
+    }
 }
 
 /// Seconds between rewrites of the status object while streaming.

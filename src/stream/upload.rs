@@ -75,10 +75,9 @@ pub struct Uploader<'a> {
 /// `written` (what pg_receivewal had written, sampled before the copy was read) when
 /// that lies further on in the same segment. The zeros a record may end with would
 /// otherwise leave an idle server a few bytes "ahead" of the repository forever.
-fn received_end(start: u64, received: u64, segment_size: u64, written: Option<u64>) -> u64 {
-    let estimate = start + received;
+fn received_end(estimate: u64, segment_end: u64, written: Option<u64>) -> u64 {
     match written {
-        Some(w) if w > estimate && w <= start + segment_size => w,
+        Some(w) if w > estimate && w <= segment_end => w,
         _ => estimate,
     }
 }
@@ -159,17 +158,13 @@ impl<'a> Uploader<'a> {
                 .segment()
                 .and_then(|s| s.start_lsn(self.server.wal_segment_size))
                 .unwrap_or(0);
+            let segment_end = start + self.server.wal_segment_size;
             if self.stored_partials.get(name.as_str()) == Some(&stamp) {
                 // Unchanged since it was stored, so the stored copy holds what the
                 // file holds now, which is at least `written`.
                 if let Some((n, lsn)) = &mut self.partial {
                     if n.as_str() == name.as_str() {
-                        *lsn = received_end(
-                            start,
-                            *lsn - start,
-                            self.server.wal_segment_size,
-                            written,
-                        );
+                        *lsn = received_end(*lsn, segment_end, written);
                     }
                 }
                 continue;
@@ -182,12 +177,7 @@ impl<'a> Uploader<'a> {
                         None => true,
                     };
                     if newer {
-                        let end = received_end(
-                            start,
-                            stored.received,
-                            self.server.wal_segment_size,
-                            written,
-                        );
+                        let end = received_end(start + stored.received, segment_end, written);
                         self.partial = Some((name.to_string(), end));
                     }
                 }
@@ -216,22 +206,14 @@ mod tests {
 
     #[test]
     fn the_written_position_counts_only_inside_the_segment() {
-        let (start, seg) = (0x300_0000, 0x100_0000);
+        // The copy of segment 0/3000000 ends at 0/3017411; the segment at 0/4000000.
+        let (copy, end) = (0x301_7411, 0x400_0000);
         // Past the zeros a record ended with: the server's word wins.
-        assert_eq!(
-            received_end(start, 0x1_7411, seg, Some(0x301_7418)),
-            0x301_7418
-        );
+        assert_eq!(received_end(copy, end, Some(0x301_7418)), 0x301_7418);
         // Not told, or told less than the copy holds: the copy's own end.
-        assert_eq!(received_end(start, 0x1_7411, seg, None), 0x301_7411);
-        assert_eq!(
-            received_end(start, 0x1_7411, seg, Some(0x301_0000)),
-            0x301_7411
-        );
+        assert_eq!(received_end(copy, end, None), 0x301_7411);
+        assert_eq!(received_end(copy, end, Some(0x301_0000)), 0x301_7411);
         // A position in the next segment says nothing of this copy.
-        assert_eq!(
-            received_end(start, 0x1_7411, seg, Some(0x400_0010)),
-            0x301_7411
-        );
+        assert_eq!(received_end(copy, end, Some(0x400_0010)), 0x301_7411);
     }
 }

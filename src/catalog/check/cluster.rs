@@ -67,7 +67,10 @@ pub(super) fn check_cluster(
             .map_err(|e| pg::describe(&e))
             .and_then(|row| pg::column::<String>(&row, 0, n).map_err(|e| e.to_string()))
     };
-    let mode_ok = match setting(client, "archive_mode") {
+    let mode = setting(client, "archive_mode");
+    // archive_mode off with a receiver's slot: the stream is the only WAL route.
+    let streaming_only = t.stream.route && matches!(mode.as_deref(), Ok("off"));
+    let mode_ok = match mode {
         Ok(m) if m == "on" || m == "always" => {
             r.push("archive_mode", Status::Ok, format!("archive_mode = {m}"));
             true
@@ -96,8 +99,6 @@ pub(super) fn check_cluster(
             false
         }
     };
-    let streaming_only =
-        t.stream.route && matches!(setting(client, "archive_mode").as_deref(), Ok("off"));
     let command_ok = match setting(client, "archive_command") {
         Ok(_) if streaming_only => {
             r.push(

@@ -101,7 +101,7 @@ fn judge(st: &ReceiverStatus, now: DateTime<Utc>, slot: Option<Option<bool>>) ->
             ),
         );
     }
-    if st.state != ReceiverState::Stopped && age > st.stale_after_seconds() {
+    if st.state != ReceiverState::Stopped && !st.running(now) {
         return (
             Status::Critical,
             format!("{who} last reported {age}s ago and is not running (killed or hung){error}"),

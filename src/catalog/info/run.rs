@@ -7,7 +7,6 @@ use crate::config::Settings;
 use crate::error::Result;
 use crate::repo::manifest;
 use crate::repo::{Repository, ServerInfo};
-use crate::stream::ReceiverState;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
@@ -108,14 +107,10 @@ fn server_report(
         pg_stat_archiver: activity::archiver_stats(cluster, &server.system_identifier),
     };
     let stream = match crate::stream::status::read(storage, name) {
-        Ok(found) => found.map(|status| {
-            let age = status.age_seconds(now);
-            StreamInfo {
-                running: status.state != ReceiverState::Stopped
-                    && age <= status.stale_after_seconds(),
-                status_age_seconds: age,
-                status,
-            }
+        Ok(found) => found.map(|status| StreamInfo {
+            running: status.running(now),
+            status_age_seconds: status.age_seconds(now),
+            status,
         }),
         Err(e) => {
             notes.push(format!("the receive-wal status could not be read: {e}"));

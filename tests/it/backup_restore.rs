@@ -46,7 +46,7 @@ pub(crate) fn base_backup(repo: &RepoDir, c: &Cluster, extra: &[&str]) -> String
     id
 }
 
-fn restore_cmd(repo: &RepoDir, dest: &Path, extra: &[&str]) -> Output {
+pub(crate) fn restore_cmd(repo: &RepoDir, dest: &Path, extra: &[&str]) -> Output {
     let mut cmd = pg_command(bin("restore"));
     cmd.args(repo.args()).arg("-v").args(extra).arg(dest);
     cmd.output().expect("spawn restore")

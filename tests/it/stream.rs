@@ -4,7 +4,7 @@
 //! streaming beside archive_command; the receiver and the server restarted; a
 //! timeline switch while streaming. Recovery by PostgreSQL is the proof.
 
-use crate::backup_restore::{base_backup, out_text, restore_and_start_with};
+use crate::backup_restore::{base_backup, out_text, restore_and_start_with, restore_cmd};
 use crate::common::*;
 use std::fs;
 use std::path::PathBuf;
@@ -554,4 +554,96 @@ fn the_stream_follows_a_timeline_switch() {
     standby.stop();
     let (copy, log) = restore_and_start_with(&repo, &[], false, &standby.bindir);
     assert_eq!(copy.psql("SELECT count(*) FROM t"), "40", "{log}");
+}
+
+/// receive-wal checks the server against the registration before anything else:
+/// another cluster's WAL is refused (exit 1, no retry), no slot is created on it and
+/// nothing is stored.
+#[test]
+fn receive_wal_refuses_another_cluster() {
+    if !has_pg_receivewal() && skip_or_fail("pg_receivewal not installed").is_none() {
+        return;
+    }
+    let repo = RepoDir::new();
+    let Some(_registered) = streaming_only_cluster(&repo) else {
+        return;
+    };
+    let Some(other) = Cluster::init(ClusterOpts::default()) else {
+        return;
+    };
+    let dir = TestDir::new();
+    chown_postgres(dir.path());
+    let spool = dir.join("spool");
+    let o = repo.pgcellar(&[
+        "--conninfo",
+        &other.conninfo(),
+        "receive-wal",
+        "--slot",
+        "other",
+        "--create-slot",
+        "--spool",
+        spool.to_str().unwrap(),
+        "--run-for",
+        "60",
+    ]);
+    let text = out_text(&o);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("refusing to stream another cluster's WAL"),
+        "{text}"
+    );
+    assert_eq!(other.psql("SELECT count(*) FROM pg_replication_slots"), "0");
+    assert!(repo.wal_files().is_empty(), "{:?}", repo.wal_files());
+    assert!(!repo.path.join(&repo.server).join("stream").exists());
+}
+
+/// A streamed partial damaged in the repository is never placed: restore stops with
+/// an error naming it, before pg_control makes the copy startable, rather than let
+/// recovery end early on WAL the stream did not receive.
+#[test]
+fn a_damaged_stream_partial_stops_restore() {
+    if !has_pg_receivewal() && skip_or_fail("pg_receivewal not installed").is_none() {
+        return;
+    }
+    let repo = RepoDir::new();
+    let Some(c) = streaming_only_cluster(&repo) else {
+        return;
+    };
+    let mut rx = Receiver::start(&repo, &c, "stream1", &[]);
+    base_backup(&repo, &c, &["--backup-wal-timeout", "60"]);
+    c.psql("CREATE TABLE t(i int)");
+    c.psql("INSERT INTO t SELECT generate_series(1, 100)");
+    std::thread::sleep(Duration::from_secs(2));
+    rx.stop();
+    kill_9(&c);
+    let dir = repo.path.join(&repo.server).join("stream");
+    let name = fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| n.contains(".partial-"))
+        .expect("a streamed partial");
+    let segment = name.split(".partial-").next().unwrap().to_string();
+    // In place, so owner and mode stay: one byte in the middle of the stored file.
+    let path = dir.join(&name);
+    let mut bytes = fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
+        .unwrap();
+
+    let dest = TestDir::new();
+    chown_postgres(dest.path());
+    let pgdata = dest.join("pgdata");
+    let o = restore_cmd(&repo, &pgdata, &[]);
+    let text = out_text(&o);
+    assert!(
+        !o.status.success(),
+        "restore used a damaged partial: {text}"
+    );
+    assert!(text.contains(&name), "the error names the file: {text}");
+    assert!(!pgdata.join("pg_wal").join(&segment).exists());
+    assert!(!pgdata.join("global/pg_control").exists(), "{text}");
 }
